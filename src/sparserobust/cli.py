@@ -1,0 +1,148 @@
+"""The ``sparserobust`` command line: parse, call the API, print, map errors to exit codes.
+
+Every user mistake ends in one line ``error: ...`` on stderr and exit code 2;
+no tracebacks for them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sparserobust.errors import ConfigError, SparseRobustError
+
+log = logging.getLogger("sparserobust")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def emit(payload: dict[str, Any], as_json: bool, lines: list[str]) -> None:
+    """Print ``payload`` as one JSON object, or ``lines`` as text."""
+    if as_json:
+        click.echo(json.dumps(payload, sort_keys=True))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+def parse_float_list(text: str, what: str) -> list[float]:
+    """``"0.1,0.2"`` -> [0.1, 0.2]; ConfigError naming ``what`` on bad input."""
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(t == "" for t in items):
+        raise ConfigError(f"{what} needs a comma-separated list of numbers, got {text!r}")
+    try:
+        values = [float(t) for t in items]
+    except ValueError:
+        raise ConfigError(f"{what} needs numbers, got {text!r}") from None
+    if any(not math.isfinite(v) for v in values):
+        raise ConfigError(f"{what} must be finite numbers, got {text!r}")
+    return values
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sparserobust")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
+def cli(verbose: bool) -> None:
+    """sparserobust: prune models to a sweep of sparsities, attack them, measure robustness."""
+    _setup_logging(verbose)
+
+
+@cli.command()
+@click.option("--model", "model_name", required=True, help="lenet300, lenet5, vgg, resnet32, linear.")
+@click.option("--dataset", required=True, help="mnist, fashion-mnist, cifar10 or digits.")
+@click.option("--data-dir", default=None, help="torchvision-layout data root (or $SPARSEROBUST_DATA).")
+@click.option("--epochs", type=int, default=None, help="Epochs (default: the model's recipe).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (cosine schedule).")
+@click.option("--batch-size", type=int, default=None, help="Mini-batch size.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def train(
+    model_name: str,
+    dataset: str,
+    data_dir: str | None,
+    epochs: int | None,
+    lr: float | None,
+    batch_size: int | None,
+    seed: int,
+    device: str,
+    out: str,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Train a dense reference model and write a checkpoint."""
+    from sparserobust.api import train_reference
+
+    start = time.perf_counter()
+    result = train_reference(
+        model_name, dataset, data_dir=data_dir, epochs=epochs, lr=lr, batch_size=batch_size,
+        seed=seed, device=device, out=out, progress=not no_progress,
+    )
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    emit(result, as_json, [
+        f"trained {model_name} on {dataset}: test accuracy {result['accuracy']:.4f} "
+        f"in {result['seconds']:.1f}s -> {out}"
+    ])
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Checkpoint file.")
+@click.option("--data-dir", default=None, help="torchvision-layout data root (or $SPARSEROBUST_DATA).")
+@click.option("--n", "limit", type=int, default=None, help="Use only the first N test images.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def evaluate(checkpoint: str, data_dir: str | None, limit: int | None, device: str, as_json: bool) -> None:
+    """Print the clean test accuracy and sparsity of a checkpoint."""
+    from sparserobust.api import evaluate_checkpoint
+
+    result = evaluate_checkpoint(checkpoint, data_dir=data_dir, limit=limit, device=device)
+    emit(result, as_json, [
+        f"{result['model']} on {result['dataset']}: accuracy {result['accuracy']:.4f} "
+        f"({result['n']} test images), sparsity {result['sparsity']:.4f} "
+        f"({result['sparsity_note']})"
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI, turning user errors into one line and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="sparserobust", standalone_mode=False)
+    except SparseRobustError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        hint = " (see --help)" if isinstance(exc, click.UsageError) else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        return exc.exit_code
+    except click.Abort:
+        click.echo("error: aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; finished results are kept, re-run to continue", err=True)
+        return 130
+    return 0
+
+
+def run_main() -> None:  # pragma: no cover - console script shim
+    sys.exit(main())
+
+
+Command = Callable[..., None]
