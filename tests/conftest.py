@@ -1,0 +1,48 @@
+"""Shared fixtures: embedded digits data, small trained models, the real-MNIST root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparserobust.data import Dataset, load_dataset
+from sparserobust.models import build_model
+from sparserobust.training import TrainConfig, train_model
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def digits() -> Dataset:
+    """scikit-learn's 8x8 digits: 1433 train / 364 test images in [0,1]."""
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def digits_lenet300(digits: Dataset) -> torch.nn.Module:
+    """LeNet-300-100 trained 10 epochs on digits (about 96-97% test accuracy), eval mode."""
+    info = digits.info
+    model = build_model("lenet300", info.input_shape, info.num_classes, info.mean, info.std)
+    train_model(model, digits.train, TrainConfig(epochs=10, seed=0), progress=False)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def digits_linear(digits: Dataset) -> torch.nn.Module:
+    """Softmax regression trained 10 epochs on digits, eval mode."""
+    info = digits.info
+    model = build_model("linear", info.input_shape, info.num_classes, info.mean, info.std)
+    train_model(model, digits.train, TrainConfig(epochs=10, seed=0, weight_decay=0.0), progress=False)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    """The real-MNIST data root from $SPARSEROBUST_DATA; skips the test when unset."""
+    root = os.environ.get("SPARSEROBUST_DATA")
+    if not root or not (Path(root) / "MNIST" / "raw").is_dir():
+        pytest.skip("real MNIST not available: set SPARSEROBUST_DATA to a root holding MNIST/raw")
+    return Path(root)
