@@ -35,7 +35,9 @@ def digits_linear(digits: Dataset) -> torch.nn.Module:
     """Softmax regression trained 10 epochs on digits, eval mode."""
     info = digits.info
     model = build_model("linear", info.input_shape, info.num_classes, info.mean, info.std)
-    train_model(model, digits.train, TrainConfig(epochs=10, seed=0, weight_decay=0.0), progress=False)
+    train_model(
+        model, digits.train, TrainConfig(epochs=10, seed=0, weight_decay=0.0), progress=False
+    )
     return model.eval()
 
 

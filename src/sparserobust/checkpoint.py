@@ -58,8 +58,9 @@ def save_checkpoint(
     return atomic_write(
         path,
         lambda tmp: save_file(
-            tensors, str(tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION),
-                                         "meta": header},
+            tensors,
+            str(tmp),
+            metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION), "meta": header},
         ),
     )
 
@@ -145,7 +146,9 @@ def load_checkpoint(
     except CheckpointError:
         raise
     except Exception as exc:
-        raise CheckpointError(f"{path}: cannot rebuild model {meta.get('model')!r}: {exc}") from None
+        raise CheckpointError(
+            f"{path}: cannot rebuild model {meta.get('model')!r}: {exc}"
+        ) from None
     apply_masks_from_state(model, tensors)
     try:
         model.load_state_dict(tensors, strict=True)

@@ -12,7 +12,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
@@ -62,15 +61,21 @@ def cli(verbose: bool) -> None:
 
 
 @cli.command()
-@click.option("--model", "model_name", required=True, help="lenet300, lenet5, vgg, resnet32, linear.")
+@click.option(
+    "--model", "model_name", required=True, help="lenet300, lenet5, vgg, resnet32, linear."
+)
 @click.option("--dataset", required=True, help="mnist, fashion-mnist, cifar10 or digits.")
-@click.option("--data-dir", default=None, help="torchvision-layout data root (or $SPARSEROBUST_DATA).")
+@click.option(
+    "--data-dir", default=None, help="torchvision-layout data root (or $SPARSEROBUST_DATA)."
+)
 @click.option("--epochs", type=int, default=None, help="Epochs (default: the model's recipe).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (cosine schedule).")
 @click.option("--batch-size", type=int, default=None, help="Mini-batch size.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write.")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def train(
@@ -91,32 +96,54 @@ def train(
 
     start = time.perf_counter()
     result = train_reference(
-        model_name, dataset, data_dir=data_dir, epochs=epochs, lr=lr, batch_size=batch_size,
-        seed=seed, device=device, out=out, progress=not no_progress,
+        model_name,
+        dataset,
+        data_dir=data_dir,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        out=out,
+        progress=not no_progress,
     )
     result["seconds"] = round(time.perf_counter() - start, 2)
-    emit(result, as_json, [
-        f"trained {model_name} on {dataset}: test accuracy {result['accuracy']:.4f} "
-        f"in {result['seconds']:.1f}s -> {out}"
-    ])
+    emit(
+        result,
+        as_json,
+        [
+            f"trained {model_name} on {dataset}: test accuracy {result['accuracy']:.4f} "
+            f"in {result['seconds']:.1f}s -> {out}"
+        ],
+    )
 
 
 @cli.command()
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Checkpoint file.")
-@click.option("--data-dir", default=None, help="torchvision-layout data root (or $SPARSEROBUST_DATA).")
+@click.option(
+    "--checkpoint", required=True, type=click.Path(dir_okay=False), help="Checkpoint file."
+)
+@click.option(
+    "--data-dir", default=None, help="torchvision-layout data root (or $SPARSEROBUST_DATA)."
+)
 @click.option("--n", "limit", type=int, default=None, help="Use only the first N test images.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
-def evaluate(checkpoint: str, data_dir: str | None, limit: int | None, device: str, as_json: bool) -> None:
+def evaluate(
+    checkpoint: str, data_dir: str | None, limit: int | None, device: str, as_json: bool
+) -> None:
     """Print the clean test accuracy and sparsity of a checkpoint."""
     from sparserobust.api import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, data_dir=data_dir, limit=limit, device=device)
-    emit(result, as_json, [
-        f"{result['model']} on {result['dataset']}: accuracy {result['accuracy']:.4f} "
-        f"({result['n']} test images), sparsity {result['sparsity']:.4f} "
-        f"({result['sparsity_note']})"
-    ])
+    emit(
+        result,
+        as_json,
+        [
+            f"{result['model']} on {result['dataset']}: accuracy {result['accuracy']:.4f} "
+            f"({result['n']} test images), sparsity {result['sparsity']:.4f} "
+            f"({result['sparsity_note']})"
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

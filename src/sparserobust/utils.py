@@ -80,7 +80,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
     except OSError as exc:
-        raise StoreError(f"cannot write into {parent} ({exc.strerror}): choose a writable folder") from None
+        raise StoreError(
+            f"cannot write into {parent} ({exc.strerror}): choose a writable folder"
+        ) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -90,7 +92,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         os.replace(tmp, target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise StoreError(f"cannot write {target} ({exc.strerror}): check free space and permissions") from None
+        raise StoreError(
+            f"cannot write {target} ({exc.strerror}): check free space and permissions"
+        ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
