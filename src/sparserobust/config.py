@@ -1,0 +1,342 @@
+"""Typed experiment configuration: YAML in, validated, hashable.
+
+A study config names the dataset, the model, the seeds, how the dense model is
+trained, which pruning methods and sparsity levels to produce, and which
+attacks and metrics to run on every model. Unknown keys and bad values raise
+:class:`ConfigError` naming the key (``pruning.sparsities[2]: ...``). The
+config's hash (:meth:`StudyConfig.config_hash`) identifies its results; fields
+that do not change the numbers (device, data_dir, report options) are left out
+of the hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sparserobust.errors import ConfigError
+
+ATTACK_NAMES = ("fgsm", "pgd", "deepfool", "cw", "ddn", "fmn", "min-l2")
+METHOD_NAMES = ("magnitude", "global-magnitude", "dns", "random")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Dense training recipe; ``None`` fields take the model's registry defaults."""
+
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    weight_decay: float | None = None
+
+
+@dataclass(frozen=True)
+class PruningSettings:
+    """Which sparsity sweeps to produce from each dense model.
+
+    ``sparsities`` are fractions of Linear/Conv weights removed, in [0,1), unique;
+    0 (the dense model) is always evaluated and need not be listed.
+    """
+
+    methods: tuple[str, ...] = ("global-magnitude", "random")
+    sparsities: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
+    retrain_epochs: int = 2
+    retrain_lr: float = 0.01
+    iterative: bool = True
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """One attack to run on every model.
+
+    ``eps`` (fixed-epsilon attacks fgsm/pgd, and thresholds at which minimal-norm
+    attacks report robust accuracy) are perturbation budgets in [0,1] pixel space
+    in the attack's norm. ``steps``/``restarts``/``search_steps`` set the budget.
+    """
+
+    name: str
+    norm: str = "inf"
+    eps: tuple[float, ...] = ()
+    steps: int | None = None
+    restarts: int | None = None
+    search_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class CleverSettings:
+    """CLEVER scores on the first ``n`` test images (0 turns CLEVER off)."""
+
+    n: int = 0
+    norms: tuple[str, ...] = ("2", "inf")
+    nb_batches: int = 50
+    batch_size: int = 100
+    radius: float | None = None
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What is measured on every model: attacks on the first ``n`` test images,
+    CLEVER, active-ReLU fractions and margin/gradient-norm bounds."""
+
+    n: int = 500
+    attacks: tuple[AttackSettings, ...] = ()
+    clever: CleverSettings = field(default_factory=CleverSettings)
+    activations: bool = True
+    bounds: bool = True
+    batch_size: int = 500
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """Report options: the sweet spot is the sparsity with the best robustness among
+    models whose clean accuracy is within ``max_accuracy_drop`` of the dense model."""
+
+    max_accuracy_drop: float = 0.01
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study: dense training, pruning sweeps, evaluation, report."""
+
+    name: str
+    dataset: str
+    model: str
+    seeds: tuple[int, ...] = (0,)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    pruning: PruningSettings = field(default_factory=PruningSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)
+    data_dir: str | None = None
+    device: str = "auto"
+
+    NOT_HASHED: typing.ClassVar[tuple[str, ...]] = ("data_dir", "device", "report", "name")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def config_hash(self) -> str:
+        """First 16 hex digits of the SHA-256 of the fields that decide the numbers."""
+        data = {k: v for k, v in self.to_dict().items() if k not in self.NOT_HASHED}
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert YAML ``value`` to type ``tp``; ConfigError naming ``where`` if impossible."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, where)
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return tuple(_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{where}." if where else ""
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown key; allowed keys are {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], f"{prefix}{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}{name}: required key is missing")
+    return cls(**kwargs)
+
+
+def _check_positive(value: float | int | None, where: str, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{where}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(config: StudyConfig) -> StudyConfig:
+    """Check names and ranges; returns the config or raises ConfigError naming the key."""
+    from sparserobust.data import dataset_names
+    from sparserobust.models import model_names
+
+    if config.dataset not in dataset_names():
+        raise ConfigError(
+            f"dataset: unknown dataset {config.dataset!r}; "
+            f"choose one of {', '.join(dataset_names())}"
+        )
+    if config.model not in model_names():
+        raise ConfigError(
+            f"model: unknown model {config.model!r}; choose one of {', '.join(model_names())}"
+        )
+    if not config.seeds:
+        raise ConfigError("seeds: give at least one seed")
+    if len(set(config.seeds)) != len(config.seeds):
+        raise ConfigError("seeds: duplicate seeds")
+    t = config.train
+    _check_positive(t.epochs, "train.epochs", allow_zero=True)
+    _check_positive(t.lr, "train.lr")
+    _check_positive(t.batch_size, "train.batch_size")
+    _check_positive(t.weight_decay, "train.weight_decay", allow_zero=True)
+    p = config.pruning
+    for i, m in enumerate(p.methods):
+        if m not in METHOD_NAMES:
+            raise ConfigError(
+                f"pruning.methods[{i}]: unknown method {m!r}; choose from {', '.join(METHOD_NAMES)}"
+            )
+    if len(set(p.methods)) != len(p.methods):
+        raise ConfigError("pruning.methods: duplicate methods")
+    check_sparsities(p.sparsities, "pruning.sparsities")
+    _check_positive(p.retrain_epochs, "pruning.retrain_epochs", allow_zero=True)
+    _check_positive(p.retrain_lr, "pruning.retrain_lr")
+    e = config.eval
+    _check_positive(e.n, "eval.n")
+    _check_positive(e.batch_size, "eval.batch_size")
+    for i, a in enumerate(e.attacks):
+        key = f"eval.attacks[{i}]"
+        if a.name not in ATTACK_NAMES:
+            raise ConfigError(
+                f"{key}.name: unknown attack {a.name!r}; choose from {', '.join(ATTACK_NAMES)}"
+            )
+        if a.norm not in ("inf", "2"):
+            raise ConfigError(f"{key}.norm: must be inf or 2, got {a.norm!r}")
+        for j, eps in enumerate(a.eps):
+            _check_positive(eps, f"{key}.eps[{j}]")
+        if a.name in ("fgsm", "pgd") and not a.eps:
+            raise ConfigError(f"{key}.eps: {a.name} needs at least one epsilon")
+        _check_positive(a.steps, f"{key}.steps")
+        _check_positive(a.restarts, f"{key}.restarts")
+        _check_positive(a.search_steps, f"{key}.search_steps")
+    c = e.clever
+    _check_positive(c.n, "eval.clever.n", allow_zero=True)
+    _check_positive(c.nb_batches, "eval.clever.nb_batches")
+    _check_positive(c.batch_size, "eval.clever.batch_size")
+    _check_positive(c.radius, "eval.clever.radius")
+    for i, norm in enumerate(c.norms):
+        if norm not in ("inf", "2"):
+            raise ConfigError(f"eval.clever.norms[{i}]: must be inf or 2, got {norm!r}")
+    drop = config.report.max_accuracy_drop
+    if not 0 <= drop <= 1:
+        raise ConfigError(f"report.max_accuracy_drop: must be in [0,1], got {drop}")
+    return config
+
+
+def check_sparsities(values: typing.Sequence[float], where: str = "sparsity") -> tuple[float, ...]:
+    """Validate a list of sparsity levels: non-empty, each in [0,1), no duplicates."""
+    if len(values) == 0:
+        raise ConfigError(f"{where}: give at least one sparsity level")
+    for i, s in enumerate(values):
+        if not (0 <= s < 1):
+            raise ConfigError(f"{where}[{i}]: sparsity must be in [0,1), got {s}")
+    if len(set(values)) != len(values):
+        dup = next(s for s in values if list(values).count(s) > 1)
+        raise ConfigError(f"{where}: duplicate sparsity level {dup}")
+    return tuple(values)
+
+
+def config_from_dict(data: dict[str, Any]) -> StudyConfig:
+    """Build and validate a :class:`StudyConfig` from a plain mapping."""
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a YAML mapping of keys to values")
+    return validate(_build(StudyConfig, data, ""))
+
+
+def load_config(path: str | os.PathLike[str]) -> StudyConfig:
+    """Read, parse and validate a YAML study config."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist: check the path")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p} is not valid YAML{where}: fix the syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {p}: {exc}") from None
+    if data is None:
+        raise ConfigError(f"config file {p} is empty: see configs/ for examples")
+    return config_from_dict(data)
+
+
+def quick_config() -> StudyConfig:
+    """The built-in quick study on the embedded digits data (the README's main job)."""
+    return config_from_dict(
+        {
+            "name": "quick-digits",
+            "dataset": "digits",
+            "model": "lenet300",
+            "seeds": [0],
+            "train": {"epochs": 15},
+            "pruning": {
+                "methods": ["global-magnitude", "random"],
+                "sparsities": [0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99],
+                "retrain_epochs": 3,
+                "retrain_lr": 0.01,
+            },
+            "eval": {
+                "n": 364,
+                "attacks": [
+                    {"name": "fgsm", "norm": "inf", "eps": [0.05, 0.1, 0.2, 0.3]},
+                    {"name": "pgd", "norm": "inf", "eps": [0.05, 0.1, 0.2, 0.3], "steps": 20},
+                    {"name": "deepfool", "norm": "2", "eps": [0.5, 1.0, 2.0]},
+                    {"name": "ddn", "norm": "2", "eps": [0.5, 1.0, 2.0], "steps": 100},
+                ],
+                "clever": {"n": 0},
+            },
+        }
+    )
