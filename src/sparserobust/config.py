@@ -78,7 +78,7 @@ class CleverSettings:
 
     n: int = 0
     norms: tuple[str, ...] = ("2", "inf")
-    nb_batches: int = 50
+    n_batches: int = 50
     batch_size: int = 100
     radius: float | None = None
 
@@ -263,7 +263,7 @@ def validate(config: StudyConfig) -> StudyConfig:
         _check_positive(a.search_steps, f"{key}.search_steps")
     c = e.clever
     _check_positive(c.n, "eval.clever.n", allow_zero=True)
-    _check_positive(c.nb_batches, "eval.clever.nb_batches")
+    _check_positive(c.n_batches, "eval.clever.n_batches")
     _check_positive(c.batch_size, "eval.clever.batch_size")
     _check_positive(c.radius, "eval.clever.radius")
     for i, norm in enumerate(c.norms):

@@ -1,0 +1,85 @@
+"""Export a run's results database as CSV (one row per number) or JSON."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from sparserobust.store import ResultStore
+from sparserobust.utils import atomic_write
+
+
+def _flatten(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif isinstance(value, list):
+        if all(not isinstance(v, dict | list) for v in value) and len(value) <= 16:
+            out.append((prefix, json.dumps(value)))
+        # long per-sample lists (scores) stay in the JSON export only
+    else:
+        out.append((prefix, value))
+
+
+def export_csv(run_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> int:
+    """Write ``model_key, seed, method, target_sparsity, sparsity, clean_accuracy,
+    measurement, params, metric, value`` rows; returns the number of rows."""
+    with ResultStore(run_dir, create=False) as store:
+        results = store.results()
+    rows: list[list[Any]] = []
+    for r in results:
+        flat: list[tuple[str, Any]] = []
+        _flatten("", r["numbers"], flat)
+        for metric, value in flat:
+            rows.append(
+                [
+                    r["model_key"],
+                    r["seed"],
+                    r["method"],
+                    r["target_sparsity"],
+                    r["sparsity"],
+                    r["clean_accuracy"],
+                    r["measurement"],
+                    json.dumps(r["params"], sort_keys=True),
+                    metric,
+                    value,
+                ]
+            )
+    header = [
+        "model_key",
+        "seed",
+        "method",
+        "target_sparsity",
+        "sparsity",
+        "clean_accuracy",
+        "measurement",
+        "params",
+        "metric",
+        "value",
+    ]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            w.writerows(rows)
+
+    atomic_write(path, write)
+    return len(rows)
+
+
+def export_json(run_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> int:
+    """Write ``{"config": ..., "models": [...], "results": [...]}``; returns #results."""
+    with ResultStore(run_dir, create=False) as store:
+        payload = {
+            "config_hash": store.get_meta("config_hash"),
+            "config": json.loads(store.get_meta("config") or "null"),
+            "models": [dataclasses.asdict(m) for m in store.models()],
+            "results": store.results(),
+        }
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=1, sort_keys=True)))
+    return len(payload["results"])

@@ -1,0 +1,582 @@
+"""The study pipeline: config -> dense -> sparsity sweeps -> attacks/metrics -> store -> report.
+
+:func:`run_study` is what ``sparserobust run`` calls. Every finished piece of
+work (a checkpoint, one measurement on one model) is stored at once and
+atomically, so a re-run skips it and an interrupted run resumes where it
+stopped with the same numbers as an uninterrupted one (on CPU, same seed).
+
+:func:`evaluate_model` measures one model (attacks, CLEVER, active ReLUs,
+margin bounds) and :func:`sweep_robustness` runs a whole sparsity sweep on a
+user's own ``nn.Module`` and ``DataLoader`` without the CLI or a run directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sparserobust.checkpoint import load_checkpoint, save_checkpoint
+from sparserobust.config import AttackSettings, EvalSettings, StudyConfig, check_sparsities
+from sparserobust.data import Dataset, Split, load_dataset
+from sparserobust.errors import ConfigError, StoreError
+from sparserobust.models import build_model, model_spec
+from sparserobust.pruning import sparsity_report
+from sparserobust.pruning.sweep import prune_model, sparsity_sweep
+from sparserobust.store import ModelRow, ResultStore, RunLock, provenance, sha256_file
+from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
+from sparserobust.utils import resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+Measurement = tuple[str, dict[str, Any]]
+
+
+# --- measurements ----------------------------------------------------------------
+
+
+def attack_params(a: AttackSettings) -> dict[str, Any]:
+    """Keyword hyperparameters for the attack's constructor (unset ones omitted)."""
+    params: dict[str, Any] = {}
+    if a.steps is not None:
+        params["steps"] = a.steps
+    if a.restarts is not None:
+        params["restarts"] = a.restarts
+    if a.search_steps is not None:
+        params["search_steps"] = a.search_steps
+    return params
+
+
+def planned_measurements(settings: EvalSettings, seed: int) -> list[Measurement]:
+    """The (measurement name, parameters) pairs :func:`evaluate_model` will compute.
+
+    The parameters identify a stored result: change any and it is recomputed.
+    """
+    plan: list[Measurement] = []
+    for a in settings.attacks:
+        plan.append(
+            (
+                f"attack:{a.name}:l{a.norm}",
+                {**asdict(a), "eps": list(a.eps), "n": settings.n, "seed": seed},
+            )
+        )
+    if settings.clever.n > 0:
+        for norm in settings.clever.norms:
+            c = settings.clever
+            plan.append(
+                (
+                    f"clever:l{norm}",
+                    {
+                        "n": c.n,
+                        "n_batches": c.n_batches,
+                        "batch_size": c.batch_size,
+                        "radius": c.radius,
+                        "seed": seed,
+                    },
+                )
+            )
+    if settings.activations:
+        plan.append(("activations", {"n": settings.n}))
+    if settings.bounds:
+        plan.append(("bounds:l2", {"n": settings.n}))
+        plan.append(("bounds:linf", {"n": settings.n}))
+    return plan
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    return v
+
+
+def measure(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    name: str,
+    params: dict[str, Any],
+    batch_size: int = 500,
+) -> dict[str, Any]:
+    """Compute one measurement on ``model`` for images ``x`` (in [0,1]) and labels ``y``.
+
+    Returns a JSON-able dict with a ``headline`` mapping of scalar robustness
+    numbers (higher = more robust, except where the name says otherwise) plus
+    the full summary and any evaluation ``flags``.
+    """
+    from sparserobust.metrics import active_relu_fraction, clever_scores, local_bounds
+
+    kind = name.split(":")[0]
+    n = int(params.get("n", len(y)))
+    xs, ys = x[:n], y[:n]
+    if kind == "attack":
+        from sparserobust.attacks import get_attack
+        from sparserobust.metrics.robustness import summarize
+
+        _, attack_name, norm = name.split(":")
+        norm_value = norm.removeprefix("l")
+        attack = get_attack(
+            attack_name,
+            norm_value,
+            **attack_params(
+                AttackSettings(
+                    name=attack_name,
+                    norm=norm_value,
+                    steps=params.get("steps"),
+                    restarts=params.get("restarts"),
+                    search_steps=params.get("search_steps"),
+                )
+            ),
+        )
+        eps = [float(e) for e in params.get("eps", [])]
+        if attack.is_fixed_epsilon if hasattr(attack, "is_fixed_epsilon") else bool(eps):
+            result = attack.run(model, xs, ys, epsilons=eps, seed=int(params["seed"]))
+        else:
+            result = attack.run(model, xs, ys, seed=int(params["seed"]))
+        summary = summarize(result, epsilons=eps or None)
+        headline = attack_headline(attack_name, norm, summary)
+        return _finite(
+            {"headline": headline, "summary": summary, "flags": list(summary.get("flags", []))}
+        )
+    if kind == "clever":
+        norm = name.split(":")[1].removeprefix("l")
+        res = clever_scores(
+            model,
+            xs,
+            norm=norm,
+            radius=params.get("radius"),
+            n_batches=params["n_batches"],
+            batch_size=params["batch_size"],
+            seed=int(params["seed"]),
+        )
+        s = res.summary()
+        return _finite(
+            {
+                "headline": {
+                    f"clever_l{norm} mean": s["clever_mean"],
+                    f"clever_l{norm} median": s["clever_median"],
+                },
+                "summary": s,
+                "scores": res.scores.tolist(),
+            }
+        )
+    if kind == "activations":
+        act = active_relu_fraction(model, xs, batch_size=batch_size)
+        s = act.summary()
+        headline = {"active_relu_fraction (not robustness)": act.overall} if act.has_relu else {}
+        return _finite(
+            {
+                "headline": headline,
+                "summary": s,
+                "layers": act.layers,
+                "dead": act.dead,
+                "message": act.message,
+            }
+        )
+    if kind == "bounds":
+        norm = name.split(":")[1].removeprefix("l")
+        b = local_bounds(model, xs, ys, norm=norm)
+        s = b.summary()
+        headline = {
+            f"bound_l{norm} ratio median": s.get("ratio_median", math.nan),
+            f"bound_l{norm} margin median (not robustness)": s.get("margin_median", math.nan),
+            f"bound_l{norm} grad norm median (not robustness)": s.get("grad_norm_median", math.nan),
+        }
+        return _finite({"headline": headline, "summary": s})
+    raise ConfigError(f"unknown measurement {name!r}")  # pragma: no cover
+
+
+def attack_headline(attack: str, norm: str, summary: dict[str, Any]) -> dict[str, float]:
+    """The scalar numbers of an attack summary the report plots."""
+    out: dict[str, float] = {}
+    tag = f"{attack}_{norm}"
+    for eps, acc in (summary.get("robust_accuracy") or {}).items():
+        out[f"{tag} robust_acc@{float(eps):g}"] = acc
+    if summary.get("median_norm") is not None and summary.get("kind") != "fixed-epsilon":
+        out[f"{tag} median_norm"] = summary["median_norm"]
+    if summary.get("rho") is not None and summary.get("kind") != "fixed-epsilon":
+        out[f"{tag} rho"] = summary["rho"]
+    return {k: float(v) for k, v in out.items() if v is not None}
+
+
+def evaluate_model(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: EvalSettings,
+    *,
+    seed: int = 0,
+    skip: Callable[[str, dict[str, Any]], bool] | None = None,
+    on_result: Callable[[str, dict[str, Any], dict[str, Any], float], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run every planned measurement on ``model``; returns ``{name: numbers}``.
+
+    ``skip(name, params)`` may skip finished measurements; ``on_result`` gets
+    each result as soon as it is computed (the pipeline stores it there).
+    """
+    results: dict[str, dict[str, Any]] = {}
+    for name, params in planned_measurements(settings, seed):
+        if skip is not None and skip(name, params):
+            continue
+        start = time.perf_counter()
+        numbers = measure(model, x, y, name, params, settings.batch_size)
+        seconds = time.perf_counter() - start
+        log.info("%s: %s in %.1fs", name, numbers.get("headline"), seconds)
+        results[name] = numbers
+        if on_result is not None:
+            on_result(name, params, numbers, seconds)
+    return results
+
+
+# --- the study ------------------------------------------------------------------
+
+
+def default_run_dir(config: StudyConfig) -> Path:
+    """``runs/<name>-<config hash>``."""
+    return Path("runs") / f"{config.name}-{config.config_hash()}"
+
+
+def _model_key(seed: int, method: str, target: float) -> str:
+    return f"s{seed}/{method}/{target:.4f}"
+
+
+def _dense_train_config(config: StudyConfig, seed: int) -> TrainConfig:
+    spec = model_spec(config.model)
+    t = config.train
+    return TrainConfig(
+        epochs=spec.epochs if t.epochs is None else t.epochs,
+        lr=spec.lr if t.lr is None else t.lr,
+        batch_size=spec.batch_size if t.batch_size is None else t.batch_size,
+        weight_decay=spec.weight_decay if t.weight_decay is None else t.weight_decay,
+        seed=seed,
+    )
+
+
+class _Study:
+    def __init__(self, config: StudyConfig, run_dir: Path, progress: bool) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.progress = progress
+        self.hash = config.config_hash()
+        self.device = resolve_device(config.device)
+        self.prov = provenance(str(self.device))
+        self.store = ResultStore(run_dir)
+        self.data: Dataset = load_dataset(config.dataset, config.data_dir)
+        self.eval_split = self.data.test.head(config.eval.n)
+
+    def check_config(self) -> None:
+        stored = self.store.get_meta("config_hash")
+        if stored is not None and stored != self.hash:
+            raise StoreError(
+                f"{self.run_dir} holds results of another config (hash {stored}, this one is "
+                f"{self.hash}): use another --out, or --force to start this directory over"
+            )
+        self.store.set_meta("config_hash", self.hash)
+        self.store.set_meta("config", json.dumps(self.config.to_dict(), sort_keys=True))
+        self.store.set_meta("provenance", json.dumps(self.prov, sort_keys=True))
+
+    def base_meta(self, seed: int) -> dict[str, Any]:
+        info = self.data.info
+        return {
+            "model": self.config.model,
+            "dataset": self.config.dataset,
+            "input_shape": list(info.input_shape),
+            "num_classes": info.num_classes,
+            "mean": list(info.mean),
+            "std": list(info.std),
+            "seed": seed,
+            "config_hash": self.hash,
+        }
+
+    def dense(self, seed: int) -> nn.Module:
+        key = _model_key(seed, "dense", 0.0)
+        rel = f"checkpoints/s{seed}/dense.st"
+        row = self.store.get_model(key)
+        if row is not None:
+            return load_checkpoint(self.run_dir / rel, device=self.device)[0]
+        start = time.perf_counter()
+        seed_everything(seed)
+        info = self.data.info
+        model = build_model(
+            self.config.model, info.input_shape, info.num_classes, info.mean, info.std
+        ).to(self.device)
+        tc = _dense_train_config(self.config, seed)
+        train_model(
+            model, self.data.train, tc, progress=self.progress, desc=f"train dense seed {seed}"
+        )
+        acc = evaluate_accuracy(model, self.data.test)
+        meta = {
+            **self.base_meta(seed),
+            "accuracy": acc,
+            "method": "dense",
+            "sparsity": 0.0,
+            "train": tc.as_dict(),
+        }
+        save_checkpoint(self.run_dir / rel, model, meta)
+        self._register(key, seed, "dense", 0.0, model, acc, rel, None, time.perf_counter() - start)
+        return model.eval()
+
+    def _register(
+        self,
+        key: str,
+        seed: int,
+        method: str,
+        target: float,
+        model: nn.Module,
+        accuracy: float,
+        rel: str,
+        parent: str | None,
+        seconds: float,
+    ) -> None:
+        rep = sparsity_report(model)
+        row = ModelRow(
+            key,
+            seed,
+            method,
+            target,
+            rep.sparsity,
+            rep.pruned,
+            rep.total,
+            accuracy,
+            rel,
+            sha256_file(self.run_dir / rel),
+            parent,
+            seconds,
+        )
+        self.store.add_model(row, self.hash, self.prov)
+
+    def sweep(self, seed: int, method: str, dense: nn.Module) -> None:
+        p = self.config.pruning
+        keys = [_model_key(seed, method, t) for t in sorted(p.sparsities)]
+        if all(self.store.get_model(k) is not None for k in keys):
+            return
+        out = self.run_dir / "checkpoints" / f"s{seed}" / method
+        retrain = TrainConfig(
+            epochs=p.retrain_epochs,
+            lr=p.retrain_lr,
+            seed=seed,
+            batch_size=_dense_train_config(self.config, seed).batch_size,
+            weight_decay=_dense_train_config(self.config, seed).weight_decay,
+        )
+        records = sparsity_sweep(
+            copy.deepcopy(dense),
+            method,
+            list(p.sparsities),
+            train=self.data.train,
+            test=self.data.test,
+            retrain=retrain,
+            seed=seed,
+            chain=p.iterative,
+            out_dir=out,
+            metadata=self.base_meta(seed),
+            parent="dense.st",
+            progress=self.progress,
+        )
+        for rec in records:
+            target = float(rec["target_sparsity"])
+            key = _model_key(seed, method, target)
+            if self.store.get_model(key) is not None:
+                continue
+            rel = str(Path(rec["path"]).resolve().relative_to(self.run_dir.resolve()))
+            model, meta = load_checkpoint(self.run_dir / rel)
+            self._register(
+                key,
+                seed,
+                method,
+                target,
+                model,
+                float(meta["accuracy"]),
+                rel,
+                meta.get("parent"),
+                float(rec.get("seconds") or 0.0),
+            )
+
+    def evaluate_all(self, seed: int) -> None:
+        rows = [r for r in self.store.models() if r.seed == seed]
+        x, y = self.eval_split.x, self.eval_split.y
+        plan = planned_measurements(self.config.eval, seed)
+        todo = [
+            r for r in rows if any(not self.store.has_result(r.model_key, n, p) for n, p in plan)
+        ]
+        bar = tqdm(todo, desc=f"evaluate seed {seed}", disable=not self.progress)
+        for row in bar:
+            bar.set_postfix(model=row.model_key)
+            model, _ = load_checkpoint(self.run_dir / row.checkpoint, device=self.device)
+
+            def store_result(
+                name: str,
+                params: dict[str, Any],
+                numbers: dict[str, Any],
+                seconds: float,
+                key: str = row.model_key,
+            ) -> None:
+                self.store.add_result(key, name, params, numbers, seconds, self.hash, self.prov)
+
+            evaluate_model(
+                model,
+                x,
+                y,
+                self.config.eval,
+                seed=seed,
+                skip=lambda n, p, key=row.model_key: self.store.has_result(key, n, p),
+                on_result=store_result,
+            )
+
+
+def _attach_log(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("sparserobust")
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    return handler
+
+
+def run_study(
+    config: StudyConfig,
+    run_dir: str | Path | None = None,
+    *,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the whole study of ``config`` in ``run_dir`` (default ``runs/<name>-<hash>``).
+
+    Finished models and measurements are skipped; ``force`` starts the directory
+    over. Writes the results database, checkpoints, ``run.log`` and the report.
+    Returns a summary: run directory, report path, models, results, seconds.
+    """
+    from sparserobust.report import write_report
+
+    run = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    start = time.perf_counter()
+    with RunLock(run):
+        if force:
+            for name in ("results.sqlite", "results.sqlite-wal", "results.sqlite-shm"):
+                (run / name).unlink(missing_ok=True)
+            shutil.rmtree(run / "checkpoints", ignore_errors=True)
+            shutil.rmtree(run / "report", ignore_errors=True)
+        handler = _attach_log(run)
+        try:
+            study = _Study(config, run, progress)
+            try:
+                study.check_config()
+                log.info(
+                    "study %s (config %s) in %s on %s", config.name, study.hash, run, study.device
+                )
+                for seed in config.seeds:
+                    dense = study.dense(seed)
+                    for method in config.pruning.methods:
+                        study.sweep(seed, method, dense)
+                    study.evaluate_all(seed)
+                report = write_report(run, config.report.max_accuracy_drop)
+                n_models = len(study.store.models())
+                n_results = len(study.store.results())
+            finally:
+                study.store.close()
+        finally:
+            logging.getLogger("sparserobust").removeHandler(handler)
+            handler.close()
+    seconds = time.perf_counter() - start
+    log.info("study done in %.1fs: %s", seconds, report)
+    return {
+        "run_dir": str(run),
+        "report": str(report),
+        "models": n_models,
+        "results": n_results,
+        "seconds": seconds,
+        "config_hash": config.config_hash(),
+    }
+
+
+# --- bring your own model -------------------------------------------------------
+
+
+def _collect(loader: Iterable[Any], n: int | None) -> Split:
+    xs, ys, count = [], [], 0
+    for batch in loader:
+        x, y = batch[0], batch[1]
+        xs.append(torch.as_tensor(x).float().cpu())
+        ys.append(torch.as_tensor(y).long().cpu())
+        count += len(ys[-1])
+        if n is not None and count >= n:
+            break
+    if not xs:
+        raise ConfigError("the DataLoader yielded no batches: give it some data")
+    return Split(torch.cat(xs), torch.cat(ys)).head(n)
+
+
+def sweep_robustness(
+    model: nn.Module,
+    test_loader: Iterable[Any],
+    *,
+    sparsities: Sequence[float],
+    methods: Sequence[str] = ("global-magnitude",),
+    settings: EvalSettings | None = None,
+    retrain: Callable[[nn.Module, Any], None] | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Evaluate a user's own ``model`` across a sparsity sweep, from Python.
+
+    ``test_loader`` yields ``(x, y)`` batches with ``x`` in [0,1]; the first
+    ``n`` examples (default ``settings.n``) are evaluated. Each method prunes a
+    copy of ``model`` to every level of ``sparsities`` (ascending, iteratively),
+    calling ``retrain(model, after_step)`` after each pruning step when given
+    (your own training loop; call ``after_step(step, model)`` after each
+    optimiser step if not None). ``settings`` default: FGSM at
+    eps 0.05/0.1/0.2/0.3, DeepFool l2 and active-ReLU fractions. The model
+    itself is left unchanged. Returns one record per (method, level),
+    dense first: method, sparsity, clean accuracy, and every measurement.
+    """
+    if settings is None:
+        settings = EvalSettings(
+            n=n or 500,
+            attacks=(
+                AttackSettings("fgsm", "inf", (0.05, 0.1, 0.2, 0.3)),
+                AttackSettings("deepfool", "2"),
+            ),
+            bounds=False,
+        )
+    levels = sorted(check_sparsities(list(sparsities), "sparsities"))
+    data = _collect(test_loader, n or settings.n)
+    records: list[dict[str, Any]] = []
+
+    def record(method: str, target: float, m: nn.Module) -> None:
+        rep = sparsity_report(m)
+        acc = evaluate_accuracy(m, data)
+        res = evaluate_model(m, data.x, data.y, settings, seed=seed)
+        records.append(
+            {
+                "method": method,
+                "target_sparsity": target,
+                "sparsity": rep.sparsity,
+                "clean_accuracy": acc,
+                "measurements": res,
+            }
+        )
+
+    record("dense", 0.0, model)
+    for method in methods:
+        work = copy.deepcopy(model)
+        for target in levels:
+            if target > 0:
+                prune_model(work, method, target, retrain=retrain, seed=seed, progress=progress)
+            record(method, target, work)
+    return records
