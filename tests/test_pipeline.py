@@ -1,0 +1,312 @@
+"""Pipeline: config validation, a small digits study, resume after SIGKILL, report, export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from sparserobust import load_checkpoint
+from sparserobust.config import config_from_dict, load_config
+from sparserobust.errors import ConfigError, StoreError
+from sparserobust.pipeline import run_study, sweep_robustness
+from sparserobust.pruning import sparsity_report
+from sparserobust.report import Cell, interval, sweet_spots
+from sparserobust.store import ResultStore, RunLock
+
+SMALL = {
+    "name": "small",
+    "dataset": "digits",
+    "model": "lenet300",
+    "seeds": [0],
+    "train": {"epochs": 4},
+    "pruning": {
+        "methods": ["global-magnitude", "random"],
+        "sparsities": [0.5, 0.9],
+        "retrain_epochs": 1,
+    },
+    "eval": {
+        "n": 60,
+        "attacks": [{"name": "fgsm", "eps": [0.05, 0.2]}],
+        "clever": {"n": 0},
+        "activations": True,
+        "bounds": True,
+    },
+}
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def table_rows(db: Path) -> dict[str, list[tuple]]:
+    """Models and results rows without wall times, timestamps and provenance."""
+    con = sqlite3.connect(db)
+    try:
+        models = con.execute(
+            "SELECT model_key, seed, method, target_sparsity, sparsity, pruned_weights, "
+            "total_weights, accuracy, checkpoint, checkpoint_sha256, parent FROM models "
+            "ORDER BY model_key"
+        ).fetchall()
+        results = con.execute(
+            "SELECT model_key, measurement, params, numbers FROM results "
+            "ORDER BY model_key, measurement, params_hash"
+        ).fetchall()
+    finally:
+        con.close()
+    return {"models": models, "results": results}
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("run") / "small"
+    run_study(config_from_dict(SMALL), run, progress=False)
+    return run
+
+
+# --- config ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "patch,key",
+    [
+        ({"modle": "x"}, "modle"),
+        ({"model": "alexnet"}, "model"),
+        ({"seeds": []}, "seeds"),
+        ({"seeds": [1, 1]}, "seeds"),
+        ({"train": {"epochs": -1}}, "train.epochs"),
+        ({"train": {"epochs": "ten"}}, "train.epochs"),
+        ({"pruning": {"sparsities": [0.5, 1.0]}}, "pruning.sparsities[1]"),
+        ({"pruning": {"sparsities": []}}, "pruning.sparsities"),
+        ({"pruning": {"sparsities": [0.5, 0.5]}}, "pruning.sparsities"),
+        ({"pruning": {"methods": ["l1"]}}, "pruning.methods[0]"),
+        ({"eval": {"attacks": [{"name": "fgsm", "eps": [0.1, -0.1]}]}}, "eval.attacks[0].eps[1]"),
+        ({"eval": {"attacks": [{"name": "fgsm"}]}}, "eval.attacks[0].eps"),
+        ({"eval": {"attacks": [{"name": "boom"}]}}, "eval.attacks[0].name"),
+        (
+            {"eval": {"attacks": [{"name": "pgd", "eps": [0.1], "norm": "1"}]}},
+            "eval.attacks[0].norm",
+        ),
+        ({"eval": {"clever": {"radius": 0}}}, "eval.clever.radius"),
+        ({"report": {"max_accuracy_drop": 2}}, "report.max_accuracy_drop"),
+        ({"eval": "all"}, "eval"),
+    ],
+)
+def test_bad_config_names_the_key(patch: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({**SMALL, **patch})
+    assert str(err.value).startswith(key + ":")
+
+
+def test_config_hash_ignores_device_but_not_numbers() -> None:
+    base = config_from_dict(SMALL)
+    assert config_from_dict({**SMALL, "device": "cpu", "data_dir": "/x"}).config_hash() == (
+        base.config_hash()
+    )
+    assert config_from_dict({**SMALL, "seeds": [1]}).config_hash() != base.config_hash()
+
+
+def test_config_file_errors(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        load_config(tmp_path / "empty.yaml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path: Path) -> None:
+    config = load_config(path)
+    assert config.pruning.sparsities and config.eval.attacks
+
+
+def test_paper_configs_are_shipped() -> None:
+    names = {p.name for p in CONFIGS.glob("*.yaml")}
+    assert {
+        "mnist_lenet300.yaml",
+        "mnist_lenet5.yaml",
+        "cifar10_vgg.yaml",
+        "cifar10_resnet32.yaml",
+        "mnist_linear.yaml",
+    } <= names
+
+
+# --- the study ------------------------------------------------------------------
+
+
+def test_study_stores_every_model_and_number(small_run: Path) -> None:
+    rows = table_rows(small_run / "results.sqlite")
+    keys = [r[0] for r in rows["models"]]
+    assert keys == [
+        "s0/dense/0.0000",
+        "s0/global-magnitude/0.5000",
+        "s0/global-magnitude/0.9000",
+        "s0/random/0.5000",
+        "s0/random/0.9000",
+    ]
+    # 5 models x (fgsm, activations, bounds l2, bounds linf)
+    assert len(rows["results"]) == 5 * 4
+    for key, _, method, target, sparsity, pruned, total, acc, ckpt, *_ in rows["models"]:
+        model, meta = load_checkpoint(small_run / ckpt)
+        rep = sparsity_report(model)
+        assert (rep.pruned, rep.total) == (pruned, total) == (round(target * 50_200), 50_200)
+        assert sparsity == pytest.approx(target, abs=1e-4)
+        assert 0 <= acc <= 1
+    fgsm = [json.loads(r[3]) for r in rows["results"] if r[1] == "attack:fgsm:linf"]
+    for numbers in fgsm:
+        h = numbers["headline"]
+        assert h["fgsm_linf robust_acc@0.2"] <= h["fgsm_linf robust_acc@0.05"]
+
+
+def test_rerun_skips_finished_work(small_run: Path) -> None:
+    before = table_rows(small_run / "results.sqlite")
+    con = sqlite3.connect(small_run / "results.sqlite")
+    created = con.execute("SELECT created FROM results ORDER BY rowid").fetchall()
+    con.close()
+    start = time.perf_counter()
+    run_study(config_from_dict(SMALL), small_run, progress=False)
+    assert time.perf_counter() - start < 15
+    assert table_rows(small_run / "results.sqlite") == before
+    con = sqlite3.connect(small_run / "results.sqlite")
+    assert con.execute("SELECT created FROM results ORDER BY rowid").fetchall() == created
+    con.close()
+
+
+def test_other_config_in_same_dir_is_refused(small_run: Path) -> None:
+    with pytest.raises(StoreError, match="another config"):
+        run_study(config_from_dict({**SMALL, "seeds": [3]}), small_run, progress=False)
+
+
+def test_second_process_is_refused(tmp_path: Path) -> None:
+    with RunLock(tmp_path), pytest.raises(StoreError, match="in use by another"):
+        run_study(config_from_dict(SMALL), tmp_path, progress=False)
+
+
+def test_report_and_export(small_run: Path, tmp_path: Path) -> None:
+    report = small_run / "report"
+    md = (report / "report.md").read_text()
+    assert "biases and BatchNorm excluded" in md and "Sweet spots" in md
+    html = (report / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(list(report.glob("*.png"))) >= 5
+    from sparserobust.cli import main
+
+    assert (
+        main(
+            [
+                "export",
+                str(small_run),
+                "--csv",
+                str(tmp_path / "r.csv"),
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
+    with open(tmp_path / "r.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    fgsm = [r for r in rows if r["metric"] == "headline.fgsm_linf robust_acc@0.05"]
+    assert len(fgsm) == 5
+    payload = json.loads((tmp_path / "r.json").read_text())
+    assert len(payload["models"]) == 5 and len(payload["results"]) == 20
+
+
+def test_interval_and_sweet_spot() -> None:
+    mean, lo, hi = interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and hi - mean == pytest.approx(4.303 * 1 / 3**0.5, rel=1e-3)
+    table = {
+        "clean_accuracy": {
+            "m": {
+                0.0: Cell(0.98, 0, 0, 1, 0.0),
+                0.5: Cell(0.975, 0, 0, 1, 0.5),
+                0.9: Cell(0.90, 0, 0, 1, 0.9),
+            }
+        },
+        "rob": {
+            "m": {
+                0.0: Cell(0.3, 0, 0, 1, 0.0),
+                0.5: Cell(0.4, 0, 0, 1, 0.5),
+                0.9: Cell(0.6, 0, 0, 1, 0.9),
+            }
+        },
+    }
+    (spot,) = sweet_spots(table, ["rob"], max_drop=0.01)
+    assert spot["sparsity"] == 0.5 and spot["value"] == 0.4  # 0.9 is too inaccurate
+    (spot,) = sweet_spots(table, ["rob"], max_drop=0.1)
+    assert spot["sparsity"] == 0.9
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path: Path, small_run: Path) -> None:
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text(yaml.safe_dump(SMALL))
+    run = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable,
+        "-c",
+        "from sparserobust.cli import run_main; run_main()",
+        "run",
+        str(cfg),
+        "--out",
+        str(run),
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    killed = False
+    while time.time() < deadline and proc.poll() is None:
+        db = run / "results.sqlite"
+        if db.exists():
+            try:
+                con = sqlite3.connect(db, timeout=1)
+                n = con.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+                con.close()
+            except sqlite3.Error:
+                n = 0
+            if n >= 2:
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed, "the run finished before it could be killed"
+    partial = table_rows(run / "results.sqlite")
+    assert len(partial["results"]) < 20
+    code = subprocess.run(cmd, env=env, capture_output=True, check=False).returncode
+    assert code == 0
+    assert table_rows(run / "results.sqlite") == table_rows(small_run / "results.sqlite")
+
+
+# --- bring your own model -------------------------------------------------------
+
+
+def test_sweep_robustness_on_own_model(digits_lenet300: torch.nn.Module, digits) -> None:  # type: ignore[no-untyped-def]
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(digits.test.x, digits.test.y), batch_size=50)
+    before = {k: v.clone() for k, v in digits_lenet300.state_dict().items()}
+    records = sweep_robustness(digits_lenet300, loader, sparsities=[0.5, 0.8], n=100)
+    assert [(r["method"], r["target_sparsity"]) for r in records] == [
+        ("dense", 0.0),
+        ("global-magnitude", 0.5),
+        ("global-magnitude", 0.8),
+    ]
+    assert [round(r["sparsity"], 4) for r in records] == [0.0, 0.5, 0.8]
+    for r in records:
+        acc = r["measurements"]["attack:fgsm:linf"]["headline"]
+        assert (
+            acc["fgsm_linf robust_acc@0.3"]
+            <= acc["fgsm_linf robust_acc@0.05"]
+            <= (r["clean_accuracy"] + 1e-9)
+        )
+    assert all(torch.equal(before[k], v) for k, v in digits_lenet300.state_dict().items())
