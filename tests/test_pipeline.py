@@ -22,7 +22,7 @@ from sparserobust.errors import ConfigError, StoreError
 from sparserobust.pipeline import run_study, sweep_robustness
 from sparserobust.pruning import sparsity_report
 from sparserobust.report import Cell, interval, sweet_spots
-from sparserobust.store import ResultStore, RunLock
+from sparserobust.store import RunLock
 
 SMALL = {
     "name": "small",
@@ -156,7 +156,7 @@ def test_study_stores_every_model_and_number(small_run: Path) -> None:
     ]
     # 5 models x (fgsm, activations, bounds l2, bounds linf)
     assert len(rows["results"]) == 5 * 4
-    for key, _, method, target, sparsity, pruned, total, acc, ckpt, *_ in rows["models"]:
+    for _key, _, _method, target, sparsity, pruned, total, acc, ckpt, *_ in rows["models"]:
         model, meta = load_checkpoint(small_run / ckpt)
         rep = sparsity_report(model)
         assert (rep.pruned, rep.total) == (pruned, total) == (round(target * 50_200), 50_200)
