@@ -159,5 +159,19 @@ def load_checkpoint(
             "the file was saved from another model"
         ) from None
     model.to(device)
+    _refresh_pruned_weights(model)
     model.eval()
     return model, meta
+
+
+def _refresh_pruned_weights(model: nn.Module) -> None:
+    """Recompute each pruned ``weight`` from the loaded ``weight_orig`` and mask.
+
+    ``prune`` caches ``weight = weight_orig * mask`` as a plain attribute, computed
+    when the mask was created (here: from the freshly built model) and refreshed
+    only before a forward pass; without this, code reading ``module.weight``
+    right after loading would see the random initial weights.
+    """
+    from sparserobust.pruning.masks import refresh_pruned_weights
+
+    refresh_pruned_weights(model)

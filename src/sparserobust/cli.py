@@ -146,6 +146,171 @@ def evaluate(
     )
 
 
+@cli.command()
+@click.option("--checkpoint", required=True, help="Dense (or less sparse) checkpoint to prune.")
+@click.option("--method", required=True, help="magnitude, global-magnitude, dns or random.")
+@click.option("--sparsity", "sparsity_text", required=True, help="Targets, e.g. 0.5,0.9,0.99.")
+@click.option(
+    "--retrain-epochs",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Retraining epochs per level (dns: surgery epochs; 0: one-shot).",
+)
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Retraining peak lr.")
+@click.option(
+    "--steps",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Pruning+retraining steps per level (one-shot methods).",
+)
+@click.option(
+    "--dns-finetune-epochs",
+    type=int,
+    default=1,
+    show_default=True,
+    help="dns: epochs with the calibrated mask fixed.",
+)
+@click.option("--data-dir", default=None, help="Data root (or $SPARSEROBUST_DATA).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def prune(
+    checkpoint: str,
+    method: str,
+    sparsity_text: str,
+    retrain_epochs: int,
+    lr: float,
+    steps: int,
+    dns_finetune_epochs: int,
+    data_dir: str | None,
+    out: str,
+    seed: int,
+    device: str,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Prune a checkpoint to each sparsity (fraction of Linear/Conv weights removed);
+    one checkpoint per level in OUT, each reached from the previous one. Re-running
+    with the same arguments continues after the last finished level."""
+    from sparserobust.pruning import DNSConfig, prune_checkpoint
+
+    targets = parse_float_list(sparsity_text, "--sparsity")
+    start = time.perf_counter()
+    records = prune_checkpoint(
+        checkpoint,
+        method,
+        targets,
+        out_dir=out,
+        data_dir=data_dir,
+        retrain_epochs=retrain_epochs,
+        lr=lr,
+        steps_per_level=steps,
+        seed=seed,
+        dns=DNSConfig(finetune_epochs=dns_finetune_epochs),
+        device=device,
+        progress=not no_progress,
+    )
+    seconds = round(time.perf_counter() - start, 2)
+    lines = [
+        f"{r['path']}: sparsity {r['sparsity']:.4f} accuracy {r['accuracy']:.4f}"
+        + (" (already done)" if r["resumed"] else f" in {r['seconds']:.1f}s")
+        for r in records
+    ]
+    lines.append("sparsity counts Linear/Conv weights; biases and BatchNorm excluded")
+    emit({"method": method, "levels": records, "seconds": seconds}, as_json, lines)
+
+
+@cli.command()
+@click.argument("config_path", required=False, type=click.Path(dir_okay=False))
+@click.option("--out", "run_dir", default=None, help="Run directory (default runs/<name>-<hash>).")
+@click.option("--data-dir", default=None, help="Data root; overrides the config's data_dir.")
+@click.option("--device", default=None, help="auto, cpu or cuda; overrides the config.")
+@click.option("--force", is_flag=True, help="Start the run directory over; recompute everything.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def run(
+    config_path: str | None,
+    run_dir: str | None,
+    data_dir: str | None,
+    device: str | None,
+    force: bool,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Run a whole study from CONFIG_PATH (YAML); without one, the quick digits study."""
+    import dataclasses
+
+    from sparserobust.config import load_config, quick_config, validate
+    from sparserobust.pipeline import run_study
+
+    config = load_config(config_path) if config_path else quick_config()
+    changes: dict[str, Any] = {}
+    if data_dir is not None:
+        changes["data_dir"] = data_dir
+    if device is not None:
+        changes["device"] = device
+    config = validate(dataclasses.replace(config, **changes))
+    result = run_study(config, run_dir, force=force, progress=not no_progress)
+    emit(
+        result,
+        as_json,
+        [
+            f"study {config.name}: {result['models']} models, {result['results']} results in "
+            f"{result['seconds']:.1f}s; report: {result['report']}"
+        ],
+    )
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--max-accuracy-drop",
+    type=float,
+    default=None,
+    help="Clean-accuracy budget of the sweet spot (default: the config's).",
+)
+def report(run_dir: str, max_accuracy_drop: float | None) -> None:
+    """(Re)write the markdown/HTML report of RUN_DIR."""
+    from sparserobust.report import write_report
+
+    if max_accuracy_drop is not None and not 0 <= max_accuracy_drop <= 1:
+        raise ConfigError(f"--max-accuracy-drop must be in [0,1], got {max_accuracy_drop}")
+    path = write_report(run_dir, max_accuracy_drop)
+    click.echo(f"report: {path} (and {path.with_suffix('.html')})")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--csv",
+    "csv_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write one CSV row per (model, measurement, number).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write every model and result as JSON.",
+)
+def export(run_dir: str, csv_path: str | None, json_path: str | None) -> None:
+    """Export the results database of RUN_DIR as CSV and/or JSON."""
+    from sparserobust.export import export_csv, export_json
+
+    if csv_path is None and json_path is None:
+        raise ConfigError("give --csv FILE and/or --json FILE")
+    if csv_path is not None:
+        click.echo(f"wrote {export_csv(run_dir, csv_path)} rows to {csv_path}")
+    if json_path is not None:
+        click.echo(f"wrote {export_json(run_dir, json_path)} results to {json_path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into one line and exit code 2."""
     try:

@@ -118,7 +118,9 @@ def refresh_pruned_weight(module: nn.Module) -> None:
 
     ``prune`` recomputes it before every forward; this makes it right at once
     (after loading a state dict or changing a mask) for code that reads
-    ``module.weight`` without a forward pass.
+    ``module.weight`` without a forward pass. It also drops the autograd graph
+    a forward pass with gradients leaves in ``module.weight``, which otherwise
+    makes ``copy.deepcopy(model)`` fail.
     """
     hook = _pruning_hook(module)
     if hook is not None:

@@ -1,0 +1,456 @@
+"""Prune a model to one sparsity or to a sweep of sparsities, with retraining.
+
+Python API (works on any ``nn.Module`` with Linear/Conv layers):
+
+- :func:`prune_model` prunes in place to one sparsity (one-shot, or
+  iterative with retraining between steps, or by DNS).
+- :func:`sparsity_sweep` produces one pruned model per target, each reached
+  from the previous one (Han et al.'s iterative schedule), optionally written
+  as checkpoints ``<method>-s<sparsity>.st`` into a folder; a restarted sweep
+  continues after the last finished file.
+- :func:`prune_checkpoint` is the same from a dense checkpoint file (what
+  ``sparserobust prune`` runs).
+
+Retraining is either a :class:`~sparserobust.training.TrainConfig` plus a
+training :class:`~sparserobust.data.Split`, or a callable
+``retrain(model, after_step)`` that trains the model in place with your own
+loop or DataLoader and calls ``after_step(step, model)`` (may be None) after
+every optimiser step.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sparserobust.checkpoint import apply_masks_from_state, read_metadata, save_checkpoint
+from sparserobust.data import Split
+from sparserobust.errors import CheckpointError, ConfigError
+from sparserobust.pruning.dns import DNSConfig, TrainFn, dns_prune
+from sparserobust.pruning.masks import (
+    SPARSITY_NOTE,
+    SparsityReport,
+    check_sparsity,
+    refresh_pruned_weights,
+    sparsity_report,
+)
+from sparserobust.pruning.registry import pruning_method
+from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
+
+log = logging.getLogger(__name__)
+
+Retrain = TrainConfig | TrainFn
+"""A TrainConfig (with a ``train`` split) or a callable ``retrain(model, after_step)``."""
+
+
+def validate_targets(targets: Sequence[float]) -> list[float]:
+    """Targets as floats in [0, 1), sorted ascending; ConfigError when empty,
+    out of range or duplicated (also when two round to the same file name)."""
+    values = [check_sparsity(t) for t in targets]
+    if not values:
+        raise ConfigError("no sparsity targets given: pass e.g. --sparsity 0.5,0.9,0.99")
+    names = [checkpoint_name("x", v) for v in values]
+    if len(set(names)) != len(names):
+        dupes = sorted({v for v, n in zip(values, names, strict=True) if names.count(n) > 1})
+        raise ConfigError(f"duplicate sparsity targets {dupes}: give each level once")
+    if values != sorted(values):
+        log.info("sorting sparsity targets ascending: %s", sorted(values))
+    return sorted(values)
+
+
+def checkpoint_name(method: str, sparsity: float) -> str:
+    """File name of a sweep level, e.g. ``magnitude-s0.9000.st``."""
+    return f"{method}-s{sparsity:.4f}.st"
+
+
+def _train_fn(
+    retrain: Retrain | None, train: Split | None, seed: int, progress: bool, desc: str
+) -> tuple[TrainFn | None, int | None]:
+    """A callable trainer and its number of steps (None when unknown)."""
+    if retrain is None:
+        return None, None
+    if isinstance(retrain, TrainConfig):
+        if train is None:
+            raise ConfigError("retraining with a TrainConfig needs the training split (train=...)")
+        if retrain.epochs == 0:
+            return None, 0
+        config = dataclasses.replace(retrain, seed=retrain.seed + seed)
+        steps = config.epochs * math.ceil(len(train) / config.batch_size)
+
+        def run(model: nn.Module, after_step: Callable[[int, nn.Module], None] | None) -> None:
+            train_model(model, train, config, progress=progress, after_step=after_step, desc=desc)
+            refresh_pruned_weights(model)  # drop the autograd graph: keeps it deep-copyable
+
+        return run, steps
+    if callable(retrain):
+        user_fn = retrain
+
+        def run_user(model: nn.Module, after_step: Callable[[int, nn.Module], None] | None) -> None:
+            user_fn(model, after_step)
+            refresh_pruned_weights(model)
+
+        return run_user, None
+    raise ConfigError(f"retrain must be a TrainConfig or a callable, got {type(retrain).__name__}")
+
+
+def _retrain_settings(
+    retrain: Retrain | None, dns: DNSConfig | None
+) -> dict[str, Any] | str | None:
+    if retrain is None:
+        return None
+    if isinstance(retrain, TrainConfig):
+        return retrain.as_dict()
+    return f"callable:{getattr(retrain, '__qualname__', type(retrain).__name__)}"
+
+
+def prune_model(
+    model: nn.Module,
+    method: str,
+    sparsity: float,
+    *,
+    train: Split | None = None,
+    retrain: Retrain | None = None,
+    steps: int = 1,
+    seed: int = 0,
+    dns: DNSConfig | None = None,
+    dns_steps: int | None = None,
+    progress: bool = False,
+) -> SparsityReport:
+    """Prune ``model`` in place to ``sparsity`` (fraction of Linear/Conv weights
+    removed; exact count ``round(s * N)``, per layer for layer-wise methods).
+
+    ``method``: ``magnitude``, ``global-magnitude``, ``random`` or ``dns``.
+    One-shot methods take ``steps`` pruning steps (kept fraction shrinking
+    geometrically from the current one) and retrain after each when
+    ``retrain`` is given. ``dns`` needs ``retrain`` (its surgery training; with
+    a callable, pass ``dns_steps``, its number of optimiser steps, for the ramp)
+    and fine-tunes ``dns.finetune_epochs`` with the final mask when ``retrain``
+    is a TrainConfig. ``seed`` fixes random masks, DNS draws and retraining
+    order. Returns the exact per-layer and total counts.
+    """
+    target = check_sparsity(sparsity)
+    chosen = pruning_method(method)
+    if steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {steps}")
+    if chosen.one_shot is None:
+        return _prune_dns(model, target, train, retrain, seed, dns, dns_steps, progress)
+    current = sparsity_report(model).sparsity
+    kept_now, kept_end = 1.0 - current, 1.0 - target
+    for i in range(1, steps + 1):
+        level = target if i == steps else 1.0 - kept_now * (kept_end / kept_now) ** (i / steps)
+        chosen.one_shot(model, max(level, 0.0), seed + i)
+        fn, _ = _train_fn(retrain, train, seed + i, progress, f"retrain {method} {level:.4f}")
+        if fn is not None:
+            fn(model, None)
+    return sparsity_report(model)
+
+
+def _prune_dns(
+    model: nn.Module,
+    sparsity: float,
+    train: Split | None,
+    retrain: Retrain | None,
+    seed: int,
+    dns: DNSConfig | None,
+    dns_steps: int | None,
+    progress: bool,
+) -> SparsityReport:
+    config = dns or DNSConfig()
+    fn, steps = _train_fn(retrain, train, seed, progress, f"dns {sparsity:.4f}")
+    if fn is None:
+        raise ConfigError(
+            "dns prunes while it trains: give retrain epochs >= 1 (a TrainConfig with the "
+            "training split, or a training callable)"
+        )
+    finetune = None
+    if isinstance(retrain, TrainConfig) and config.finetune_epochs > 0:
+        ft_config = dataclasses.replace(retrain, epochs=config.finetune_epochs)
+        finetune, _ = _train_fn(ft_config, train, seed + 7919, progress, "dns finetune")
+    return dns_prune(
+        model,
+        sparsity,
+        fn,
+        steps=steps if steps is not None else int(dns_steps or 0),
+        config=config,
+        seed=seed,
+        finetune=finetune,
+    )
+
+
+def load_state_into(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load checkpoint ``path``'s tensors (masks included) into ``model`` exactly."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path), device=str(next(model.parameters()).device))
+    apply_masks_from_state(model, state)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path} does not fit this model ({str(exc).splitlines()[0]}); "
+            "resume with the model the sweep started from"
+        ) from None
+    refresh_pruned_weights(model)
+
+
+def _finished(path: Path, signature: dict[str, Any], target_path: list[float]) -> bool:
+    """Whether ``path`` is a finished level of this very sweep (ConfigError if of another)."""
+    if not path.is_file():
+        return False
+    try:
+        meta = read_metadata(path)
+    except CheckpointError as exc:
+        log.warning("ignoring unreadable %s (%s); recomputing it", path, exc)
+        return False
+    if meta.get("sweep") != signature or meta.get("target_path") != target_path:
+        raise ConfigError(
+            f"{path} belongs to a sweep with other settings: use another --out folder "
+            "or delete that file"
+        )
+    return True
+
+
+def sparsity_sweep(
+    model: nn.Module,
+    method: str,
+    targets: Sequence[float],
+    *,
+    train: Split | None = None,
+    test: Split | None = None,
+    retrain: Retrain | None = None,
+    steps_per_level: int = 1,
+    seed: int = 0,
+    dns: DNSConfig | None = None,
+    chain: bool = True,
+    out_dir: str | os.PathLike[str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    parent: str = "dense",
+    evaluate: Callable[[nn.Module], float] | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Prune ``model`` to each of ``targets`` (sorted ascending) with ``method``.
+
+    With ``chain`` (default) level i starts from level i-1 (the first from
+    ``model``), so one-shot methods become iterative pruning with retraining
+    and masks are nested; the model ends in the last level's state. Without
+    ``chain`` every level starts from a copy of ``model`` (left unchanged).
+
+    With ``out_dir``, level i is written atomically to
+    ``out_dir/<method>-s<target:.4f>.st`` (``metadata`` must then hold the
+    checkpoint fields of :func:`~sparserobust.checkpoint.save_checkpoint`), and
+    files already there from the same sweep (same method, targets so far,
+    retraining, seed, parent) are reused: a restarted sweep continues after
+    the last finished level and gives the same files as an uninterrupted one.
+
+    Returns one record per level: path (or None), target and measured
+    sparsity, exact counts (total and per layer), accuracy on ``test`` (or
+    ``evaluate(model)``; None without either), seconds, and whether it was
+    resumed from disk. Sparsity counts Linear/Conv weights only.
+    """
+    levels = validate_targets(targets)
+    pruning_method(method)
+    out = Path(out_dir) if out_dir is not None else None
+    signature = {
+        "method": method,
+        "retrain": _retrain_settings(retrain, dns),
+        "steps_per_level": steps_per_level,
+        "seed": seed,
+        "dns": (dns or DNSConfig()).as_dict() if method == "dns" else None,
+        "chain": chain,
+        "parent": parent,
+    }
+    paths = [out / checkpoint_name(method, s) if out else None for s in levels]
+    done = 0
+    if out is not None:
+        while done < len(levels) and _finished(
+            paths[done], signature, levels[: done + 1] if chain else levels[done : done + 1]
+        ):
+            done += 1
+    base = None if chain else copy.deepcopy(model)
+    if chain and done > 0:
+        load_state_into(model, paths[done - 1])  # type: ignore[arg-type]
+        log.info("resuming %s sweep after %s", method, paths[done - 1])
+    records: list[dict[str, Any]] = []
+    for i in range(done):
+        meta = read_metadata(paths[i])  # type: ignore[arg-type]
+        records.append(_record(paths[i], meta, seconds=None, resumed=True))
+    bar = tqdm(total=len(levels), initial=done, desc=f"prune {method}", disable=not progress)
+    for i in range(done, len(levels)):
+        start = time.perf_counter()
+        work = model if base is None else copy.deepcopy(base)
+        level_meta = _prune_level(
+            work,
+            method,
+            levels[i],
+            i,
+            train=train,
+            test=test,
+            retrain=retrain,
+            steps=steps_per_level,
+            seed=seed,
+            dns=dns,
+            evaluate=evaluate,
+        )
+        level_meta.update(
+            method=method,
+            target_sparsity=levels[i],
+            parent=(paths[i - 1].name if chain and i > 0 and paths[i - 1] else parent),
+            source=parent,
+            retrain=signature["retrain"],
+            sweep=signature,
+            target_path=levels[: i + 1] if chain else levels[i : i + 1],
+            sparsity_note=SPARSITY_NOTE,
+        )
+        if out is not None:
+            meta = {**dict(metadata or {}), **level_meta}
+            save_checkpoint(paths[i], work, meta)  # type: ignore[arg-type]
+        seconds = time.perf_counter() - start
+        records.append(_record(paths[i], level_meta, seconds=seconds, resumed=False))
+        acc = level_meta.get("accuracy")
+        bar.set_postfix(
+            sparsity=f"{level_meta['sparsity']:.4f}", acc="-" if acc is None else f"{acc:.4f}"
+        )
+        bar.update(1)
+        log.info(
+            "%s level %.4f: sparsity %.4f accuracy %s in %.1fs",
+            method,
+            levels[i],
+            level_meta["sparsity"],
+            acc,
+            seconds,
+        )
+    bar.close()
+    return records
+
+
+def _prune_level(
+    model: nn.Module,
+    method: str,
+    sparsity: float,
+    index: int,
+    *,
+    train: Split | None,
+    test: Split | None,
+    retrain: Retrain | None,
+    steps: int,
+    seed: int,
+    dns: DNSConfig | None,
+    evaluate: Callable[[nn.Module], float] | None,
+) -> dict[str, Any]:
+    """Prune one level (seeded by ``seed`` and the level index); its metadata."""
+    report = prune_model(
+        model,
+        method,
+        sparsity,
+        train=train,
+        retrain=retrain,
+        steps=steps,
+        seed=seed + 1000 * (index + 1),
+        dns=dns,
+    )
+    accuracy: float | None = None
+    if test is not None:
+        accuracy = evaluate_accuracy(model, test)
+    elif evaluate is not None:
+        accuracy = float(evaluate(model))
+    counts = report.as_dict()
+    return {
+        "sparsity": report.sparsity,
+        "pruned_weights": report.pruned,
+        "total_weights": report.total,
+        "layer_sparsity": counts["layers"],
+        "accuracy": accuracy,
+        "seed": seed,
+    }
+
+
+def _record(
+    path: Path | None, meta: Mapping[str, Any], *, seconds: float | None, resumed: bool
+) -> dict[str, Any]:
+    keys = (
+        "method",
+        "target_sparsity",
+        "sparsity",
+        "pruned_weights",
+        "total_weights",
+        "layer_sparsity",
+        "accuracy",
+        "parent",
+    )
+    record = {k: meta.get(k) for k in keys}
+    record.update(path=str(path) if path else None, seconds=seconds, resumed=resumed)
+    return record
+
+
+def prune_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    method: str,
+    targets: Sequence[float],
+    *,
+    out_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    retrain_epochs: int = 1,
+    lr: float = 0.01,
+    batch_size: int | None = None,
+    weight_decay: float | None = None,
+    steps_per_level: int = 1,
+    seed: int = 0,
+    dns: DNSConfig | None = None,
+    chain: bool = True,
+    device: str = "auto",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Sweep the dense checkpoint ``checkpoint`` with ``method`` over ``targets``
+    into ``out_dir`` (see :func:`sparsity_sweep`), retraining ``retrain_epochs``
+    per level on the checkpoint's dataset (SGD momentum 0.9, cosine from
+    ``lr``; batch size and weight decay default to the model's recipe) and
+    recording test accuracy. For ``dns`` the epochs are its surgery training."""
+    from sparserobust.checkpoint import load_checkpoint
+    from sparserobust.data import load_dataset
+    from sparserobust.models import model_spec
+    from sparserobust.utils import resolve_device
+
+    pruning_method(method)
+    levels = validate_targets(targets)
+    if retrain_epochs < 0:
+        raise ConfigError(f"--retrain-epochs must be >= 0, got {retrain_epochs}")
+    if method == "dns" and retrain_epochs == 0:
+        raise ConfigError("dns prunes while it trains: use --retrain-epochs 1 or more")
+    model, meta = load_checkpoint(checkpoint, device=resolve_device(device))
+    spec = model_spec(meta["model"])
+    retrain = TrainConfig(
+        epochs=retrain_epochs,
+        lr=lr,
+        batch_size=batch_size or spec.batch_size,
+        weight_decay=spec.weight_decay if weight_decay is None else weight_decay,
+        seed=seed,
+    )
+    data = load_dataset(meta["dataset"], data_dir)
+    torch.manual_seed(seed)
+    return sparsity_sweep(
+        model,
+        method,
+        levels,
+        train=data.train,
+        test=data.test,
+        retrain=retrain if retrain_epochs > 0 else None,
+        steps_per_level=steps_per_level,
+        seed=seed,
+        dns=dns,
+        chain=chain,
+        out_dir=out_dir,
+        metadata=meta,
+        parent=Path(checkpoint).name,
+        progress=progress,
+    )
