@@ -12,8 +12,6 @@ from sparserobust.data import Dataset, load_dataset
 from sparserobust.models import build_model
 from sparserobust.training import TrainConfig, train_model
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
 
 @pytest.fixture(scope="session")
 def digits() -> Dataset:
