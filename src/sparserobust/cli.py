@@ -157,7 +157,9 @@ def evaluate(
     show_default=True,
     help="Retraining epochs per level (dns: surgery epochs; 0: one-shot).",
 )
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Retraining peak lr.")
+@click.option(
+    "--lr", type=float, default=None, help="Retraining peak lr [default: 0.01; dns: model's lr]."
+)
 @click.option(
     "--steps",
     type=int,
@@ -183,7 +185,7 @@ def prune(
     method: str,
     sparsity_text: str,
     retrain_epochs: int,
-    lr: float,
+    lr: float | None,
     steps: int,
     dns_finetune_epochs: int,
     data_dir: str | None,

@@ -231,7 +231,7 @@ def calibrate(model: nn.Module, counts: dict[str, int]) -> int:
         if k > 0:
             new[torch.argsort(score, stable=True)[:k]] = 0.0
         changed += int((new != mask).sum())
-        set_weight_mask(module, new.reshape(module.weight_mask.shape))
+        set_weight_mask(module, new.reshape(dense_weight(module).shape))
     return changed
 
 
@@ -266,7 +266,7 @@ def dns_prune(
     check_sparsity(sparsity)
     for _, module in prunable_layers(model):
         if not is_masked(module):
-            set_weight_mask(module, torch.ones_like(module.weight))
+            set_weight_mask(module, torch.ones_like(dense_weight(module)))
     target = dns_counts(model, sparsity, config.allocation)
     start = {n: int((weight_mask(m) == 0).sum()) for n, m in prunable_layers(model)}
     hook = SurgeryHook(model, start, target, config, int(config.ramp * steps), seed)

@@ -21,6 +21,7 @@ from sparserobust.errors import ConfigError
 from sparserobust.pruning.masks import (
     SparsityReport,
     check_sparsity,
+    dense_weight,
     effective_weight,
     prunable_layers,
     pruned_count,
@@ -55,7 +56,7 @@ def mask_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
 def layer_counts(model: nn.Module, sparsity: float) -> dict[str, int]:
     """Weights to remove per layer for layer-wise pruning: ``round(s * n_layer)``."""
     return {
-        name: pruned_count(module.weight.numel(), sparsity)
+        name: pruned_count(dense_weight(module).numel(), sparsity)
         for name, module in prunable_layers(model)
     }
 
@@ -91,7 +92,7 @@ def prune_by_scores(
     layers = dict(prunable_layers(model))
     for name, k in counts.items():
         module = layers[name]
-        shape = module.weight.shape
+        shape = dense_weight(module).shape
         set_weight_mask(module, mask_smallest(scores[name], k).reshape(shape))
     zero_pruned_weights(model)
 

@@ -19,6 +19,7 @@ from sparserobust.pruning.magnitude import layer_counts, prune_by_scores
 from sparserobust.pruning.masks import (
     SparsityReport,
     check_sparsity,
+    dense_weight,
     prunable_layers,
     pruned_count,
     sparsity_report,
@@ -51,7 +52,7 @@ def random_prune(
         if unknown:
             raise ConfigError(f"layer_rates names unknown layers {unknown}")
         for name, rate in layer_rates.items():
-            counts[name] = pruned_count(layers[name].weight.numel(), rate)
+            counts[name] = pruned_count(dense_weight(layers[name]).numel(), rate)
     gen = torch.Generator().manual_seed(int(seed))
     scores: dict[str, torch.Tensor] = {}
     for name, module in prunable_layers(model):

@@ -50,6 +50,9 @@ from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
 
 log = logging.getLogger(__name__)
 
+RETRAIN_LR = 0.01
+"""Default peak learning rate for retraining after magnitude/random pruning."""
+
 Retrain = TrainConfig | TrainFn
 """A TrainConfig (with a ``train`` split) or a callable ``retrain(model, after_step)``."""
 
@@ -270,7 +273,8 @@ def sparsity_sweep(
         "chain": chain,
         "parent": parent,
     }
-    paths = [out / checkpoint_name(method, s) if out else None for s in levels]
+    names = [checkpoint_name(method, s) for s in levels]
+    paths: list[Path] = [out / n for n in names] if out is not None else []
     done = 0
     if out is not None:
         while done < len(levels) and _finished(
@@ -279,11 +283,11 @@ def sparsity_sweep(
             done += 1
     base = None if chain else copy.deepcopy(model)
     if chain and done > 0:
-        load_state_into(model, paths[done - 1])  # type: ignore[arg-type]
+        load_state_into(model, paths[done - 1])
         log.info("resuming %s sweep after %s", method, paths[done - 1])
     records: list[dict[str, Any]] = []
     for i in range(done):
-        meta = read_metadata(paths[i])  # type: ignore[arg-type]
+        meta = read_metadata(paths[i])
         records.append(_record(paths[i], meta, seconds=None, resumed=True))
     bar = tqdm(total=len(levels), initial=done, desc=f"prune {method}", disable=not progress)
     for i in range(done, len(levels)):
@@ -305,7 +309,7 @@ def sparsity_sweep(
         level_meta.update(
             method=method,
             target_sparsity=levels[i],
-            parent=(paths[i - 1].name if chain and i > 0 and paths[i - 1] else parent),
+            parent=names[i - 1] if chain and i > 0 else parent,
             source=parent,
             retrain=signature["retrain"],
             sweep=signature,
@@ -314,9 +318,10 @@ def sparsity_sweep(
         )
         if out is not None:
             meta = {**dict(metadata or {}), **level_meta}
-            save_checkpoint(paths[i], work, meta)  # type: ignore[arg-type]
+            save_checkpoint(paths[i], work, meta)
         seconds = time.perf_counter() - start
-        records.append(_record(paths[i], level_meta, seconds=seconds, resumed=False))
+        path = paths[i] if out is not None else None
+        records.append(_record(path, level_meta, seconds=seconds, resumed=False))
         acc = level_meta.get("accuracy")
         bar.set_postfix(
             sparsity=f"{level_meta['sparsity']:.4f}", acc="-" if acc is None else f"{acc:.4f}"
@@ -401,7 +406,7 @@ def prune_checkpoint(
     out_dir: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
     retrain_epochs: int = 1,
-    lr: float = 0.01,
+    lr: float | None = None,
     batch_size: int | None = None,
     weight_decay: float | None = None,
     steps_per_level: int = 1,
@@ -415,7 +420,11 @@ def prune_checkpoint(
     into ``out_dir`` (see :func:`sparsity_sweep`), retraining ``retrain_epochs``
     per level on the checkpoint's dataset (SGD momentum 0.9, cosine from
     ``lr``; batch size and weight decay default to the model's recipe) and
-    recording test accuracy. For ``dns`` the epochs are its surgery training."""
+    recording test accuracy. For ``dns`` the epochs are its surgery training
+    and ``lr`` defaults to the model's training lr (the surgery trains all of
+    W and needs it to splice; 0.01 gave 97.8% vs 98.2% for 0.05 on
+    LeNet-300-100 at 98%); for the other methods it defaults to
+    ``RETRAIN_LR`` (0.01)."""
     from sparserobust.checkpoint import load_checkpoint
     from sparserobust.data import load_dataset
     from sparserobust.models import model_spec
@@ -429,6 +438,8 @@ def prune_checkpoint(
         raise ConfigError("dns prunes while it trains: use --retrain-epochs 1 or more")
     model, meta = load_checkpoint(checkpoint, device=resolve_device(device))
     spec = model_spec(meta["model"])
+    if lr is None:
+        lr = spec.lr if method == "dns" else RETRAIN_LR
     retrain = TrainConfig(
         epochs=retrain_epochs,
         lr=lr,
