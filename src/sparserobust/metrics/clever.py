@@ -6,7 +6,7 @@ margin ``g_j = f_c - f_j`` (logits) is Lipschitz in the l_p ball of radius
 q = 2 for p = 2, q = 1 for p = inf). CLEVER estimates ``L_j`` without bounding
 it: ``n_batches`` times it draws ``batch_size`` *fresh* points uniformly in the
 ball, records the largest gradient norm of the batch, fits a reverse Weibull
-distribution (``scipy.stats.weibull_max``, maximum likelihood) to these batch
+distribution (scipy, maximum likelihood; see :func:`reverse_weibull_location`) to these batch
 maxima and takes the fitted location (the distribution's upper end) as ``L_j``.
 The untargeted score is ``min_j min(g_j(x0) / L_j, R)``: an l_p distance in
 [0,1] pixel space, capped at ``R``.
@@ -23,11 +23,12 @@ Choices (and how they differ from ART's ``clever_u``):
 - All ``K - 1`` target classes share the sampled points, and their gradients
   come from one vmapped backward pass per chunk of points (ART runs two
   backward passes per class and chunk).
-- The Weibull fit runs on maxima divided by their largest value (the location
-  is scaled back), which keeps scipy's Nelder-Mead tolerances relative. If all
-  maxima are equal (a linear model: the gradient is constant) the location is
-  that value, exactly; if the fit returns a non-finite location or one below
-  the largest observed maximum, the largest observed maximum is used (logged).
+- The Weibull fit is ART's (negated maxima, ``weibull_min``, Nelder-Mead from
+  shape ``c_init``), but guarded: if all maxima are equal (a linear model: the
+  gradient is constant) the location is that value, exactly; if the fit
+  returns a non-finite location, one above twice the largest observed maximum
+  (run off towards the Gumbel limit; ART then reports a score of ~0) or one
+  below it, the largest observed maximum is used (``weibull_fitted`` False).
 - Seeds: image ``i`` of the call uses its own generator seeded from
   ``numpy.random.SeedSequence([seed, i])``, so a score does not depend on
   ``chunk_size``; the same seed on
