@@ -422,3 +422,43 @@ def test_mnist_lenet300_magnitude_keeps_accuracy(mnist_root: Path, tmp_path: Pat
     )
     assert sparsity_report(model).pruned == sum(round(0.9 * n) for n in (235200, 30000, 1000))
     assert evaluate_accuracy(model, data.test) > dense_acc - 0.01
+
+
+def test_one_shot_sweep_with_own_training_loop(digits_lenet300: nn.Module, digits: Dataset) -> None:
+    import torch.nn.functional as F
+
+    calls: list[int] = []
+
+    def my_loop(model: nn.Module, after_step: object) -> None:
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        for step in range(1, 11):
+            xb, yb = (
+                digits.train.x[(step - 1) * 64 : step * 64],
+                digits.train.y[(step - 1) * 64 : step * 64],
+            )
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if callable(after_step):
+                after_step(step, model)
+        calls.append(step)
+
+    model = copy.deepcopy(digits_lenet300)
+    with torch.no_grad():
+        before = model(digits.test.x[:20])
+    records = sparsity_sweep(
+        model,
+        "dns",
+        [0.8, 0.5],
+        retrain=my_loop,
+        chain=False,
+        progress=False,
+        evaluate=lambda m: evaluate_accuracy(m, digits.test),
+    )
+    assert calls == [10, 10]  # one surgery per level, no TrainConfig fine-tune
+    assert [r["pruned_weights"] for r in records] == [25100, 40160]
+    assert all(r["parent"] == "dense" and r["accuracy"] > 0.5 for r in records)
+    assert not any(hasattr(m, "weight_orig") for _, m in prunable_layers(model))  # untouched
+    with torch.no_grad():
+        assert torch.equal(model(digits.test.x[:20]), before)

@@ -158,7 +158,7 @@ def evaluate(
     help="Retraining epochs per level (dns: surgery epochs; 0: one-shot).",
 )
 @click.option(
-    "--lr", type=float, default=None, help="Retraining peak lr [default: 0.01; dns: model's lr]."
+    "--lr", type=float, default=None, help="Retraining peak lr [default: the model's training lr]."
 )
 @click.option(
     "--steps",

@@ -50,9 +50,6 @@ from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
 
 log = logging.getLogger(__name__)
 
-RETRAIN_LR = 0.01
-"""Default peak learning rate for retraining after magnitude/random pruning."""
-
 Retrain = TrainConfig | TrainFn
 """A TrainConfig (with a ``train`` split) or a callable ``retrain(model, after_step)``."""
 
@@ -281,6 +278,7 @@ def sparsity_sweep(
             paths[done], signature, levels[: done + 1] if chain else levels[done : done + 1]
         ):
             done += 1
+    refresh_pruned_weights(model)  # a pruned model after a forward pass is not deep-copyable
     base = None if chain else copy.deepcopy(model)
     if chain and done > 0:
         load_state_into(model, paths[done - 1])
@@ -420,11 +418,10 @@ def prune_checkpoint(
     into ``out_dir`` (see :func:`sparsity_sweep`), retraining ``retrain_epochs``
     per level on the checkpoint's dataset (SGD momentum 0.9, cosine from
     ``lr``; batch size and weight decay default to the model's recipe) and
-    recording test accuracy. For ``dns`` the epochs are its surgery training
-    and ``lr`` defaults to the model's training lr (the surgery trains all of
-    W and needs it to splice; 0.01 gave 97.8% vs 98.2% for 0.05 on
-    LeNet-300-100 at 98%); for the other methods it defaults to
-    ``RETRAIN_LR`` (0.01)."""
+    recording test accuracy. For ``dns`` the epochs are its surgery training.
+    ``lr`` defaults to the model's training lr (on LeNet-300-100/MNIST, 0.05
+    beat 0.01 for every method: global magnitude at 98% 98.1% vs 97.2%, DNS at
+    98% 98.2% vs 97.8%)."""
     from sparserobust.checkpoint import load_checkpoint
     from sparserobust.data import load_dataset
     from sparserobust.models import model_spec
@@ -439,7 +436,7 @@ def prune_checkpoint(
     model, meta = load_checkpoint(checkpoint, device=resolve_device(device))
     spec = model_spec(meta["model"])
     if lr is None:
-        lr = spec.lr if method == "dns" else RETRAIN_LR
+        lr = spec.lr
     retrain = TrainConfig(
         epochs=retrain_epochs,
         lr=lr,
