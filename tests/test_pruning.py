@@ -15,7 +15,7 @@ from torch import nn
 
 from sparserobust.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from sparserobust.cli import main
-from sparserobust.data import Dataset, Split
+from sparserobust.data import Dataset
 from sparserobust.errors import ConfigError, SparseRobustError
 from sparserobust.models import build_model
 from sparserobust.pruning import (
@@ -406,22 +406,28 @@ def test_errors_are_in_the_family() -> None:
 
 
 @pytest.mark.slow
-def test_mnist_lenet300_magnitude_keeps_accuracy(mnist_root: Path, tmp_path: Path) -> None:
+def test_mnist_lenet300_magnitude_keeps_accuracy(mnist_root: Path) -> None:
+    """Real MNIST: LeNet-300-100 2 epochs dense, magnitude to 90% with 1 retrain
+    epoch stays within half a point of dense (about a minute on 2 CPU cores)."""
     from sparserobust.data import load_dataset
 
     torch.set_num_threads(2)
     data = load_dataset("mnist", mnist_root)
     info = data.info
-    train = Split(data.train.x[:30000], data.train.y[:30000])
     model = build_model("lenet300", info.input_shape, 10, info.mean, info.std)
-    train_model(model, train, TrainConfig(epochs=2, lr=0.05, seed=0), progress=False)
+    train_model(model, data.train, TrainConfig(epochs=2, lr=0.05, seed=0), progress=False)
     dense_acc = evaluate_accuracy(model, data.test)
-    assert dense_acc > 0.95
-    prune_model(
-        model, "magnitude", 0.9, train=train, retrain=TrainConfig(epochs=1, lr=0.01, seed=0), seed=0
+    assert dense_acc > 0.97
+    report = prune_model(
+        model,
+        "magnitude",
+        0.9,
+        train=data.train,
+        retrain=TrainConfig(epochs=1, lr=0.05, seed=0),
+        seed=0,
     )
-    assert sparsity_report(model).pruned == sum(round(0.9 * n) for n in (235200, 30000, 1000))
-    assert evaluate_accuracy(model, data.test) > dense_acc - 0.01
+    assert report.pruned == sum(round(0.9 * n) for n in (235200, 30000, 1000))
+    assert evaluate_accuracy(model, data.test) > dense_acc - 0.005
 
 
 def test_one_shot_sweep_with_own_training_loop(digits_lenet300: nn.Module, digits: Dataset) -> None:
