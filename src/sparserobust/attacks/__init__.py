@@ -1,0 +1,44 @@
+"""Adversarial attacks: batched PyTorch, [0,1] box, per-sample verified results.
+
+Typical use::
+
+    from sparserobust.attacks import get_attack
+    from sparserobust.metrics import summarize
+
+    result = get_attack("pgd", norm="inf").run(model, x, y, epsilons=[0.1, 0.2], seed=0)
+    summary = summarize(result)            # plain JSON-able dict
+"""
+
+from sparserobust.attacks.base import (
+    Attack,
+    AttackResult,
+    lp_norms,
+    norm_name,
+    parse_norm,
+    result_from_adversarials,
+)
+from sparserobust.attacks.cw import CarliniWagnerL2
+from sparserobust.attacks.ddn import DDN
+from sparserobust.attacks.deepfool import DeepFool
+from sparserobust.attacks.fgsm import FGSM
+from sparserobust.attacks.minl2 import MinL2
+from sparserobust.attacks.pgd import PGD
+from sparserobust.attacks.registry import attack_names, attack_norms, get_attack
+
+__all__ = [
+    "DDN",
+    "FGSM",
+    "PGD",
+    "Attack",
+    "AttackResult",
+    "CarliniWagnerL2",
+    "DeepFool",
+    "MinL2",
+    "attack_names",
+    "attack_norms",
+    "get_attack",
+    "lp_norms",
+    "norm_name",
+    "parse_norm",
+    "result_from_adversarials",
+]
