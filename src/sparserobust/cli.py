@@ -313,6 +313,57 @@ def export(run_dir: str, csv_path: str | None, json_path: str | None) -> None:
         click.echo(f"wrote {export_json(run_dir, json_path)} results to {json_path}")
 
 
+@cli.command()
+@click.option(
+    "--checkpoint", required=True, type=click.Path(dir_okay=False), help="Checkpoint file."
+)
+@click.option(
+    "--attack",
+    "attack_name",
+    required=True,
+    help="fgsm, pgd, deepfool, cw, ddn or min-l2.",
+)
+@click.option("--norm", default=None, help="inf or 2 (default: the attack's own).")
+@click.option("--eps", default=None, help="Comma-separated epsilons, e.g. 0.1,0.2.")
+@click.option(
+    "--n", "limit", type=int, default=1000, show_default=True, help="First N test images."
+)
+@click.option(
+    "--data-dir", default=None, help="torchvision-layout data root (or $SPARSEROBUST_DATA)."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Attack seed.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def attack(
+    checkpoint: str,
+    attack_name: str,
+    norm: str | None,
+    eps: str | None,
+    limit: int,
+    data_dir: str | None,
+    seed: int,
+    device: str,
+    as_json: bool,
+) -> None:
+    """Attack a checkpoint on its test images and print robustness metrics."""
+    from sparserobust.attacks.api import attack_checkpoint, format_summary
+
+    epsilons = None if eps is None else parse_float_list(eps, "--eps")
+    start = time.perf_counter()
+    result = attack_checkpoint(
+        checkpoint,
+        attack_name,
+        norm=norm,
+        epsilons=epsilons,
+        n=limit,
+        data_dir=data_dir,
+        seed=seed,
+        device=device,
+    )
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    emit(result, as_json, format_summary(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into one line and exit code 2."""
     try:
