@@ -89,10 +89,11 @@ def success_rate(result: AttackResult, epsilon: float | None = None) -> float:
 
 def median_norm(result: AttackResult, epsilon: float | None = None) -> float:
     """Median ``||r||_p`` (the attack's norm, [0,1] pixel space) over attacked
-    points the attack broke; NaN when there are none."""
+    points the attack broke (mean of the two middle values for an even count);
+    NaN when there are none."""
     success, dist = _row(result, epsilon)
     sel = dist[_attacked(result) & success]
-    return float(sel.median()) if sel.numel() else math.nan
+    return float(sel.double().quantile(0.5)) if sel.numel() else math.nan
 
 
 def rho(result: AttackResult, epsilon: float | None = None, p: float | None = None) -> float:
