@@ -78,8 +78,8 @@ class CleverSettings:
 
     n: int = 0
     norms: tuple[str, ...] = ("2", "inf")
-    n_batches: int = 50
-    batch_size: int = 100
+    n_batches: int = 20
+    batch_size: int = 50
     radius: float | None = None
 
 
