@@ -101,11 +101,17 @@ def test_other_architecture_is_refused(tmp_path: Path) -> None:
 
     with safe_open(str(tmp_path / "m.st"), framework="pt") as fh:
         header = fh.metadata()
-    header["meta"] = header["meta"].replace('"lenet300"', '"linear"')
+    header["sparserobust"] = header["sparserobust"].replace('"lenet300"', '"linear"')
     tensors = {"2.weight": torch.zeros(10, 64)}
     save_file(tensors, str(tmp_path / "x.st"), metadata=header)
     with pytest.raises(CheckpointError, match="does not fit architecture"):
         load_checkpoint(tmp_path / "x.st")
+
+
+def test_same_content_gives_identical_bytes(tmp_path: Path) -> None:
+    for name in ("a.st", "b.st"):
+        save_checkpoint(tmp_path / name, small_model(), META)
+    assert (tmp_path / "a.st").read_bytes() == (tmp_path / "b.st").read_bytes()
 
 
 def test_foreign_safetensors_and_missing_file(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from sparserobust.utils import atomic_write
 
 FORMAT = "sparserobust-checkpoint"
 FORMAT_VERSION = 1
+HEADER_KEY = "sparserobust"
 REQUIRED_META = ("model", "dataset", "input_shape", "num_classes", "mean", "std")
 
 
@@ -51,7 +52,13 @@ def save_checkpoint(
     meta = dict(metadata)
     meta.setdefault("sparserobust_version", _version())
     try:
-        header = json.dumps(meta, sort_keys=True, allow_nan=True)
+        # One header key: safetensors writes its metadata map in hash order, so several
+        # keys would make the file bytes (and its SHA-256) differ between processes.
+        header = json.dumps(
+            {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta},
+            sort_keys=True,
+            allow_nan=True,
+        )
     except TypeError as exc:
         raise CheckpointError(f"checkpoint metadata is not JSON-serialisable: {exc}") from None
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
@@ -60,7 +67,7 @@ def save_checkpoint(
         lambda tmp: save_file(
             tensors,
             str(tmp),
-            metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION), "meta": header},
+            metadata={HEADER_KEY: header},
         ),
     )
 
@@ -89,21 +96,22 @@ def _open(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[s
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
             "create one with `sparserobust train`"
         ) from None
-    if header.get("format") != FORMAT:
+    if HEADER_KEY not in header:
         raise CheckpointError(
             f"{p} is a safetensors file but not a sparserobust checkpoint; "
             "create one with `sparserobust train`"
         )
-    if header.get("format_version") != str(FORMAT_VERSION):
-        raise CheckpointError(
-            f"{p} has checkpoint format {header.get('format_version')}, this sparserobust "
-            f"reads format {FORMAT_VERSION}: upgrade sparserobust or re-create the checkpoint"
-        )
     try:
-        meta = json.loads(header["meta"])
-        assert isinstance(meta, dict)
+        record = json.loads(header[HEADER_KEY])
+        meta = record["meta"]
+        assert isinstance(meta, dict) and record["format"] == FORMAT
     except Exception:
         raise CheckpointError(f"{p} has corrupt checkpoint metadata: re-create it") from None
+    if record.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{p} has checkpoint format {record.get('format_version')}, this sparserobust "
+            f"reads format {FORMAT_VERSION}: upgrade sparserobust or re-create the checkpoint"
+        )
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise CheckpointError(f"{p} metadata lacks {', '.join(missing)}: re-create it")

@@ -95,10 +95,12 @@ def planned_measurements(settings: EvalSettings, seed: int) -> list[Measurement]
 
 
 def _finite(v: Any) -> Any:
+    """JSON-safe and repeatable: non-finite floats as null/"inf", wall times dropped
+    (they live in the results row's ``seconds`` column, not among the numbers)."""
     if isinstance(v, float) and not math.isfinite(v):
         return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
     if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
+        return {k: _finite(x) for k, x in v.items() if not str(k).startswith("seconds")}
     if isinstance(v, list | tuple):
         return [_finite(x) for x in v]
     return v
@@ -143,10 +145,7 @@ def measure(
             ),
         )
         eps = [float(e) for e in params.get("eps", [])]
-        if attack.is_fixed_epsilon if hasattr(attack, "is_fixed_epsilon") else bool(eps):
-            result = attack.run(model, xs, ys, epsilons=eps, seed=int(params["seed"]))
-        else:
-            result = attack.run(model, xs, ys, seed=int(params["seed"]))
+        result = attack.run(model, xs, ys, epsilons=eps or None, seed=int(params["seed"]))
         summary = summarize(result, epsilons=eps or None)
         headline = attack_headline(attack_name, norm, summary)
         return _finite(
@@ -206,10 +205,10 @@ def attack_headline(attack: str, norm: str, summary: dict[str, Any]) -> dict[str
     tag = f"{attack}_{norm}"
     for eps, acc in (summary.get("robust_accuracy") or {}).items():
         out[f"{tag} robust_acc@{float(eps):g}"] = acc
-    if summary.get("median_norm") is not None and summary.get("kind") != "fixed-epsilon":
-        out[f"{tag} median_norm"] = summary["median_norm"]
-    if summary.get("rho") is not None and summary.get("kind") != "fixed-epsilon":
-        out[f"{tag} rho"] = summary["rho"]
+    if "at_epsilon" not in summary:  # minimisation attacks: the norms are the point
+        for key in ("median_norm", "rho"):
+            if summary.get(key) is not None:
+                out[f"{tag} {key}"] = summary[key]
     return {k: float(v) for k, v in out.items() if v is not None}
 
 
