@@ -304,7 +304,10 @@ def test_sweep_resume_matches_uninterrupted(
         f"{method}-s0.8000.st",
     ]
     monkeypatch.setattr(sweep_module, "_prune_level", real)
+    stale = tmp_path / "b" / f".{method}-s0.9000.st.abc123.tmp"  # what a kill mid-write leaves
+    stale.write_bytes(b"half a file")
     resumed = _sweep(digits_lenet300, tmp_path / "b", method, digits)
+    assert not stale.exists()
     assert [r["resumed"] for r in resumed] == [True, True, False]
     for r_full, r_res in zip(full, resumed, strict=True):
         a, b = Path(r_full["path"]), Path(r_res["path"])

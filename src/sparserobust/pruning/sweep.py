@@ -274,6 +274,8 @@ def sparsity_sweep(
     paths: list[Path] = [out / n for n in names] if out is not None else []
     done = 0
     if out is not None:
+        for stale in out.glob(f".{method}-s*.st.*.tmp"):  # temp files of a killed run
+            stale.unlink(missing_ok=True)
         while done < len(levels) and _finished(
             paths[done], signature, levels[: done + 1] if chain else levels[done : done + 1]
         ):
