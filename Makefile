@@ -18,8 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/sparserobust train --model lenet300 --dataset digits --epochs 10 --out runs/quick/lenet300-digits.st
-	$(BIN)/sparserobust evaluate --checkpoint runs/quick/lenet300-digits.st
+	$(BIN)/sparserobust run
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

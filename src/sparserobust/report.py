@@ -109,7 +109,7 @@ def sweet_spots(
             ]
             if not ok:
                 continue
-            best_value, best_target = max(ok, key=lambda t: (t[0], t[1]))
+            best_value, best_target = max(ok, key=lambda t: (t[0], -t[1]))  # ties: least sparse
             out.append(
                 {
                     "metric": metric,
