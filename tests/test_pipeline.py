@@ -154,8 +154,8 @@ def test_study_stores_every_model_and_number(small_run: Path) -> None:
         "s0/random/0.5000",
         "s0/random/0.9000",
     ]
-    # 5 models x (fgsm, activations, bounds l2, bounds linf)
-    assert len(rows["results"]) == 5 * 4
+    # 5 models x (checks, fgsm, activations, bounds l2, bounds linf)
+    assert len(rows["results"]) == 5 * 5
     for _key, _, _method, target, sparsity, pruned, total, acc, ckpt, *_ in rows["models"]:
         model, meta = load_checkpoint(small_run / ckpt)
         rep = sparsity_report(model)
@@ -218,7 +218,7 @@ def test_report_and_export(small_run: Path, tmp_path: Path) -> None:
     fgsm = [r for r in rows if r["metric"] == "headline.fgsm_linf robust_acc@0.05"]
     assert len(fgsm) == 5
     payload = json.loads((tmp_path / "r.json").read_text())
-    assert len(payload["models"]) == 5 and len(payload["results"]) == 20
+    assert len(payload["models"]) == 5 and len(payload["results"]) == 25
 
 
 def test_interval_and_sweet_spot() -> None:
@@ -281,7 +281,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path: Path, small_run: Pa
     proc.wait()
     assert killed, "the run finished before it could be killed"
     partial = table_rows(run / "results.sqlite")
-    assert len(partial["results"]) < 20
+    assert len(partial["results"]) < 25
     code = subprocess.run(cmd, env=env, capture_output=True, check=False).returncode
     assert code == 0
     assert table_rows(run / "results.sqlite") == table_rows(small_run / "results.sqlite")
@@ -310,3 +310,41 @@ def test_sweep_robustness_on_own_model(digits_lenet300: torch.nn.Module, digits)
             <= (r["clean_accuracy"] + 1e-9)
         )
     assert all(torch.equal(before[k], v) for k, v in digits_lenet300.state_dict().items())
+
+
+# --- evaluation sanity flags ----------------------------------------------------
+
+
+def test_flags_catch_masking_non_monotone_and_unconfirmed(digits, digits_lenet300) -> None:  # type: ignore[no-untyped-def]
+    from torch import nn
+
+    from sparserobust.attacks import get_attack
+    from sparserobust.metrics.checks import gradient_check, monotonicity_flags, result_flags
+
+    x, y = digits.test.x[:50], digits.test.y[:50]
+    assert gradient_check(digits_lenet300, x, y)["flags"] == []
+    dead = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.ReLU())
+    with torch.no_grad():
+        dead[1].weight.zero_()
+        dead[1].bias.fill_(-1.0)  # every ReLU dead: zero gradients everywhere
+    check = gradient_check(dead, x, y)
+    assert check["vanishing_share"] == 1.0 and "gradient masking" in check["flags"][0]
+    assert monotonicity_flags({0.1: 0.5, 0.2: 0.3}, "a") == []
+    assert "rises" in monotonicity_flags({0.1: 0.3, 0.2: 0.5}, "a")[0]
+    result = get_attack("deepfool", "2").run(digits_lenet300, x, y, seed=0)
+    assert result_flags(digits_lenet300, result) == []
+    result.success[:] = True  # claim successes the model does not confirm
+    result.x_adv.copy_(result.x)
+    flags = result_flags(digits_lenet300, result)
+    assert any("not confirmed" in f for f in flags)
+
+
+def test_flags_reach_the_store_and_report(small_run: Path) -> None:
+    rows = table_rows(small_run / "results.sqlite")
+    checks = [json.loads(r[3]) for r in rows["results"] if r[1] == "checks"]
+    assert len(checks) == 5 and all(0 <= c["vanishing_share"] <= 1 for c in checks)
+    # random pruning to 90% leaves a near-constant classifier: its flags must be reported
+    md = (small_run / "report" / "report.md").read_text()
+    flagged = [json.loads(r[3]).get("flags", []) for r in rows["results"]]
+    total = sum(len(f) for f in flagged)
+    assert md.count("\n- `s0/") == total

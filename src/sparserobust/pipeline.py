@@ -63,7 +63,7 @@ def planned_measurements(settings: EvalSettings, seed: int) -> list[Measurement]
 
     The parameters identify a stored result: change any and it is recomputed.
     """
-    plan: list[Measurement] = []
+    plan: list[Measurement] = [("checks", {"n": settings.n})]
     for a in settings.attacks:
         plan.append(
             (
@@ -146,11 +146,20 @@ def measure(
         )
         eps = [float(e) for e in params.get("eps", [])]
         result = attack.run(model, xs, ys, epsilons=eps or None, seed=int(params["seed"]))
+        from sparserobust.metrics.checks import monotonicity_flags, result_flags
+
         summary = summarize(result, epsilons=eps or None)
         headline = attack_headline(attack_name, norm, summary)
-        return _finite(
-            {"headline": headline, "summary": summary, "flags": list(summary.get("flags", []))}
+        flags = result_flags(model, result, batch_size) + monotonicity_flags(
+            summary.get("robust_accuracy") or {}, f"{attack_name} {norm}"
         )
+        return _finite({"headline": headline, "summary": summary, "flags": flags})
+    if kind == "checks":
+        from sparserobust.metrics.checks import gradient_check
+
+        check = gradient_check(model, xs, ys, batch_size)
+        share = check["vanishing_share"]
+        return {"headline": {"vanishing gradient share (not robustness)": share}, **check}
     if kind == "clever":
         norm = name.split(":")[1].removeprefix("l")
         res = clever_scores(

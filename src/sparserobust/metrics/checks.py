@@ -1,0 +1,100 @@
+"""Evaluation sanity checks, in the spirit of AutoAttack's ``checks.py``.
+
+A robustness number is only worth reporting when the attack could work. These
+checks look for the usual ways it cannot, and return human-readable flags that
+are stored with every model's results and shown in the report:
+
+- zero or vanishing input gradients on a large share of points (gradient
+  masking: dead ReLUs in over-pruned networks, saturated softmax);
+- a minimal-norm attack that fails on points where success is always possible
+  (every image can be moved to any other in the [0,1] box);
+- robust accuracy that increases with epsilon;
+- a reported success that a fresh forward pass does not confirm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparserobust.attacks.base import AttackResult
+from sparserobust.utils import eval_mode, model_device
+
+VANISHING_GRADIENT = 1e-10
+"""An input gradient with l1 norm at or below this counts as vanishing."""
+GRADIENT_SHARE = 0.1
+"""Flag when more than this share of the points have vanishing gradients."""
+
+
+def gradient_check(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500
+) -> dict[str, Any]:
+    """Share of points whose cross-entropy input gradient has l1 norm <= 1e-10.
+
+    Returns ``{"vanishing_share": float, "flags": [...]}``; the model is in eval
+    mode during the check and its mode is restored.
+    """
+    device = model_device(model)
+    vanishing = 0
+    with eval_mode(model):
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i : i + batch_size].to(device).clone().requires_grad_(True)
+            loss = F.cross_entropy(model(xb), y[i : i + batch_size].to(device), reduction="sum")
+            (grad,) = torch.autograd.grad(loss, xb)
+            vanishing += int((grad.flatten(1).abs().sum(1) <= VANISHING_GRADIENT).sum())
+    share = vanishing / max(1, x.shape[0])
+    flags = []
+    if share > GRADIENT_SHARE:
+        flags.append(
+            f"vanishing input gradients on {share:.0%} of points: gradient attacks may "
+            "under-report success (gradient masking); confirm with a gradient-free attack"
+        )
+    return {"vanishing_share": share, "flags": flags}
+
+
+def monotonicity_flags(robust_accuracy: Mapping[Any, float | None], what: str) -> list[str]:
+    """Flags where robust accuracy rises from a smaller to a larger epsilon."""
+    points = sorted((float(e), a) for e, a in robust_accuracy.items() if a is not None)
+    flags = []
+    for (e0, a0), (e1, a1) in zip(points, points[1:], strict=False):
+        if a1 > a0 + 1e-12:
+            flags.append(
+                f"{what}: robust accuracy rises from {a0:.4f} at eps {e0:g} to {a1:.4f} at "
+                f"eps {e1:g}: the attack is not converging; raise steps or restarts"
+            )
+    return flags
+
+
+@torch.no_grad()
+def result_flags(model: nn.Module, result: AttackResult, batch_size: int = 500) -> list[str]:
+    """Flags about one attack result: unconfirmed successes, incomplete minimal-norm
+    attacks, non-monotone robust accuracy."""
+    flags: list[str] = []
+    what = f"{result.attack} l{'inf' if result.norm == float('inf') else '2'}"
+    device = model_device(model)
+    x_adv = result.x_adv if result.epsilons is not None else result.x_adv.unsqueeze(0)
+    success = result.success if result.epsilons is not None else result.success.unsqueeze(0)
+    unconfirmed = 0
+    with eval_mode(model):
+        for row_x, row_s in zip(x_adv, success, strict=True):
+            for i in range(0, row_x.shape[0], batch_size):
+                logits = model(row_x[i : i + batch_size].to(device))
+                pred = logits.argmax(1).cpu()
+                labels = (result.target if result.targeted else result.y)[i : i + batch_size]
+                hit = pred == labels.cpu() if result.targeted else pred != labels.cpu()
+                unconfirmed += int((row_s[i : i + batch_size].cpu() & ~hit).sum())
+    if unconfirmed:
+        flags.append(f"{what}: {unconfirmed} reported successes not confirmed by re-prediction")
+    if result.epsilons is None:
+        attacked = result.clean_correct.cpu()
+        failed = int((attacked & ~result.success.cpu()).sum())
+        if failed:
+            flags.append(
+                f"{what}: failed on {failed} of {int(attacked.sum())} correctly classified "
+                "points, where a large enough perturbation always succeeds; raise its budget"
+            )
+    return flags
