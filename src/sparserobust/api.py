@@ -7,7 +7,7 @@ from typing import Any
 
 from sparserobust.checkpoint import load_checkpoint, save_checkpoint
 from sparserobust.data import load_dataset
-from sparserobust.errors import ConfigError
+from sparserobust.errors import CheckpointError, ConfigError
 from sparserobust.models import build_model, model_spec
 from sparserobust.pruning import SPARSITY_NOTE, sparsity_report
 from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
@@ -63,6 +63,15 @@ def train_reference(
     return meta
 
 
+def check_input_shape(meta: dict[str, Any], shape: tuple[int, ...], path: object) -> None:
+    """CheckpointError when a checkpoint's input shape differs from its dataset's."""
+    if tuple(meta["input_shape"]) != tuple(shape):
+        raise CheckpointError(
+            f"{path} was built for input shape {tuple(meta['input_shape'])} but dataset "
+            f"{meta['dataset']!r} has input shape {tuple(shape)}: use a checkpoint of this dataset"
+        )
+
+
 def evaluate_checkpoint(
     path: str | os.PathLike[str],
     *,
@@ -75,6 +84,7 @@ def evaluate_checkpoint(
         raise ConfigError(f"--n must be >= 1, got {limit}")
     model, meta = load_checkpoint(path, device=resolve_device(device))
     data = load_dataset(meta["dataset"], data_dir)
+    check_input_shape(meta, data.info.input_shape, path)
     test = data.test.head(limit)
     report = sparsity_report(model)
     return {

@@ -35,6 +35,8 @@ from sparserobust.errors import StoreError
 
 SCHEMA_VERSION = 1
 DB_NAME = "results.sqlite"
+DB_TIMEOUT = 10.0
+"""Seconds to wait for another process's lock on the database before giving up."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -195,7 +197,7 @@ class ResultStore:
             )
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+            self.conn = sqlite3.connect(self.path, timeout=DB_TIMEOUT, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.executescript(_SCHEMA)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparserobust.errors import ConfigError, StoreError
+from sparserobust.errors import ConfigError, ModelError, StoreError
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -59,6 +59,25 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def shape_error(model: nn.Module, x: torch.Tensor, exc: RuntimeError) -> ModelError:
+    """A one-line ModelError for a model that cannot take inputs shaped like ``x``."""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ModelError(
+        f"the model cannot take inputs of input shape {tuple(x.shape[1:])} ({first}): "
+        "check that the model was built for this dataset"
+    )
+
+
+def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)``, turning a shape mismatch inside the model into a :class:`ModelError`."""
+    try:
+        return model(x)
+    except RuntimeError as exc:
+        if "shape" in str(exc) or "size" in str(exc):
+            raise shape_error(model, x, exc) from None
+        raise
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Predicted labels (int64, on CPU) of ``model`` for inputs ``x``, in eval mode."""
@@ -66,7 +85,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.
     out = []
     with eval_mode(model):
         for i in range(0, x.shape[0], batch_size):
-            out.append(model(x[i : i + batch_size].to(device)).argmax(1).cpu())
+            out.append(forward(model, x[i : i + batch_size].to(device)).argmax(1).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparserobust.errors import AttackError
-from sparserobust.utils import eval_mode, model_device
+from sparserobust.utils import eval_mode, forward, model_device
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,9 @@ def check_epsilons(epsilons: Sequence[float] | float | None) -> tuple[float, ...
 @torch.no_grad()
 def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Logits of ``model`` on ``x`` computed in chunks of ``batch_size``."""
-    return torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    return torch.cat(
+        [forward(model, x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    )
 
 
 def check_logits(
