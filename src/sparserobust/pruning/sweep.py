@@ -232,6 +232,7 @@ def sparsity_sweep(
     steps_per_level: int = 1,
     seed: int = 0,
     dns: DNSConfig | None = None,
+    dns_steps: int | None = None,
     chain: bool = True,
     out_dir: str | os.PathLike[str] | None = None,
     metadata: Mapping[str, Any] | None = None,
@@ -252,6 +253,9 @@ def sparsity_sweep(
     files already there from the same sweep (same method, targets so far,
     retraining, seed, parent) are reused: a restarted sweep continues after
     the last finished level and gives the same files as an uninterrupted one.
+
+    ``dns_steps`` is the number of optimiser steps of a callable ``retrain``
+    (DNS's ramp; see :func:`prune_model`).
 
     Returns one record per level: path (or None), target and measured
     sparsity, exact counts (total and per layer), accuracy on ``test`` (or
@@ -304,6 +308,7 @@ def sparsity_sweep(
             steps=steps_per_level,
             seed=seed,
             dns=dns,
+            dns_steps=dns_steps,
             evaluate=evaluate,
         )
         level_meta.update(
@@ -351,6 +356,7 @@ def _prune_level(
     steps: int,
     seed: int,
     dns: DNSConfig | None,
+    dns_steps: int | None,
     evaluate: Callable[[nn.Module], float] | None,
 ) -> dict[str, Any]:
     """Prune one level (seeded by ``seed`` and the level index); its metadata."""
@@ -363,6 +369,7 @@ def _prune_level(
         steps=steps,
         seed=seed + 1000 * (index + 1),
         dns=dns,
+        dns_steps=dns_steps,
     )
     accuracy: float | None = None
     if test is not None:
