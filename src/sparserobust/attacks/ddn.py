@@ -61,27 +61,31 @@ class DDN(Attack):
         worst = torch.maximum(x, 1 - x).flatten(1).norm(dim=1)
         eps = torch.full((n,), self.init_epsilon, device=x.device).minimum(worst)
         delta = torch.zeros_like(x)
+        x_adv = x.clone()
+        lo, hi = -x, 1.0 - x  # box constraint on delta
         best_l2 = torch.full((n,), math.inf, device=x.device)
         best_delta = torch.zeros_like(x)
         grow = torch.tensor(1 + self.gamma, device=x.device)
         shrink = torch.tensor(1 - self.gamma, device=x.device)
         for i in range(self.steps):
             stepsize = 0.01 + (1.0 - 0.01) * (1 + math.cos(math.pi * i / self.steps)) / 2
-            logits, _, grad = loss_and_grad(model, x + delta, loss_fn)
+            logits, _, grad = loss_and_grad(model, x_adv, loss_fn)
             adv = is_adversarial(logits, labels, targeted)
             l2 = delta.flatten(1).norm(dim=1)
             better = clearly_adversarial(logits, labels, targeted) & (l2 < best_l2)
-            best_l2 = torch.where(better, l2, best_l2)
-            best_delta = torch.where(expand_like(better, x), delta, best_delta)
+            if bool(better.any()):
+                best_l2 = torch.where(better, l2, best_l2)
+                best_delta[better] = delta[better]
             gnorm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
-            delta = delta + grad * expand_like(stepsize / gnorm, grad)
+            delta.addcmul_(grad, expand_like(stepsize / gnorm, grad))
             eps = torch.minimum(eps * torch.where(adv, shrink, grow), worst)
             dnorm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-            delta = delta * expand_like(eps / dnorm, delta)
-            delta = (x + delta).clamp_(0.0, 1.0) - x
+            delta.mul_(expand_like(eps / dnorm, delta))
+            delta = torch.clamp(delta, lo, hi)
+            x_adv = x + delta
         with torch.no_grad():
-            adv = clearly_adversarial(model(x + delta), labels, targeted)
+            adv = clearly_adversarial(model(x_adv), labels, targeted)
         l2 = delta.flatten(1).norm(dim=1)
         better = adv & (l2 < best_l2)
-        best_delta = torch.where(expand_like(better, x), delta, best_delta)
-        return (x + best_delta).clamp(0.0, 1.0)
+        best_delta[better] = delta[better]
+        return torch.clamp(x + best_delta, 0.0, 1.0)
