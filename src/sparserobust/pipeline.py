@@ -479,6 +479,8 @@ def run_study(
                 (run / name).unlink(missing_ok=True)
             shutil.rmtree(run / "checkpoints", ignore_errors=True)
             shutil.rmtree(run / "report", ignore_errors=True)
+        for stale in run.rglob(".*.tmp"):  # temp files of a killed run: never trusted
+            stale.unlink(missing_ok=True)
         handler = _attach_log(run)
         try:
             study = _Study(config, run, progress)
@@ -492,16 +494,23 @@ def run_study(
                     for method in config.pruning.methods:
                         study.sweep(seed, method, dense)
                     study.evaluate_all(seed)
+                log.info("writing the report")
                 report = write_report(run, config.report.max_accuracy_drop)
                 n_models = len(study.store.models())
                 n_results = len(study.store.results())
+                log.info(
+                    "study done in %.1fs: %d models, %d results; report %s",
+                    time.perf_counter() - start,
+                    n_models,
+                    n_results,
+                    report,
+                )
             finally:
                 study.store.close()
         finally:
             logging.getLogger("sparserobust").removeHandler(handler)
             handler.close()
     seconds = time.perf_counter() - start
-    log.info("study done in %.1fs: %s", seconds, report)
     return {
         "run_dir": str(run),
         "report": str(report),
