@@ -320,8 +320,8 @@ def quick_config() -> StudyConfig:
             "name": "quick-digits",
             "dataset": "digits",
             "model": "lenet300",
-            "seeds": [0],
-            "train": {"epochs": 15},
+            "seeds": [0, 1],
+            "train": {"epochs": 30},
             "pruning": {
                 "methods": ["global-magnitude", "random"],
                 "sparsities": [0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99],
