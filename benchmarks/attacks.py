@@ -103,7 +103,7 @@ def main() -> None:
         return lambda m, xx, yy: attack(fmodel, xx, yy, epsilons=None)[1]
 
     # -- DeepFool
-    ours("ours DeepFool l2 (50 steps, overshoot 0.02)", DeepFool())
+    ours("ours DeepFool (50 steps; overshoot 0.02)", DeepFool())
     if want("foolbox DeepFool"):
         rows.append(
             peer("foolbox DeepFool", fool(fb.attacks.L2DeepFoolAttack(steps=50)), model, x, y, n)
@@ -134,7 +134,7 @@ def main() -> None:
                 )
             )
     # -- minimal-l2 estimate
-    ours("ours min-l2 (DeepFool + DDN 1000, line search)", MinL2())
+    ours("ours min-l2 (DeepFool + DDN 1000; line search)", MinL2())
     # -- C&W
     ours("ours C&W (9 x 1000)", CarliniWagnerL2(binary_search_steps=9, steps=1000))
     if want("foolbox C&W (9 x 1000)"):
