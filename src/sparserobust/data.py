@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sparserobust.errors import ConfigError, DataError
+from sparserobust.errors import DataError
+from sparserobust.registry import lookup
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +82,7 @@ def dataset_names() -> list[str]:
 
 def dataset_info(name: str) -> DatasetInfo:
     """Facts about dataset ``name``; raises ConfigError for an unknown name."""
-    try:
-        return _INFO[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown dataset {name!r}: choose one of {', '.join(dataset_names())}"
-        ) from None
+    return lookup(_INFO, name, "dataset")
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path | None:

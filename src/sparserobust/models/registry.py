@@ -12,6 +12,7 @@ from sparserobust.models.lenet import lenet5, lenet300
 from sparserobust.models.linear import linear
 from sparserobust.models.resnet import resnet32
 from sparserobust.models.vgg import vgg
+from sparserobust.registry import lookup
 
 Builder = Callable[[Sequence[int], int, Sequence[float], Sequence[float]], nn.Module]
 
@@ -44,12 +45,7 @@ def model_names() -> list[str]:
 
 def model_spec(name: str) -> ModelSpec:
     """The registry entry for ``name``; ConfigError for an unknown name."""
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown model {name!r}: choose one of {', '.join(model_names())}"
-        ) from None
+    return lookup(MODELS, name, "model")
 
 
 def build_model(
