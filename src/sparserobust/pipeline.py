@@ -20,6 +20,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -440,7 +441,7 @@ class _Study:
                 y,
                 self.config.eval,
                 seed=seed,
-                skip=lambda n, p, key=row.model_key: self.store.has_result(key, n, p),
+                skip=partial(self.store.has_result, row.model_key),
                 on_result=store_result,
             )
 

@@ -41,10 +41,10 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for an empty model)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for param in model.parameters():
+        return param.device
+    for buf in model.buffers():
+        return buf.device
     return torch.device("cpu")
 
 
@@ -89,7 +89,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Write a file atomically: ``write(tmp)`` fills a temp file beside ``path``,
     which is then fsynced and renamed over ``path``. A crash leaves either the
     old file or the new one, never a half-written file under ``path``."""

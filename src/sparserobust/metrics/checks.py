@@ -84,7 +84,8 @@ def result_flags(model: nn.Module, result: AttackResult, batch_size: int = 500) 
             for i in range(0, row_x.shape[0], batch_size):
                 logits = model(row_x[i : i + batch_size].to(device))
                 pred = logits.argmax(1).cpu()
-                labels = (result.target if result.targeted else result.y)[i : i + batch_size]
+                wanted = result.target if result.target is not None else result.y
+                labels = wanted[i : i + batch_size]
                 hit = pred == labels.cpu() if result.targeted else pred != labels.cpu()
                 unconfirmed += int((row_s[i : i + batch_size].cpu() & ~hit).sum())
     if unconfirmed:
