@@ -128,3 +128,12 @@ def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError):
         save_checkpoint(tmp_path / "m.st", small_model(), {"model": "lenet300"})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_older_format_says_so(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    old_header = {"format": "sparserobust-checkpoint", "format_version": "1", "meta": "{}"}
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "old.st"), metadata=old_header)
+    with pytest.raises(CheckpointError, match="older sparserobust"):
+        load_checkpoint(tmp_path / "old.st")

@@ -24,7 +24,8 @@ from sparserobust.models import build_model
 from sparserobust.utils import atomic_write
 
 FORMAT = "sparserobust-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 1 (pre-release) kept format, version and meta as three header keys."""
 HEADER_KEY = "sparserobust"
 REQUIRED_META = ("model", "dataset", "input_shape", "num_classes", "mean", "std")
 
@@ -96,6 +97,11 @@ def _open(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[s
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
             "create one with `sparserobust train`"
         ) from None
+    if HEADER_KEY not in header and header.get("format") == FORMAT:
+        raise CheckpointError(
+            f"{p} was written by an older sparserobust (checkpoint format "
+            f"{header.get('format_version')}); re-create it with this version"
+        )
     if HEADER_KEY not in header:
         raise CheckpointError(
             f"{p} is a safetensors file but not a sparserobust checkpoint; "

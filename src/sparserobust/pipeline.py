@@ -374,12 +374,13 @@ class _Study:
         if all(self.store.get_model(k) is not None for k in keys):
             return
         out = self.run_dir / "checkpoints" / f"s{seed}" / method
+        dense_cfg = _dense_train_config(self.config, seed)
         retrain = TrainConfig(
             epochs=p.retrain_epochs,
-            lr=p.retrain_lr,
+            lr=p.retrain_lr if p.retrain_lr is not None else dense_cfg.lr,
             seed=seed,
-            batch_size=_dense_train_config(self.config, seed).batch_size,
-            weight_decay=_dense_train_config(self.config, seed).weight_decay,
+            batch_size=dense_cfg.batch_size,
+            weight_decay=dense_cfg.weight_decay,
         )
         records = sparsity_sweep(
             copy.deepcopy(dense),
