@@ -110,7 +110,7 @@ def main() -> None:
         )
     # -- DDN / FMN
     for steps in (100, 1000):
-        ours(f"ours DDN ({steps} steps)", DDN(steps=steps))
+        ours(f"ours DDN ({steps} steps; abort early)", DDN(steps=steps))
         if want(f"foolbox DDN ({steps} steps)"):
             rows.append(
                 peer(

@@ -267,6 +267,31 @@ def ce_loss(labels: torch.Tensor, targeted: bool) -> Callable[[torch.Tensor], to
     return lambda logits: sign * F.cross_entropy(logits, labels, reduction="none")
 
 
+@torch.no_grad()
+def shrink_along_ray(
+    model: nn.Module,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    labels: torch.Tensor,
+    targeted: bool,
+    steps: int = 10,
+) -> torch.Tensor:
+    """Bisect ``alpha`` in [0, 1] per sample for the smallest ``x + alpha (x_adv - x)``
+    that stays adversarial (``steps`` forward passes). Rows of ``x_adv`` that are
+    not adversarial are returned unchanged. The result stays in [0,1] (convexity)."""
+    r = x_adv - x
+    ok = clearly_adversarial(model(x_adv), labels, targeted)
+    lo = torch.zeros(x.shape[0], device=x.device)
+    hi = torch.ones(x.shape[0], device=x.device)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        adv = clearly_adversarial(model(x + expand_like(mid, r) * r), labels, targeted)
+        hi = torch.where(adv, mid, hi)
+        lo = torch.where(adv, lo, mid)
+    alpha = torch.where(ok, hi, torch.ones_like(hi))
+    return (x + expand_like(alpha, r) * r).clamp(0.0, 1.0)
+
+
 class Attack(ABC):
     """Common driver: checks inputs, eval mode, seeding, chunking and re-verification."""
 

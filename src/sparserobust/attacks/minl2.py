@@ -7,42 +7,18 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from sparserobust.attacks.base import Attack, clearly_adversarial, expand_like
+from sparserobust.attacks.base import Attack, clearly_adversarial, expand_like, shrink_along_ray
 from sparserobust.attacks.ddn import DDN
 from sparserobust.attacks.deepfool import DeepFool
 from sparserobust.errors import AttackError
-
-
-@torch.no_grad()
-def shrink_along_ray(
-    model: nn.Module,
-    x: torch.Tensor,
-    x_adv: torch.Tensor,
-    labels: torch.Tensor,
-    targeted: bool,
-    steps: int = 10,
-) -> torch.Tensor:
-    """Bisect ``alpha`` in [0, 1] per sample for the smallest ``x + alpha (x_adv - x)``
-    that stays adversarial (``steps`` forward passes). Rows of ``x_adv`` that are
-    not adversarial are returned unchanged. The result stays in [0,1] (convexity)."""
-    r = x_adv - x
-    ok = clearly_adversarial(model(x_adv), labels, targeted)
-    lo = torch.zeros(x.shape[0], device=x.device)
-    hi = torch.ones(x.shape[0], device=x.device)
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        adv = clearly_adversarial(model(x + expand_like(mid, r) * r), labels, targeted)
-        hi = torch.where(adv, mid, hi)
-        lo = torch.where(adv, lo, mid)
-    alpha = torch.where(ok, hi, torch.ones_like(hi))
-    return (x + expand_like(alpha, r) * r).clamp(0.0, 1.0)
 
 
 class MinL2(Attack):
     """Minimal-l2 estimate: run each l2 attack, keep per sample the smallest
     verified adversarial, then shrink it along its ray with a bisection.
 
-    Default attacks: DeepFool l2 (50 steps) and DDN (1000 steps). Distances are
+    Default attacks: DeepFool l2 (50 steps) and DDN (1000 steps, no early abort).
+    Distances are
     l2 in [0,1] pixel space.
     """
 
@@ -56,7 +32,11 @@ class MinL2(Attack):
         batch_size: int = 1000,
     ) -> None:
         super().__init__(batch_size)
-        self.attacks = list(attacks) if attacks is not None else [DeepFool(), DDN(steps=1000)]
+        self.attacks = (
+            list(attacks)
+            if attacks is not None
+            else [DeepFool(), DDN(steps=1000, abort_early=False, refine_steps=0)]
+        )
         self.refine_steps = int(refine_steps)
         bad = [a.name for a in self.attacks if a.norm != 2.0 or a.fixed_epsilon]
         if not self.attacks or bad:
