@@ -124,3 +124,13 @@ def test_truncated_idx_file_is_a_data_error(tmp_path: Path) -> None:
 def test_unknown_dataset() -> None:
     with pytest.raises(ConfigError, match="choose one of"):
         dataset_info("imagenet")
+
+
+@pytest.mark.slow
+def test_real_mnist(mnist_root: Path) -> None:
+    data = load_dataset("mnist", mnist_root)
+    assert (len(data.train), len(data.test)) == (60_000, 10_000)
+    assert data.train.y[:5].tolist() == [5, 0, 4, 1, 9]  # the published order
+    assert data.test.y[:3].tolist() == [7, 2, 1]
+    assert torch.bincount(data.test.y).tolist()[:3] == [980, 1135, 1032]
+    assert data.train.x.min() == 0.0 and data.train.x.max() == 1.0
