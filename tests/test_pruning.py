@@ -471,3 +471,18 @@ def test_one_shot_sweep_with_own_training_loop(digits_lenet300: nn.Module, digit
     assert not any(hasattr(m, "weight_orig") for _, m in prunable_layers(model))  # untouched
     with torch.no_grad():
         assert torch.equal(model(digits.test.x[:20]), before)
+
+
+def test_sweep_refuses_a_folder_pruned_from_another_model(
+    digits_lenet300: nn.Module, digits: Dataset, tmp_path: Path
+) -> None:
+    kwargs = {"out_dir": tmp_path, "metadata": digits_meta(), "progress": False}
+    sparsity_sweep(copy.deepcopy(digits_lenet300), "magnitude", [0.5], **kwargs)
+    other = copy.deepcopy(digits_lenet300)
+    with torch.no_grad():
+        other[2].weight.mul_(1.001)  # same architecture, settings and names; other weights
+    with pytest.raises(ConfigError, match="other settings"):
+        sparsity_sweep(other, "magnitude", [0.5], **kwargs)
+    # the very same starting model resumes without recomputing
+    (record,) = sparsity_sweep(copy.deepcopy(digits_lenet300), "magnitude", [0.5], **kwargs)
+    assert record["resumed"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -52,6 +53,16 @@ log = logging.getLogger(__name__)
 
 Retrain = TrainConfig | TrainFn
 """A TrainConfig (with a ``train`` split) or a callable ``retrain(model, after_step)``."""
+
+
+def state_fingerprint(model: nn.Module) -> str:
+    """SHA-256 (16 hex digits) of a model's state: every tensor's name, dtype, shape, bytes."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 def validate_targets(targets: Sequence[float]) -> list[float]:
@@ -273,6 +284,9 @@ def sparsity_sweep(
         "dns": (dns or DNSConfig()).as_dict() if method == "dns" else None,
         "chain": chain,
         "parent": parent,
+        # the starting weights themselves: a folder pruned from another model (or
+        # from a checkpoint retrained in place) is never mistaken for this sweep
+        "source_state": state_fingerprint(model),
     }
     names = [checkpoint_name(method, s) for s in levels]
     paths: list[Path] = [out / n for n in names] if out is not None else []
