@@ -90,6 +90,8 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "eval.attacks[0].norm",
         ),
         ({"eval": {"clever": {"radius": 0}}}, "eval.clever.radius"),
+        ({"eval": {"attacks": [{"name": "fgsm", "eps": [0.1], "steps": 5}]}}, "eval.attacks[0]"),
+        ({"eval": {"attacks": [{"name": "cw", "norm": "inf"}]}}, "eval.attacks[0]"),
         ({"report": {"max_accuracy_drop": 2}}, "report.max_accuracy_drop"),
         ({"eval": "all"}, "eval"),
     ],
@@ -98,6 +100,21 @@ def test_bad_config_names_the_key(patch: dict, key: str) -> None:
     with pytest.raises(ConfigError) as err:
         config_from_dict({**SMALL, **patch})
     assert str(err.value).startswith(key + ":")
+
+
+def test_attack_settings_reach_the_attack() -> None:
+    from sparserobust.config import attack_params
+    from sparserobust.pipeline import planned_measurements
+
+    attacks = [
+        {"name": "cw", "search_steps": 3, "steps": 50},
+        {"name": "ddn"},
+        {"name": "pgd", "eps": [0.1], "restarts": 2},
+    ]
+    config = config_from_dict({**SMALL, "eval": {"attacks": attacks}})
+    names = [n for n, _ in planned_measurements(config.eval, 0) if n.startswith("attack")]
+    assert names == ["attack:cw:l2", "attack:ddn:l2", "attack:pgd:linf"]
+    assert attack_params(config.eval.attacks[0]) == {"binary_search_steps": 3, "steps": 50}
 
 
 def test_config_hash_ignores_device_but_not_numbers() -> None:

@@ -67,7 +67,7 @@ class AttackSettings:
     """
 
     name: str
-    norm: str = "inf"
+    norm: str | None = None
     eps: tuple[float, ...] = ()
     steps: int | None = None
     restarts: int | None = None
@@ -254,7 +254,7 @@ def validate(config: StudyConfig) -> StudyConfig:
             raise ConfigError(
                 f"{key}.name: unknown attack {a.name!r}; choose from {', '.join(ATTACK_NAMES)}"
             )
-        if a.norm not in ("inf", "2"):
+        if a.norm is not None and a.norm not in ("inf", "2"):
             raise ConfigError(f"{key}.norm: must be inf or 2, got {a.norm!r}")
         for j, eps in enumerate(a.eps):
             _check_positive(eps, f"{key}.eps[{j}]")
@@ -263,6 +263,7 @@ def validate(config: StudyConfig) -> StudyConfig:
         _check_positive(a.steps, f"{key}.steps")
         _check_positive(a.restarts, f"{key}.restarts")
         _check_positive(a.search_steps, f"{key}.search_steps")
+        _check_attack_builds(a, key)
     c = e.clever
     _check_positive(c.n, "eval.clever.n", allow_zero=True)
     _check_positive(c.n_batches, "eval.clever.n_batches")
@@ -275,6 +276,38 @@ def validate(config: StudyConfig) -> StudyConfig:
     if not 0 <= drop <= 1:
         raise ConfigError(f"report.max_accuracy_drop: must be in [0,1], got {drop}")
     return config
+
+
+def attack_params(a: AttackSettings) -> dict[str, Any]:
+    """Keyword hyperparameters for the attack's constructor (unset ones omitted)."""
+    params: dict[str, Any] = {}
+    if a.steps is not None:
+        params["steps"] = a.steps
+    if a.restarts is not None:
+        params["restarts"] = a.restarts
+    if a.search_steps is not None:
+        params["binary_search_steps"] = a.search_steps
+    return params
+
+
+def attack_norm(a: AttackSettings) -> str:
+    """The attack's norm as "inf" or "2": the configured one, else the attack's default."""
+    if a.norm is not None:
+        return a.norm
+    from sparserobust.attacks import attack_norms
+
+    return "inf" if math.isinf(attack_norms(a.name)[0]) else "2"
+
+
+def _check_attack_builds(a: AttackSettings, key: str) -> None:
+    """Build the attack now, so a setting it does not take fails at load, not hours in."""
+    from sparserobust.attacks import get_attack
+    from sparserobust.errors import AttackError
+
+    try:
+        get_attack(a.name, a.norm, **attack_params(a))
+    except AttackError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 def check_sparsities(values: typing.Sequence[float], where: str = "sparsity") -> tuple[float, ...]:

@@ -29,7 +29,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sparserobust.checkpoint import load_checkpoint, save_checkpoint
-from sparserobust.config import AttackSettings, EvalSettings, StudyConfig, check_sparsities
+from sparserobust.config import (
+    AttackSettings,
+    EvalSettings,
+    StudyConfig,
+    attack_norm,
+    attack_params,
+    check_sparsities,
+)
 from sparserobust.data import Dataset, Split, load_dataset
 from sparserobust.errors import ConfigError, StoreError
 from sparserobust.models import build_model, model_spec
@@ -47,18 +54,6 @@ Measurement = tuple[str, dict[str, Any]]
 # --- measurements ----------------------------------------------------------------
 
 
-def attack_params(a: AttackSettings) -> dict[str, Any]:
-    """Keyword hyperparameters for the attack's constructor (unset ones omitted)."""
-    params: dict[str, Any] = {}
-    if a.steps is not None:
-        params["steps"] = a.steps
-    if a.restarts is not None:
-        params["restarts"] = a.restarts
-    if a.search_steps is not None:
-        params["search_steps"] = a.search_steps
-    return params
-
-
 def planned_measurements(settings: EvalSettings, seed: int) -> list[Measurement]:
     """The (measurement name, parameters) pairs :func:`evaluate_model` will compute.
 
@@ -68,8 +63,14 @@ def planned_measurements(settings: EvalSettings, seed: int) -> list[Measurement]
     for a in settings.attacks:
         plan.append(
             (
-                f"attack:{a.name}:l{a.norm}",
-                {**asdict(a), "eps": list(a.eps), "n": settings.n, "seed": seed},
+                f"attack:{a.name}:l{attack_norm(a)}",
+                {
+                    **asdict(a),
+                    "norm": attack_norm(a),
+                    "eps": list(a.eps),
+                    "n": settings.n,
+                    "seed": seed,
+                },
             )
         )
     if settings.clever.n > 0:
