@@ -413,8 +413,8 @@ class Attack(ABC):
                 idx = todo[i : i + self.batch_size]
                 adv = self.attack_batch(model, x[idx], labels[idx], targeted, gen, eps).detach()
                 adv = project(x[idx], adv, self.norm, eps)
-                with torch.no_grad():
-                    ok = is_adversarial(model(adv), labels[idx], targeted)
+                with torch.no_grad():  # only clear wins are carried to larger epsilons
+                    ok = clearly_adversarial(model(adv), labels[idx], targeted)
                 best[idx[ok]] = adv[ok]
                 done[idx[ok]] = True
                 out[e, idx] = adv

@@ -30,7 +30,9 @@ def difference_grads(
         diffs = logits.gather(1, others) - logits.gather(1, source[:, None])
         eye = torch.eye(c, device=x.device, dtype=diffs.dtype)[:, None, :].expand(c, *diffs.shape)
         try:
-            (grads,) = torch.autograd.grad(diffs, x, grad_outputs=eye, is_grads_batched=True)
+            (grads,) = torch.autograd.grad(
+                diffs, x, grad_outputs=eye, is_grads_batched=True, retain_graph=True
+            )
         except RuntimeError:  # a layer without a batching rule: one backward per class
             grads = torch.stack(
                 [

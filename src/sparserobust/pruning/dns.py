@@ -224,12 +224,15 @@ def calibrate(model: nn.Module, counts: dict[str, int]) -> int:
     layers = dict(prunable_layers(model))
     for name, k in counts.items():
         module = layers[name]
-        magnitude = dense_weight(module).detach().abs().flatten().float()
+        magnitude = dense_weight(module).detach().abs().flatten()
         mask = weight_mask(module).flatten()
-        score = magnitude + mask.float() * (float(magnitude.max()) + 1.0)
+        # rank by (mask state, |W|) exactly: two stable sorts, no float offset that could
+        # merge nearly equal magnitudes
+        order = torch.argsort(magnitude, stable=True)
+        order = order[torch.argsort(mask[order], stable=True)]
         new = torch.ones_like(mask)
         if k > 0:
-            new[torch.argsort(score, stable=True)[:k]] = 0.0
+            new[order[:k]] = 0.0
         changed += int((new != mask).sum())
         set_weight_mask(module, new.reshape(dense_weight(module).shape))
     return changed
