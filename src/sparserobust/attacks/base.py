@@ -186,9 +186,14 @@ def check_epsilons(epsilons: Sequence[float] | float | None) -> tuple[float, ...
     """Validated epsilons (positive, finite), sorted ascending without duplicates."""
     if epsilons is None:
         raise AttackError("a fixed-epsilon attack needs epsilons, e.g. epsilons=[0.1, 0.2]")
-    if isinstance(epsilons, int | float):
+    if isinstance(epsilons, int | float) or (
+        isinstance(epsilons, torch.Tensor) and epsilons.ndim == 0
+    ):
         epsilons = [float(epsilons)]
-    values = [float(e) for e in epsilons]
+    try:
+        values = [float(e) for e in epsilons]
+    except (TypeError, ValueError):
+        raise AttackError(f"epsilons must be numbers, got {epsilons!r}") from None
     if not values:
         raise AttackError("epsilons is empty: pass at least one epsilon > 0")
     bad = [e for e in values if not math.isfinite(e) or e <= 0]
