@@ -25,16 +25,7 @@ from sparserobust.errors import (
 )
 from sparserobust.models import build_model
 
-DIGITS_META = {
-    "model": "lenet300",
-    "dataset": "digits",
-    "input_shape": [1, 8, 8],
-    "num_classes": 10,
-    "mean": [0.3],
-    "std": [0.4],
-    "accuracy": 0.1,
-    "seed": 0,
-}
+from .test_checkpoint import META as DIGITS_META
 
 
 @pytest.fixture(scope="module")
