@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sparserobust.checkpoint import read_metadata
 from sparserobust.cli import cli, main
@@ -140,3 +141,47 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("model", ["resnet32", "vgg"])
+def test_cifar10_models_train_and_reload(
+    model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from .test_data import make_tiny_cifar
+
+    make_tiny_cifar(tmp_path / "data")
+    ckpt = tmp_path / f"{model}.st"
+    args = [
+        "train",
+        "--model",
+        model,
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--out",
+        str(ckpt),
+        "--json",
+        "--no-progress",
+    ]
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0
+    trained = json.loads(out)
+    code, out, _ = run_cli(
+        ["evaluate", "--checkpoint", str(ckpt), "--data-dir", str(tmp_path / "data"), "--json"],
+        capsys,
+    )
+    assert code == 0
+    result = json.loads(out)
+    # BatchNorm running statistics travel with the checkpoint: same accuracy after reload
+    assert result["accuracy"] == trained["accuracy"] and result["n"] == 4
+    from sparserobust import load_checkpoint
+
+    reloaded, meta = load_checkpoint(ckpt)
+    bns = [m for m in reloaded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(int(m.num_batches_tracked) == 3 for m in bns)  # ceil(20/8) steps
+    assert not torch.equal(bns[0].running_mean, torch.zeros_like(bns[0].running_mean))
