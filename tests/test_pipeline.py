@@ -194,6 +194,38 @@ def test_rerun_skips_finished_work(small_run: Path) -> None:
     con.close()
 
 
+def test_parallel_workers_store_the_same_numbers(tmp_path: Path) -> None:
+    """--jobs 2 (spawned workers, one thread each) gives a one-thread sequential run's
+    database, checkpoint hashes included, and resumes a half-finished directory."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_study(config_from_dict(SMALL), tmp_path / "seq", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    expected = table_rows(tmp_path / "seq" / "results.sqlite")
+    run = tmp_path / "par"
+    run_study(config_from_dict(SMALL), run, progress=False, jobs=2)
+    prov = json.loads(
+        sqlite3.connect(run / "results.sqlite")
+        .execute("SELECT provenance FROM results LIMIT 1")
+        .fetchone()[0]
+    )
+    assert (prov["threads"], prov["jobs"]) == (1, 2)
+    assert table_rows(run / "results.sqlite") == expected
+    con = sqlite3.connect(run / "results.sqlite")
+    con.execute("DELETE FROM results WHERE measurement = 'attack:fgsm:linf'")
+    con.execute("DELETE FROM models WHERE method = 'random'")
+    con.execute("DELETE FROM results WHERE model_key LIKE '%random%'")
+    con.commit()
+    con.close()
+    (run / "checkpoints" / "s0" / "random" / "random-s0.9000.st").unlink()
+    run_study(config_from_dict(SMALL), run, progress=False, jobs=2)
+    assert table_rows(run / "results.sqlite") == expected
+    with pytest.raises(ConfigError, match="jobs"):
+        run_study(config_from_dict(SMALL), run, progress=False, jobs=0)
+
+
 def test_other_config_in_same_dir_is_refused(small_run: Path) -> None:
     with pytest.raises(StoreError, match="another config"):
         run_study(config_from_dict({**SMALL, "seeds": [3]}), small_run, progress=False)

@@ -235,6 +235,14 @@ def prune(
 @click.option("--force", is_flag=True, help="Start the run directory over; recompute everything.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option(
+    "--jobs",
+    "-j",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Worker processes (one torch thread each); e.g. the number of CPU cores.",
+)
 def run(
     config_path: str | None,
     run_dir: str | None,
@@ -243,6 +251,7 @@ def run(
     force: bool,
     as_json: bool,
     no_progress: bool,
+    jobs: int,
 ) -> None:
     """Run a whole study from CONFIG_PATH (YAML); without one, the quick digits study."""
     import dataclasses
@@ -257,7 +266,7 @@ def run(
     if device is not None:
         changes["device"] = device
     config = validate(dataclasses.replace(config, **changes))
-    result = run_study(config, run_dir, force=force, progress=not no_progress)
+    result = run_study(config, run_dir, force=force, progress=not no_progress, jobs=jobs)
     emit(
         result,
         as_json,

@@ -299,46 +299,21 @@ class _Study:
         self.store.set_meta("config", json.dumps(self.config.to_dict(), sort_keys=True))
         self.store.set_meta("provenance", json.dumps(self.prov, sort_keys=True))
 
-    def base_meta(self, seed: int) -> dict[str, Any]:
-        info = self.data.info
-        return {
-            "model": self.config.model,
-            "dataset": self.config.dataset,
-            "input_shape": list(info.input_shape),
-            "num_classes": info.num_classes,
-            "mean": list(info.mean),
-            "std": list(info.std),
-            "seed": seed,
-            "config_hash": self.hash,
-        }
-
     def dense(self, seed: int) -> nn.Module:
         key = _model_key(seed, "dense", 0.0)
-        rel = f"checkpoints/s{seed}/dense.st"
-        row = self.store.get_model(key)
-        if row is not None:
-            return load_checkpoint(self.run_dir / rel, device=self.device)[0]
-        start = time.perf_counter()
-        seed_everything(seed)
-        info = self.data.info
-        model = build_model(
-            self.config.model, info.input_shape, info.num_classes, info.mean, info.std
-        ).to(self.device)
-        tc = _dense_train_config(self.config, seed)
-        train_model(
-            model, self.data.train, tc, progress=self.progress, desc=f"train dense seed {seed}"
-        )
-        acc = evaluate_accuracy(model, self.data.test)
-        meta = {
-            **self.base_meta(seed),
-            "accuracy": acc,
-            "method": "dense",
-            "sparsity": 0.0,
-            "train": tc.as_dict(),
-        }
-        save_checkpoint(self.run_dir / rel, model, meta)
-        self._register(key, seed, "dense", 0.0, model, acc, rel, None, time.perf_counter() - start)
-        return model.eval()
+        rel = _dense_rel(seed)
+        if self.store.get_model(key) is None:
+            acc, seconds = train_dense_checkpoint(
+                self.config, self.run_dir, seed, self.data, self.device, self.progress
+            )
+            self.register_dense(seed, acc, seconds)
+        return load_checkpoint(self.run_dir / rel, device=self.device)[0]
+
+    def register_dense(self, seed: int, accuracy: float, seconds: float) -> None:
+        rel = _dense_rel(seed)
+        model, _ = load_checkpoint(self.run_dir / rel)
+        key = _model_key(seed, "dense", 0.0)
+        self._register(key, seed, "dense", 0.0, model, accuracy, rel, None, seconds)
 
     def _register(
         self,
@@ -369,34 +344,21 @@ class _Study:
         )
         self.store.add_model(row, self.hash, self.prov)
 
-    def sweep(self, seed: int, method: str, dense: nn.Module) -> None:
+    def sweep_done(self, seed: int, method: str) -> bool:
         p = self.config.pruning
-        keys = [_model_key(seed, method, t) for t in sorted(p.sparsities)]
-        if all(self.store.get_model(k) is not None for k in keys):
+        return all(
+            self.store.get_model(_model_key(seed, method, t)) is not None for t in p.sparsities
+        )
+
+    def sweep(self, seed: int, method: str, dense: nn.Module) -> None:
+        if self.sweep_done(seed, method):
             return
-        out = self.run_dir / "checkpoints" / f"s{seed}" / method
-        dense_cfg = _dense_train_config(self.config, seed)
-        retrain = TrainConfig(
-            epochs=p.retrain_epochs,
-            lr=p.retrain_lr if p.retrain_lr is not None else dense_cfg.lr,
-            seed=seed,
-            batch_size=dense_cfg.batch_size,
-            weight_decay=dense_cfg.weight_decay,
+        records = sweep_checkpoints(
+            self.config, self.run_dir, seed, method, self.data, dense, self.progress
         )
-        records = sparsity_sweep(
-            copy.deepcopy(dense),
-            method,
-            list(p.sparsities),
-            train=self.data.train,
-            test=self.data.test,
-            retrain=retrain,
-            seed=seed,
-            chain=p.iterative,
-            out_dir=out,
-            metadata=self.base_meta(seed),
-            parent="dense.st",
-            progress=self.progress,
-        )
+        self.register_sweep(seed, method, records)
+
+    def register_sweep(self, seed: int, method: str, records: list[dict[str, Any]]) -> None:
         for rec in records:
             target = float(rec["target_sparsity"])
             key = _model_key(seed, method, target)
@@ -416,27 +378,34 @@ class _Study:
                 float(rec.get("seconds") or 0.0),
             )
 
+    def pending(self, seeds: Sequence[int]) -> list[tuple[ModelRow, str, dict[str, Any]]]:
+        """Every (model, measurement, parameters) of ``seeds`` not yet stored."""
+        out = []
+        for seed in seeds:
+            plan = planned_measurements(self.config.eval, seed)
+            for row in self.store.models():
+                if row.seed == seed:
+                    out += [
+                        (row, n, p)
+                        for n, p in plan
+                        if not self.store.has_result(row.model_key, n, p)
+                    ]
+        return out
+
+    def store_result(
+        self, key: str, name: str, params: dict[str, Any], numbers: dict[str, Any], seconds: float
+    ) -> None:
+        self.store.add_result(key, name, params, numbers, seconds, self.hash, self.prov)
+
     def evaluate_all(self, seed: int) -> None:
         rows = [r for r in self.store.models() if r.seed == seed]
+        todo = sorted({r.model_key for r, _, _ in self.pending([seed])})
+        rows = [r for r in rows if r.model_key in todo]
         x, y = self.eval_split.x, self.eval_split.y
-        plan = planned_measurements(self.config.eval, seed)
-        todo = [
-            r for r in rows if any(not self.store.has_result(r.model_key, n, p) for n, p in plan)
-        ]
-        bar = tqdm(todo, desc=f"evaluate seed {seed}", disable=not self.progress)
+        bar = tqdm(rows, desc=f"evaluate seed {seed}", disable=not self.progress)
         for row in bar:
             bar.set_postfix(model=row.model_key)
             model, _ = load_checkpoint(self.run_dir / row.checkpoint, device=self.device)
-
-            def store_result(
-                name: str,
-                params: dict[str, Any],
-                numbers: dict[str, Any],
-                seconds: float,
-                key: str = row.model_key,
-            ) -> None:
-                self.store.add_result(key, name, params, numbers, seconds, self.hash, self.prov)
-
             evaluate_model(
                 model,
                 x,
@@ -444,8 +413,211 @@ class _Study:
                 self.config.eval,
                 seed=seed,
                 skip=partial(self.store.has_result, row.model_key),
-                on_result=store_result,
+                on_result=partial(self.store_result, row.model_key),
             )
+
+    def run_sequential(self) -> None:
+        for seed in self.config.seeds:
+            dense = self.dense(seed)
+            for method in self.config.pruning.methods:
+                self.sweep(seed, method, dense)
+            self.evaluate_all(seed)
+
+    def run_parallel(self, jobs: int) -> None:
+        """The same work in ``jobs`` worker processes (one torch thread each):
+        dense models, then the (seed, method) sweeps, then every pending
+        (model, measurement). Workers only write checkpoints (atomically); this
+        process registers them and stores every result as it arrives."""
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        self.prov = {**self.prov, "threads": 1, "jobs": jobs}  # what the workers compute with
+        ctx = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init)
+        cfg, run_dir = self.config, self.run_dir
+
+        def drain(
+            futures: dict[Future[Any], Any], on_done: Callable[[Any, Any], None], desc: str
+        ) -> None:
+            bar = tqdm(total=len(futures), desc=desc, disable=not self.progress)
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=lambda f: futures[f][0]):
+                    on_done(futures[fut][1], fut.result())
+                    bar.update()
+            bar.close()
+
+        try:
+            dense = {
+                pool.submit(_task_dense, cfg, run_dir, seed): (i, seed)
+                for i, seed in enumerate(cfg.seeds)
+                if self.store.get_model(_model_key(seed, "dense", 0.0)) is None
+            }
+            drain(dense, lambda seed, out: self.register_dense(seed, *out), "dense models")
+            chains = [
+                (seed, m)
+                for seed in cfg.seeds
+                for m in cfg.pruning.methods
+                if not self.sweep_done(seed, m)
+            ]
+            sweeps = {
+                pool.submit(_task_sweep, cfg, run_dir, seed, m): (i, (seed, m))
+                for i, (seed, m) in enumerate(chains)
+            }
+            drain(sweeps, lambda sm, recs: self.register_sweep(sm[0], sm[1], recs), "sweeps")
+            tasks = self.pending(cfg.seeds)
+            evals = {
+                pool.submit(_task_measure, cfg, run_dir, row.checkpoint, name, params): (
+                    i,
+                    (row.model_key, name, params),
+                )
+                for i, (row, name, params) in enumerate(tasks)
+            }
+
+            def stored(
+                task: tuple[str, str, dict[str, Any]], out: tuple[dict[str, Any], float]
+            ) -> None:
+                key, name, params = task
+                numbers, seconds = out
+                log.info("%s %s: %s in %.1fs", key, name, numbers.get("headline"), seconds)
+                self.store_result(key, name, params, numbers, seconds)
+
+            drain(evals, stored, "measurements")
+        except BrokenProcessPool:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise StoreError(
+                "a worker process died (out of memory, killed, or run_study was called from a "
+                "script without an `if __name__ == '__main__':` guard): run again to resume, "
+                "or use --jobs 1"
+            ) from None
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+
+
+# --- work that runs in this process or in a worker ---------------------------------
+
+
+def _dense_rel(seed: int) -> str:
+    return f"checkpoints/s{seed}/dense.st"
+
+
+def _base_meta(config: StudyConfig, data: Dataset, seed: int) -> dict[str, Any]:
+    info = data.info
+    return {
+        "model": config.model,
+        "dataset": config.dataset,
+        "input_shape": list(info.input_shape),
+        "num_classes": info.num_classes,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "seed": seed,
+        "config_hash": config.config_hash(),
+    }
+
+
+def train_dense_checkpoint(
+    config: StudyConfig,
+    run_dir: Path,
+    seed: int,
+    data: Dataset,
+    device: torch.device,
+    progress: bool,
+) -> tuple[float, float]:
+    """Train seed ``seed``'s dense model and save its checkpoint; (accuracy, seconds)."""
+    start = time.perf_counter()
+    seed_everything(seed)
+    info = data.info
+    model = build_model(config.model, info.input_shape, info.num_classes, info.mean, info.std).to(
+        device
+    )
+    tc = _dense_train_config(config, seed)
+    train_model(model, data.train, tc, progress=progress, desc=f"train dense seed {seed}")
+    acc = evaluate_accuracy(model, data.test)
+    meta = {
+        **_base_meta(config, data, seed),
+        "accuracy": acc,
+        "method": "dense",
+        "sparsity": 0.0,
+        "train": tc.as_dict(),
+    }
+    save_checkpoint(run_dir / _dense_rel(seed), model, meta)
+    return acc, time.perf_counter() - start
+
+
+def sweep_checkpoints(
+    config: StudyConfig,
+    run_dir: Path,
+    seed: int,
+    method: str,
+    data: Dataset,
+    dense: nn.Module,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Prune a copy of ``dense`` over the grid with ``method``; one checkpoint per level
+    (resuming after the last finished one). Returns the sweep records."""
+    p = config.pruning
+    dense_cfg = _dense_train_config(config, seed)
+    retrain = TrainConfig(
+        epochs=p.retrain_epochs,
+        lr=p.retrain_lr if p.retrain_lr is not None else dense_cfg.lr,
+        seed=seed,
+        batch_size=dense_cfg.batch_size,
+        weight_decay=dense_cfg.weight_decay,
+    )
+    return sparsity_sweep(
+        copy.deepcopy(dense),
+        method,
+        list(p.sparsities),
+        train=data.train,
+        test=data.test,
+        retrain=retrain,
+        seed=seed,
+        chain=p.iterative,
+        out_dir=run_dir / "checkpoints" / f"s{seed}" / method,
+        metadata=_base_meta(config, data, seed),
+        parent="dense.st",
+        progress=progress,
+    )
+
+
+_WORKER_DATA: dict[tuple[str, str | None], Dataset] = {}
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _worker_data(config: StudyConfig) -> Dataset:
+    key = (config.dataset, config.data_dir)
+    if key not in _WORKER_DATA:
+        _WORKER_DATA[key] = load_dataset(config.dataset, config.data_dir)
+    return _WORKER_DATA[key]
+
+
+def _task_dense(config: StudyConfig, run_dir: Path, seed: int) -> tuple[float, float]:
+    device = resolve_device(config.device)
+    return train_dense_checkpoint(config, run_dir, seed, _worker_data(config), device, False)
+
+
+def _task_sweep(config: StudyConfig, run_dir: Path, seed: int, method: str) -> list[dict[str, Any]]:
+    device = resolve_device(config.device)
+    dense, _ = load_checkpoint(run_dir / _dense_rel(seed), device=device)
+    return sweep_checkpoints(config, run_dir, seed, method, _worker_data(config), dense, False)
+
+
+def _task_measure(
+    config: StudyConfig, run_dir: Path, checkpoint: str, name: str, params: dict[str, Any]
+) -> tuple[dict[str, Any], float]:
+    device = resolve_device(config.device)
+    split = _worker_data(config).test.head(config.eval.n)
+    model, _ = load_checkpoint(run_dir / checkpoint, device=device)
+    start = time.perf_counter()
+    numbers = measure(model, split.x, split.y, name, params, config.eval.batch_size)
+    return numbers, time.perf_counter() - start
 
 
 def _attach_log(run_dir: Path) -> logging.Handler:
@@ -465,15 +637,22 @@ def run_study(
     *,
     force: bool = False,
     progress: bool = True,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Run the whole study of ``config`` in ``run_dir`` (default ``runs/<name>-<hash>``).
 
     Finished models and measurements are skipped; ``force`` starts the directory
     over. Writes the results database, checkpoints, ``run.log`` and the report.
+    ``jobs`` > 1 runs the work in that many worker processes (one torch thread
+    each; see :meth:`_Study.run_parallel`). Its numbers equal a ``jobs=1`` run's
+    with one torch thread (``OMP_NUM_THREADS=1``): torch's CPU results depend on
+    the thread count, which the provenance records.
     Returns a summary: run directory, report path, models, results, seconds.
     """
     from sparserobust.report import write_report
 
+    if jobs < 1:
+        raise ConfigError(f"jobs must be at least 1, got {jobs}")
     run = Path(run_dir) if run_dir is not None else default_run_dir(config)
     start = time.perf_counter()
     with RunLock(run):
@@ -492,11 +671,10 @@ def run_study(
                 log.info(
                     "study %s (config %s) in %s on %s", config.name, study.hash, run, study.device
                 )
-                for seed in config.seeds:
-                    dense = study.dense(seed)
-                    for method in config.pruning.methods:
-                        study.sweep(seed, method, dense)
-                    study.evaluate_all(seed)
+                if jobs > 1:
+                    study.run_parallel(jobs)
+                else:
+                    study.run_sequential()
                 log.info("writing the report")
                 report = write_report(run, config.report.max_accuracy_drop)
                 n_models = len(study.store.models())
