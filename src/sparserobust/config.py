@@ -26,7 +26,7 @@ import yaml
 
 from sparserobust.errors import ConfigError
 
-ATTACK_NAMES = ("fgsm", "pgd", "deepfool", "cw", "ddn", "fmn", "min-l2")
+ATTACK_NAMES = ("fgsm", "pgd", "square", "deepfool", "cw", "ddn", "fmn", "min-l2")
 METHOD_NAMES = ("magnitude", "global-magnitude", "dns", "random")
 
 
@@ -61,7 +61,7 @@ class PruningSettings:
 class AttackSettings:
     """One attack to run on every model.
 
-    ``eps`` (fixed-epsilon attacks fgsm/pgd, and thresholds at which minimal-norm
+    ``eps`` (fixed-epsilon attacks fgsm/pgd/square, and thresholds at which minimal-norm
     attacks report robust accuracy) are perturbation budgets in [0,1] pixel space
     in the attack's norm. ``steps``/``restarts``/``search_steps`` set the budget.
     """
@@ -258,7 +258,7 @@ def validate(config: StudyConfig) -> StudyConfig:
             raise ConfigError(f"{key}.norm: must be inf or 2, got {a.norm!r}")
         for j, eps in enumerate(a.eps):
             _check_positive(eps, f"{key}.eps[{j}]")
-        if a.name in ("fgsm", "pgd") and not a.eps:
+        if a.name in ("fgsm", "pgd", "square") and not a.eps:
             raise ConfigError(f"{key}.eps: {a.name} needs at least one epsilon")
         _check_positive(a.steps, f"{key}.steps")
         _check_positive(a.restarts, f"{key}.restarts")

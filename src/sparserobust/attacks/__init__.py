@@ -24,6 +24,7 @@ from sparserobust.attacks.fgsm import FGSM
 from sparserobust.attacks.minl2 import MinL2
 from sparserobust.attacks.pgd import PGD
 from sparserobust.attacks.registry import attack_names, attack_norms, get_attack
+from sparserobust.attacks.square import Square
 
 __all__ = [
     "DDN",
@@ -34,6 +35,7 @@ __all__ = [
     "CarliniWagnerL2",
     "DeepFool",
     "MinL2",
+    "Square",
     "attack_names",
     "attack_norms",
     "get_attack",

@@ -9,7 +9,7 @@ Two families share one entry point, :meth:`Attack.run`:
 
 * minimisation attacks (DeepFool, C&W, DDN, min-l2) search the smallest
   perturbation per sample and report its norm;
-* fixed-epsilon attacks (FGSM, PGD) try every epsilon of a list and report
+* fixed-epsilon attacks (FGSM, PGD, Square) try every epsilon of a list and report
   per-sample success for each.
 
 Every success in the returned :class:`AttackResult` has been re-verified by a

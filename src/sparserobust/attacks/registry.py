@@ -1,4 +1,4 @@
-"""Attack registry: a name (fgsm, pgd, deepfool, cw, ddn, min-l2) -> a configured attack."""
+"""Attack registry: a name (fgsm, pgd, square, deepfool, cw, ddn, min-l2) -> a configured attack."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from sparserobust.attacks.deepfool import DeepFool
 from sparserobust.attacks.fgsm import FGSM
 from sparserobust.attacks.minl2 import MinL2
 from sparserobust.attacks.pgd import PGD
+from sparserobust.attacks.square import Square
 from sparserobust.errors import AttackError
 
 _REGISTRY: dict[str, tuple[Callable[..., Attack], tuple[float, ...]]] = {
     "fgsm": (FGSM, (INF,)),
     "pgd": (PGD, (INF, 2.0)),
+    "square": (Square, (INF, 2.0)),
     "deepfool": (DeepFool, (2.0, INF)),
     "cw": (CarliniWagnerL2, (2.0,)),
     "ddn": (DDN, (2.0,)),

@@ -9,7 +9,9 @@ are stored with every model's results and shown in the report:
 - a minimal-norm attack that fails on points where success is always possible
   (every image can be moved to any other in the [0,1] box);
 - robust accuracy that increases with epsilon;
-- a reported success that a fresh forward pass does not confirm.
+- a reported success that a fresh forward pass does not confirm;
+- adversarials a gradient-free attack (Square) finds where gradient attacks failed
+  (gradient masking).
 """
 
 from __future__ import annotations
@@ -99,3 +101,96 @@ def result_flags(model: nn.Module, result: AttackResult, batch_size: int = 500) 
                 "points, where a large enough perturbation always succeeds; raise its budget"
             )
     return flags
+
+
+def _eps_key(eps: float, epsilons: tuple[float, ...]) -> int | None:
+    """Index of the largest attacked epsilon <= ``eps`` (relative slack 1e-6), or None."""
+    below = [i for i, e in enumerate(epsilons) if e <= eps * (1 + 1e-6)]
+    return below[-1] if below else None
+
+
+def gradient_free_flags(
+    gradient_free: AttackResult, gradient: list[AttackResult], tolerance: float = 0.01
+) -> dict[str, Any]:
+    """Compare a gradient-free fixed-epsilon attack (Square) with gradient attacks
+    on the same points, to detect gradient masking.
+
+    The gradient-free result may cover only the first ``n`` points of the
+    gradient results; the comparison uses those ``n`` points. Gradient results
+    in another norm, or with other targets, are ignored. For each epsilon of the
+    gradient-free result, a point is *missed by gradient attacks* when the
+    gradient-free attack broke it at that epsilon and no gradient attack broke it
+    within that epsilon: a fixed-epsilon gradient result counts its success at
+    the largest of its epsilons <= eps (the same eps when it was attacked), a
+    minimisation result a success at distance <= eps * (1 + 1e-6).
+
+    Returns ``{"eps": [...], "n": int, "compared_with": [attack names],
+    "gradient_free_robust_accuracy": {eps: acc}, "gradient_robust_accuracy":
+    {eps: acc or None}, "missed_share": {eps: share or None}, "flags": [...]}``,
+    with one flag when ``missed_share`` exceeds ``tolerance`` at any epsilon.
+    Robust accuracy counts points classified correctly and not broken (for the
+    gradient attacks: broken by none of them). When no gradient result shares the
+    norm, the gradient numbers are None, ``"note"`` says why, and nothing is flagged.
+    """
+    gf = gradient_free
+    if gf.epsilons is None:
+        raise ValueError(
+            f"{gf.attack} is a minimisation result: gradient_free_flags needs a "
+            "fixed-epsilon gradient-free result (e.g. square)"
+        )
+    n = len(gf)
+    what = f"{gf.attack} l{'inf' if gf.norm == float('inf') else '2'}"
+    eps_list = [float(e) for e in gf.epsilons]
+    correct = gf.clean_correct.cpu()
+    gf_success = gf.success.cpu()
+    out: dict[str, Any] = {
+        "eps": eps_list,
+        "n": n,
+        "compared_with": [],
+        "gradient_free_robust_accuracy": {
+            e: float((correct & ~gf_success[i]).float().mean()) for i, e in enumerate(eps_list)
+        },
+        "gradient_robust_accuracy": dict.fromkeys(eps_list),
+        "missed_share": dict.fromkeys(eps_list),
+        "flags": [],
+    }
+    same_norm = []
+    for g in gradient:
+        if g.norm != gf.norm or g.targeted != gf.targeted:
+            continue
+        if len(g) < n or not torch.equal(g.x[:n].cpu(), gf.x.cpu()):
+            raise ValueError(
+                f"{g.attack} was not run on the same points as {gf.attack}: the "
+                f"gradient-free points must be the first {n} of every gradient result"
+            )
+        if gf.target is not None and (
+            g.target is None or not torch.equal(g.target[:n].cpu(), gf.target.cpu())
+        ):
+            continue
+        same_norm.append(g)
+    if not same_norm:
+        out["note"] = f"no gradient attack in the {what.split()[1]} norm to compare {what} with"
+        return out
+    out["compared_with"] = [g.attack for g in same_norm]
+    missed_at = []
+    for i, eps in enumerate(eps_list):
+        broken = torch.zeros(n, dtype=torch.bool)
+        for g in same_norm:
+            if g.epsilons is None:
+                broken |= g.success[:n].cpu() & (g.distances[:n].cpu() <= eps * (1 + 1e-6))
+            else:
+                j = _eps_key(eps, g.epsilons)
+                if j is not None:
+                    broken |= g.success[j, :n].cpu()
+        share = float((gf_success[i] & ~broken).float().mean())
+        out["gradient_robust_accuracy"][eps] = float((correct & ~broken).float().mean())
+        out["missed_share"][eps] = share
+        if share > tolerance:
+            missed_at.append(f"{share:.0%} of points at eps {eps:.4g}")
+    if missed_at:
+        out["flags"].append(
+            f"{what} finds adversarials where gradient attacks "
+            f"({', '.join(out['compared_with'])}) failed on {', '.join(missed_at)}: "
+            "gradient masking suspected; trust the gradient-free robust accuracy"
+        )
+    return out
