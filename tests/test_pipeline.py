@@ -94,6 +94,9 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ({"eval": {"attacks": [{"name": "cw", "norm": "inf"}]}}, "eval.attacks[0]"),
         ({"report": {"max_accuracy_drop": 2}}, "report.max_accuracy_drop"),
         ({"eval": "all"}, "eval"),
+        ({"eval": {"masking": [{"eps": [0.1]}]}}, "eval.masking[0].against[0]"),
+        ({"eval": {"masking": [{"norm": "1", "eps": [0.1]}]}}, "eval.masking[0].norm"),
+        ({"eval": {"masking": [{"against": ["pgd"]}]}}, "eval.masking[0].eps"),
     ],
 )
 def test_bad_config_names_the_key(patch: dict, key: str) -> None:
@@ -319,6 +322,59 @@ def test_sweep_robustness_on_own_model(digits_lenet300: torch.nn.Module, digits)
 
 
 # --- evaluation sanity flags ----------------------------------------------------
+
+
+def test_masking_check_flags_a_model_with_zero_gradients(digits, digits_lenet300) -> None:  # type: ignore[no-untyped-def]
+    """The study's Square-vs-gradient-attacks measurement on the same images: no flag
+    on a normal network; a flag on the same network behind an 8-bit input rounding
+    (identical decisions, all input gradients zero), with Square's robust accuracy
+    far below PGD's there."""
+    from torch import nn
+
+    from sparserobust.config import validate
+    from sparserobust.pipeline import measure, planned_measurements
+
+    class Rounded(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(torch.round(x * 255) / 255)
+
+    cfg = validate(
+        config_from_dict(
+            {
+                **SMALL,
+                "eval": {
+                    "n": 100,
+                    "attacks": [
+                        {"name": "pgd", "eps": [0.1, 0.2], "steps": 20},
+                        {"name": "ddn", "norm": "2", "steps": 100},
+                    ],
+                    "masking": [
+                        {"norm": "inf", "eps": [0.1, 0.2], "n": 60, "steps": 300},
+                        {"norm": "2", "eps": [1.0], "n": 60, "steps": 300, "against": ["ddn"]},
+                    ],
+                },
+            }
+        )
+    )
+    plan = dict(planned_measurements(cfg.eval, seed=0))
+    params = plan["masking:square:linf"]
+    assert params["against"][0]["name"] == "pgd" and params["n"] == 60
+    x, y = digits.test.x, digits.test.y
+    normal = measure(digits_lenet300, x, y, "masking:square:linf", params)
+    assert normal["flags"] == [] and normal["compared_with"] == ["pgd"]
+    h = normal["headline"]
+    assert h["square_linf robust_acc@0.2"] <= h["square_linf robust_acc@0.1"]
+    l2 = measure(digits_lenet300, x, y, "masking:square:l2", plan["masking:square:l2"])
+    assert l2["compared_with"] == ["ddn"] and l2["flags"] == []
+    masked = Rounded(digits_lenet300).eval()
+    out = measure(masked, x, y, "masking:square:linf", params)
+    assert len(out["flags"]) == 1 and "gradient masking suspected" in out["flags"][0]
+    acc_free, acc_grad = out["gradient_free_robust_accuracy"], out["gradient_robust_accuracy"]
+    assert acc_free[0.2] < acc_grad[0.2] - 0.3
 
 
 def test_flags_catch_masking_non_monotone_and_unconfirmed(digits, digits_lenet300) -> None:  # type: ignore[no-untyped-def]

@@ -26,7 +26,7 @@ import yaml
 
 from sparserobust.errors import ConfigError
 
-ATTACK_NAMES = ("fgsm", "pgd", "square", "deepfool", "cw", "ddn", "fmn", "min-l2")
+ATTACK_NAMES = ("fgsm", "pgd", "square", "deepfool", "cw", "ddn", "min-l2")
 METHOD_NAMES = ("magnitude", "global-magnitude", "dns", "random")
 
 
@@ -86,6 +86,21 @@ class CleverSettings:
 
 
 @dataclass(frozen=True)
+class MaskingSettings:
+    """A gradient-masking check: the gradient-free Square attack (``steps`` queries
+    per point) at ``eps`` in ``norm`` on the first ``n`` test images, against the
+    gradient attacks named in ``against`` (entries of ``eval.attacks`` with the same
+    norm, with their settings), on the same images. A model is flagged where Square
+    breaks more than 1% of the points that every gradient attack left robust."""
+
+    norm: str = "inf"
+    eps: tuple[float, ...] = ()
+    n: int = 500
+    steps: int = 1000
+    against: tuple[str, ...] = ("pgd",)
+
+
+@dataclass(frozen=True)
 class EvalSettings:
     """What is measured on every model: attacks on the first ``n`` test images,
     CLEVER, active-ReLU fractions and margin/gradient-norm bounds."""
@@ -93,6 +108,7 @@ class EvalSettings:
     n: int = 500
     attacks: tuple[AttackSettings, ...] = ()
     clever: CleverSettings = field(default_factory=CleverSettings)
+    masking: tuple[MaskingSettings, ...] = ()
     activations: bool = True
     bounds: bool = True
     batch_size: int = 500
@@ -264,6 +280,19 @@ def validate(config: StudyConfig) -> StudyConfig:
         _check_positive(a.restarts, f"{key}.restarts")
         _check_positive(a.search_steps, f"{key}.search_steps")
         _check_attack_builds(a, key)
+    for i, m in enumerate(e.masking):
+        key = f"eval.masking[{i}]"
+        if m.norm not in ("inf", "2"):
+            raise ConfigError(f"{key}.norm: must be inf or 2, got {m.norm!r}")
+        if not m.eps:
+            raise ConfigError(f"{key}.eps: give at least one epsilon")
+        for j, eps in enumerate(m.eps):
+            _check_positive(eps, f"{key}.eps[{j}]")
+        _check_positive(m.n, f"{key}.n")
+        _check_positive(m.steps, f"{key}.steps")
+        if not m.against:
+            raise ConfigError(f"{key}.against: name at least one gradient attack of eval.attacks")
+        masking_references(e, m, key)
     c = e.clever
     _check_positive(c.n, "eval.clever.n", allow_zero=True)
     _check_positive(c.n_batches, "eval.clever.n_batches")
@@ -297,6 +326,24 @@ def attack_norm(a: AttackSettings) -> str:
     from sparserobust.attacks import attack_norms
 
     return "inf" if math.isinf(attack_norms(a.name)[0]) else "2"
+
+
+def masking_references(
+    e: EvalSettings, m: MaskingSettings, key: str = "eval.masking"
+) -> list[AttackSettings]:
+    """The ``eval.attacks`` entries a masking check compares Square with (same norm)."""
+    refs = []
+    for j, name in enumerate(m.against):
+        found = [a for a in e.attacks if a.name == name and attack_norm(a) == m.norm]
+        if not found:
+            raise ConfigError(
+                f"{key}.against[{j}]: {name!r} with norm {m.norm} is not among eval.attacks; "
+                "add it there or remove it here"
+            )
+        if name == "square":
+            raise ConfigError(f"{key}.against[{j}]: compare with a gradient attack, not square")
+        refs.append(found[0])
+    return refs
 
 
 def _check_attack_builds(a: AttackSettings, key: str) -> None:

@@ -36,6 +36,7 @@ from sparserobust.config import (
     attack_norm,
     attack_params,
     check_sparsities,
+    masking_references,
 )
 from sparserobust.data import Dataset, Split, load_dataset
 from sparserobust.errors import ConfigError, StoreError
@@ -88,6 +89,20 @@ def planned_measurements(settings: EvalSettings, seed: int) -> list[Measurement]
                     },
                 )
             )
+    for m in settings.masking:
+        plan.append(
+            (
+                f"masking:square:l{m.norm}",
+                {
+                    "norm": m.norm,
+                    "eps": list(m.eps),
+                    "n": min(m.n, settings.n),
+                    "steps": m.steps,
+                    "against": [asdict(a) for a in masking_references(settings, m)],
+                    "seed": seed,
+                },
+            )
+        )
     if settings.activations:
         plan.append(("activations", {"n": settings.n}))
     if settings.bounds:
@@ -156,6 +171,8 @@ def measure(
             summary.get("robust_accuracy") or {}, f"{attack_name} {norm}"
         )
         return _finite({"headline": headline, "summary": summary, "flags": flags})
+    if kind == "masking":
+        return _finite(masking_check(model, xs, ys, params))
     if kind == "checks":
         from sparserobust.metrics.checks import gradient_check
 
@@ -208,6 +225,46 @@ def measure(
         }
         return _finite({"headline": headline, "summary": s})
     raise ConfigError(f"unknown measurement {name!r}")  # pragma: no cover
+
+
+def _build_attack(a: AttackSettings) -> Any:
+    from sparserobust.attacks import get_attack
+
+    return get_attack(a.name, attack_norm(a), **attack_params(a))
+
+
+def masking_check(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict[str, Any]
+) -> dict[str, Any]:
+    """Square attack (gradient-free) against the configured gradient attacks of the
+    same norm on the same images (the first ``params["n"]``): robust accuracy of
+    each, and a flag where Square succeeds on points every gradient attack missed."""
+    from sparserobust.attacks import get_attack
+    from sparserobust.metrics.checks import gradient_free_flags
+
+    eps = [float(e) for e in params["eps"]]
+    seed = int(params["seed"])
+    square = get_attack("square", params["norm"], steps=int(params["steps"]))
+    free = square.run(model, x, y, epsilons=eps, seed=seed)
+    refs = []
+    for ref in params["against"]:
+        a = AttackSettings(**{**ref, "eps": tuple(ref["eps"])})
+        attack = _build_attack(a)
+        fixed = bool(getattr(attack, "fixed_epsilon", False))
+        refs.append(attack.run(model, x, y, epsilons=eps if fixed else None, seed=seed))
+    out = gradient_free_flags(free, refs)
+    tag = f"square_l{params['norm']}"
+    headline = {
+        f"{tag} robust_acc@{float(e):g}": a for e, a in out["gradient_free_robust_accuracy"].items()
+    }
+    headline.update(
+        {
+            f"{tag} missed by gradient attacks@{float(e):g} (not robustness)": v
+            for e, v in out["missed_share"].items()
+            if v is not None
+        }
+    )
+    return {"headline": headline, **out}
 
 
 def attack_headline(attack: str, norm: str, summary: dict[str, Any]) -> dict[str, float]:
