@@ -13,6 +13,7 @@ user's own ``nn.Module`` and ``DataLoader`` without the CLI or a run directory.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import math
@@ -481,9 +482,11 @@ class _Study:
             self.evaluate_all(seed)
 
     def run_parallel(self, jobs: int) -> None:
-        """The same work in ``jobs`` worker processes (one torch thread each):
-        dense models, then the (seed, method) sweeps, then every pending
-        (model, measurement). Workers only write checkpoints (atomically); this
+        """The same work in ``jobs`` worker processes (one torch thread each), each
+        piece as soon as what it needs exists: a seed's sweeps (one task per
+        pruning method) once its dense model is there, a model's measurements (one
+        task each) once the model is. Sweeps are queued before measurements, as
+        they gate the most work. Workers only write checkpoints (atomically); this
         process registers them and stores every result as it arrives."""
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -493,55 +496,59 @@ class _Study:
         ctx = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init)
         cfg, run_dir = self.config, self.run_dir
+        running: dict[Future[Any], tuple[int, str, Any]] = {}
+        submitted: set[str] = set()
+        order = itertools.count()
+        bar = tqdm(desc="tasks", total=0, disable=not self.progress)
 
-        def drain(
-            futures: dict[Future[Any], Any], on_done: Callable[[Any, Any], None], desc: str
-        ) -> None:
-            bar = tqdm(total=len(futures), desc=desc, disable=not self.progress)
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in sorted(done, key=lambda f: futures[f][0]):
-                    on_done(futures[fut][1], fut.result())
-                    bar.update()
-            bar.close()
+        def submit(kind: str, what: Any, fn: Callable[..., Any], *args: Any) -> None:
+            tag = json.dumps([kind, what], sort_keys=True, default=str)
+            if tag not in submitted:
+                submitted.add(tag)
+                running[pool.submit(fn, cfg, run_dir, *args)] = (next(order), kind, what)
+                bar.total = len(submitted)
 
-        try:
-            dense = {
-                pool.submit(_task_dense, cfg, run_dir, seed): (i, seed)
-                for i, seed in enumerate(cfg.seeds)
-                if self.store.get_model(_model_key(seed, "dense", 0.0)) is None
-            }
-            drain(dense, lambda seed, out: self.register_dense(seed, *out), "dense models")
-            chains = [
-                (seed, m)
-                for seed in cfg.seeds
-                for m in cfg.pruning.methods
-                if not self.sweep_done(seed, m)
-            ]
-            sweeps = {
-                pool.submit(_task_sweep, cfg, run_dir, seed, m): (i, (seed, m))
-                for i, (seed, m) in enumerate(chains)
-            }
-            drain(sweeps, lambda sm, recs: self.register_sweep(sm[0], sm[1], recs), "sweeps")
-            tasks = self.pending(cfg.seeds)
-            evals = {
-                pool.submit(_task_measure, cfg, run_dir, row.checkpoint, name, params): (
-                    i,
-                    (row.model_key, name, params),
+        def measure_models(rows: list[ModelRow]) -> None:
+            for row in rows:
+                for name, params in planned_measurements(cfg.eval, row.seed):
+                    if not self.store.has_result(row.model_key, name, params):
+                        what = (row.model_key, name, params)
+                        submit("measure", what, _task_measure, row.checkpoint, name, params)
+
+        def dense_ready(seed: int) -> None:
+            for m in cfg.pruning.methods:
+                if not self.sweep_done(seed, m):
+                    submit("sweep", (seed, m), _task_sweep, seed, m)
+            measure_models([r for r in self.store.models() if r.seed == seed])
+
+        def handle(kind: str, what: Any, out: Any) -> None:
+            if kind == "dense":
+                self.register_dense(what, *out)
+                dense_ready(what)
+            elif kind == "sweep":
+                seed, method = what
+                self.register_sweep(seed, method, out)
+                measure_models(
+                    [r for r in self.store.models() if r.seed == seed and r.method == method]
                 )
-                for i, (row, name, params) in enumerate(tasks)
-            }
-
-            def stored(
-                task: tuple[str, str, dict[str, Any]], out: tuple[dict[str, Any], float]
-            ) -> None:
-                key, name, params = task
+            else:
+                key, name, params = what
                 numbers, seconds = out
                 log.info("%s %s: %s in %.1fs", key, name, numbers.get("headline"), seconds)
                 self.store_result(key, name, params, numbers, seconds)
 
-            drain(evals, stored, "measurements")
+        try:
+            for seed in cfg.seeds:
+                if self.store.get_model(_model_key(seed, "dense", 0.0)) is None:
+                    submit("dense", seed, _task_dense, seed)
+                else:
+                    dense_ready(seed)
+            while running:
+                done, _ = wait(set(running), return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=lambda f: running[f][0]):
+                    _, kind, what = running.pop(fut)
+                    handle(kind, what, fut.result())
+                    bar.update()
         except BrokenProcessPool:
             pool.shutdown(wait=False, cancel_futures=True)
             raise StoreError(
@@ -552,6 +559,8 @@ class _Study:
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+        finally:
+            bar.close()
         pool.shutdown()
 
 
