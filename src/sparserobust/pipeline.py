@@ -523,10 +523,12 @@ class _Study:
 
         def handle(kind: str, what: Any, out: Any) -> None:
             if kind == "dense":
+                log.info("dense model, seed %d: accuracy %.4f in %.1fs", what, *out)
                 self.register_dense(what, *out)
                 dense_ready(what)
             elif kind == "sweep":
                 seed, method = what
+                log.info("sweep %s, seed %d: %d levels", method, seed, len(out))
                 self.register_sweep(seed, method, out)
                 measure_models(
                     [r for r in self.store.models() if r.seed == seed and r.method == method]

@@ -1,0 +1,198 @@
+"""Paper-reproduction tables and plots from a finished study's run directory.
+
+    python scripts/reproduction_tables.py RUN_DIR OUT_DIR [--metric NAME ...]
+
+Reads ``RUN_DIR/results.sqlite`` (written by ``sparserobust run``) and writes into
+``OUT_DIR``:
+
+- ``tables.md``: per selected metric, a method x sparsity table of the mean over
+  seeds with its 95% Student-t interval; the peak (sparsity of the largest mean)
+  per method and metric, with whether its interval clears the dense model's; the
+  gradient-masking flags per model; wall time per stage;
+- one small PNG per selected metric (mean, 95% band, clean accuracy dotted).
+
+Every number in ``docs/reproduction.md`` comes from these files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+
+from sparserobust.report import CLEAN, Cell, _plot, _slug, collect
+from sparserobust.store import ResultStore
+
+DEFAULT_METRICS = [
+    "fgsm_linf robust_acc@0.1",
+    "pgd_linf robust_acc@0.05",
+    "pgd_linf robust_acc@0.1",
+    "pgd_linf robust_acc@0.2",
+    "square_linf robust_acc@0.1",
+    "deepfool_l2 median_norm",
+    "deepfool_linf median_norm",
+    "cw_l2 median_norm",
+    "ddn_l2 median_norm",
+    "ddn_l2 robust_acc@1",
+    "clever_l2 median",
+    "clever_linf median",
+    "active_relu_fraction (not robustness)",
+    "bound_linf margin median (not robustness)",
+    "bound_linf grad norm median (not robustness)",
+    "bound_linf ratio median",
+    "bound_l2 grad norm median (not robustness)",
+    "bound_l2 ratio median",
+]
+
+
+def fmt(v: float, digits: int = 3) -> str:
+    if not math.isfinite(v):
+        return "-"
+    return f"{v:.{digits}g}" if abs(v) >= 1 else f"{v:.{digits}f}"
+
+
+def cell_text(c: Cell | None) -> str:
+    if c is None:
+        return ""
+    if c.n > 1 and math.isfinite(c.low):
+        return f"{fmt(c.mean)} [{fmt(c.low)}, {fmt(c.high)}]"
+    return fmt(c.mean)
+
+
+def metric_table(metric: str, table: dict, targets: list[float]) -> list[str]:
+    lines = [f"#### {metric}", ""]
+    lines.append("| method | " + " | ".join(f"{t:g}" for t in targets) + " |")
+    lines.append("| --- " * (len(targets) + 1) + "|")
+    for method, cells in sorted(table[metric].items()):
+        lines.append(f"| {method} | " + " | ".join(cell_text(cells.get(t)) for t in targets) + " |")
+    return [*lines, ""]
+
+
+def peaks(metrics: list[str], table: dict, max_drop: float = 0.01) -> list[str]:
+    """Per method and metric: the peak over the whole grid, and the peak among models
+    within ``max_drop`` clean accuracy of the dense model (the usable sweet spot)."""
+    lines = [
+        "| metric | method | dense | peak sparsity: value | usable peak (clean acc within "
+        f"{max_drop:.0%} of dense): sparsity, value | usable peak above dense? |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for metric in metrics:
+        if "not robustness" in metric:
+            continue
+        for method, cells in sorted(table[metric].items()):
+            finite = {t: c for t, c in cells.items() if math.isfinite(c.mean)}
+            clean = table[CLEAN][method]
+            if 0.0 not in finite or 0.0 not in clean:
+                continue
+            dense = finite[0.0]
+            best = max(finite, key=lambda t: (finite[t].mean, -t))
+            usable = {
+                t: c for t, c in finite.items() if clean[t].mean >= clean[0.0].mean - max_drop
+            }
+            ubest = max(usable, key=lambda t: (usable[t].mean, -t))
+            top = usable[ubest]
+            if ubest == 0.0:
+                verdict = "no (dense is best)"
+            elif top.n < 2 or dense.n < 2:
+                verdict = "higher (one seed: no interval)"
+            elif top.low > dense.high:
+                verdict = "yes (95% intervals disjoint)"
+            else:
+                verdict = "higher, intervals overlap"
+            lines.append(
+                f"| {metric} | {method} | {cell_text(dense)} | {best:g}: {fmt(finite[best].mean)} "
+                f"| {ubest:g}: {cell_text(top)} | {verdict} |"
+            )
+    return [*lines, ""]
+
+
+def flags(store: ResultStore) -> list[str]:
+    by_model: dict[str, list[str]] = defaultdict(list)
+    for r in store.results():
+        for f in r["numbers"].get("flags", []):
+            by_model[r["model_key"]].append(f"{r['measurement']}: {f}")
+    if not by_model:
+        return ["No model was flagged.", ""]
+    lines = [f"{len(by_model)} of {len(store.models())} models carry flags:", ""]
+    for key in sorted(by_model):
+        lines.append(f"- `{key}`")
+        lines += [f"  - {f}" for f in by_model[key]]
+    return [*lines, ""]
+
+
+def stage_times(store: ResultStore, run_dir: Path) -> list[str]:
+    """Compute seconds per stage (summed over models, i.e. core-seconds when workers
+    run in parallel) and the study's wall time from its log."""
+    per: dict[str, float] = defaultdict(float)
+    for m in store.models():
+        per["dense training" if m.method == "dense" else f"pruning + retraining ({m.method})"] += (
+            m.seconds or 0.0
+        )
+    for r in store.results():
+        per[r["measurement"]] += r.get("seconds") or 0.0
+    total = sum(per.values())
+    lines = ["| stage | seconds (summed over models) | share |", "| --- | --- | --- |"]
+    for k, v in sorted(per.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {k} | {v:.0f} | {v / total:.1%} |")
+    lines.append(f"| **all** | {total:.0f} | |")
+    log = run_dir / "run.log"
+    if log.exists():
+        stamps = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", log.read_text(), re.M)
+        starts = re.findall(r"pipeline: study \S+ \(config", log.read_text())
+        if stamps:
+            first = datetime.fromisoformat(stamps[0])
+            last = datetime.fromisoformat(stamps[-1])
+            lines += [
+                "",
+                f"Wall time from the first to the last line of run.log: "
+                f"{(last - first).total_seconds():.0f} s ({len(starts)} start(s) logged).",
+            ]
+    return [*lines, ""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("--metric", action="append", help="metric to tabulate (repeatable)")
+    ap.add_argument("--plot", action="append", help="metric to plot (repeatable)")
+    args = ap.parse_args(argv)
+    if not (args.run_dir / "results.sqlite").exists():
+        print(f"error: {args.run_dir} has no results.sqlite: run the study first", file=sys.stderr)
+        return 2
+    with ResultStore(args.run_dir, create=False) as store:
+        table, metrics = collect(store)
+        wanted = [m for m in (args.metric or DEFAULT_METRICS) if m in table]
+        targets = sorted({t for cells in table[CLEAN].values() for t in cells})
+        seeds = sorted({m.seed for m in store.models()})
+        out = [
+            f"# Tables for `{args.run_dir.name}`",
+            "",
+            f"Generated by `python scripts/reproduction_tables.py {args.run_dir} {args.out_dir}`. "
+            f"Seeds {seeds}; cells are the mean over seeds [95% Student-t interval]. "
+            "Columns are target sparsities (fraction of Linear/Conv weights removed).",
+            "",
+            "## Clean accuracy and metrics",
+            "",
+            *metric_table(CLEAN, table, targets),
+        ]
+        for metric in wanted:
+            out += metric_table(metric, table, targets)
+        out += ["## Peaks (sparsity of the largest mean)", "", *peaks(wanted, table)]
+        out += ["## Evaluation flags", "", *flags(store)]
+        out += ["## Compute per stage", "", *stage_times(store, args.run_dir)]
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "tables.md").write_text("\n".join(out))
+    for metric in args.plot or []:
+        if metric in table:
+            (args.out_dir / f"{_slug(metric)}.png").write_bytes(_plot(metric, table))
+    print(f"wrote {args.out_dir / 'tables.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
