@@ -144,3 +144,46 @@ def test_second_process_on_same_directory_is_refused(
     finally:
         first.kill()
         first.wait()
+
+
+def test_parallel_run_killed_leaves_no_workers_and_resumes(tmp_path: Path) -> None:
+    """--jobs 2: SIGKILL the main process during sweeps and measurements; its workers
+    exit on their own, and resuming gives an uninterrupted --jobs 2 run's database."""
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(yaml.safe_dump(STUDY))
+    reference = tmp_path / "reference"
+    subprocess.run([*command(cfg, reference), "-j", "2"], check=True, capture_output=True)
+    events = [m for m in messages(reference) if "sweep " in m or "attack:" in m]
+    run = tmp_path / "killed"
+    killed = 0
+    for target in (events[0], events[len(events) // 3], events[2 * len(events) // 3]):
+        skip = log_lines(run)
+        proc = subprocess.Popen(
+            [*command(cfg, run), "-j", "2"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            if target in messages(run, skip):
+                os.kill(proc.pid, signal.SIGKILL)
+                killed += 1
+                break
+            time.sleep(0.005)
+        proc.wait()
+        gone = time.time() + 15  # the workers notice their parent is gone and exit
+        while time.time() < gone:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("worker processes outlived the killed run")
+    assert killed >= 2
+    done = subprocess.run([*command(cfg, run), "-j", "2"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert table_rows(run / "results.sqlite") == table_rows(reference / "results.sqlite")
+    assert not list(run.rglob(".*.tmp"))

@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -494,7 +495,9 @@ class _Study:
 
         self.prov = {**self.prov, "threads": 1, "jobs": jobs}  # what the workers compute with
         ctx = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init)
+        pool = ProcessPoolExecutor(
+            jobs, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),)
+        )
         cfg, run_dir = self.config, self.run_dir
         running: dict[Future[Any], tuple[int, str, Any]] = {}
         submitted: set[str] = set()
@@ -655,8 +658,20 @@ def sweep_checkpoints(
 _WORKER_DATA: dict[tuple[str, str | None], Dataset] = {}
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
+    """One torch thread; exit as soon as the parent process is gone (a killed run
+    must not leave workers behind that keep computing or wait forever)."""
+    import os
+    import threading
+
     torch.set_num_threads(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _worker_data(config: StudyConfig) -> Dataset:
