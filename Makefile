@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run test lint install clean
+.PHONY: run test lint install clean repro-linear repro-lenet300 repro-lenet5-cpu repro-lenet5
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,38 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+
+# The paper reproduction (docs/reproduction.md): one command per study. Each runs the
+# study on real MNIST (DATA, default ../shared/data) with JOBS workers (resuming if
+# interrupted), then regenerates the tables and plots under docs/results/.
+DATA ?= ../shared/data
+JOBS ?= 2
+TABLES := $(BIN)/python scripts/reproduction_tables.py
+STUDY = $(BIN)/sparserobust run configs/$(1).yaml --data-dir $(DATA) --out runs/$(1) -j $(JOBS) --no-progress
+
+repro-linear: $(STAMP)
+	$(call STUDY,mnist_linear)
+	$(TABLES) runs/mnist_linear docs/results/linear \
+	  --plot "deepfool_linf median_norm" --plot "ddn_l2 median_norm" \
+	  --plot "bound_linf margin median (not robustness)"
+
+repro-lenet300: $(STAMP)
+	$(call STUDY,mnist_lenet300)
+	$(TABLES) runs/mnist_lenet300 docs/results/lenet300 \
+	  --plot "pgd_linf robust_acc@0.1" --plot "ddn_l2 median_norm" \
+	  --plot "active_relu_fraction (not robustness)" --plot "bound_linf ratio median" \
+	  --plot "clever_linf median"
+
+repro-lenet5-cpu: $(STAMP)
+	$(call STUDY,mnist_lenet5_cpu)
+	$(TABLES) runs/mnist_lenet5_cpu docs/results/lenet5_cpu \
+	  --plot "pgd_linf robust_acc@0.1" --plot "ddn_l2 median_norm" \
+	  --plot "active_relu_fraction (not robustness)"
+
+repro-lenet5: $(STAMP)
+	$(call STUDY,mnist_lenet5)
+	$(TABLES) runs/mnist_lenet5 docs/results/lenet5 \
+	  --plot "pgd_linf robust_acc@0.1" --plot "ddn_l2 median_norm"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

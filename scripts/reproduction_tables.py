@@ -141,16 +141,26 @@ def stage_times(store: ResultStore, run_dir: Path) -> list[str]:
     lines.append(f"| **all** | {total:.0f} | |")
     log = run_dir / "run.log"
     if log.exists():
-        stamps = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", log.read_text(), re.M)
-        starts = re.findall(r"pipeline: study \S+ \(config", log.read_text())
-        if stamps:
-            first = datetime.fromisoformat(stamps[0])
-            last = datetime.fromisoformat(stamps[-1])
-            lines += [
-                "",
-                f"Wall time from the first to the last line of run.log: "
-                f"{(last - first).total_seconds():.0f} s ({len(starts)} start(s) logged).",
-            ]
+        # wall time: each start of `sparserobust run` up to its last log line, summed
+        # (a resumed or re-run study has several starts; a no-op re-run adds ~0 s)
+        spans, first, last = [], None, None
+        for line in log.read_text().splitlines():
+            stamp = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)", line)
+            if not stamp:
+                continue
+            t = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f")
+            if re.search(r"pipeline: study \S+ \(config", line):
+                if first is not None:
+                    spans.append((last - first).total_seconds())
+                first = t
+            last = t
+        if first is not None:
+            spans.append((last - first).total_seconds())
+        lines += [
+            "",
+            f"Wall time of the study (from run.log): {sum(spans):.0f} s over {len(spans)} "
+            f"start(s) ({', '.join(f'{x:.0f} s' for x in spans)}).",
+        ]
     return [*lines, ""]
 
 
