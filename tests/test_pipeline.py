@@ -410,3 +410,46 @@ def test_flags_reach_the_store_and_report(small_run: Path) -> None:
     flagged = [json.loads(r[3]).get("flags", []) for r in rows["results"]]
     total = sum(len(f) for f in flagged)
     assert md.count("\n- `s0/") == total
+
+
+def test_reproduction_tables_script(small_run: Path, tmp_path: Path) -> None:
+    """scripts/reproduction_tables.py: tables carry the stored numbers, peaks and
+    their verdicts follow the intervals, and a missing run is one error line."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "reproduction_tables.py"
+    spec = importlib.util.spec_from_file_location("reproduction_tables", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "tables"
+    assert mod.main([str(small_run), str(out), "--plot", "fgsm_linf robust_acc@0.05"]) == 0
+    text = (out / "tables.md").read_text()
+    con = sqlite3.connect(small_run / "results.sqlite")
+    acc = con.execute("SELECT accuracy FROM models WHERE model_key = 's0/random/0.9000'").fetchone()
+    con.close()
+    assert f"{acc[0]:.3f}" in text.split("#### clean_accuracy")[1].split("####")[0]
+    assert "Wall time of the study" in text and (out / "fgsm_linf_robust_acc_0.05.png").is_file()
+    cell = lambda m, lo, hi, n=3: Cell(m, lo, hi, n, 0.0)  # noqa: E731
+    table = {
+        "clean_accuracy": {
+            "a": {
+                0.0: cell(0.98, 0.97, 0.99),
+                0.5: cell(0.975, 0.97, 0.98),
+                0.9: cell(0.90, 0.89, 0.91),
+            }
+        },
+        "r": {
+            "a": {
+                0.0: cell(0.20, 0.18, 0.22),
+                0.5: cell(0.30, 0.25, 0.35),
+                0.9: cell(0.50, 0.45, 0.55),
+            }
+        },
+    }
+    row = mod.peaks(["r"], table)[2]
+    # the overall peak (0.9) costs 8 points of accuracy; the usable one (0.5) clears dense
+    assert "| 0.9: 0.500 | 0.5: 0.300 [0.250, 0.350] | yes (95% intervals disjoint) |" in row
+    table["r"]["a"][0.5] = cell(0.21, 0.15, 0.27)
+    assert "intervals overlap" in mod.peaks(["r"], table)[2]
+    assert mod.main([str(tmp_path / "none"), str(out)]) == 2
