@@ -375,6 +375,9 @@ def test_masking_check_flags_a_model_with_zero_gradients(digits, digits_lenet300
     assert len(out["flags"]) == 1 and "gradient masking suspected" in out["flags"][0]
     acc_free, acc_grad = out["gradient_free_robust_accuracy"], out["gradient_robust_accuracy"]
     assert acc_free[0.2] < acc_grad[0.2] - 0.3
+    combined = out["headline"]["square_linf+gradient robust_acc@0.2"]
+    assert combined <= min(acc_free[0.2], acc_grad[0.2])
+    assert combined == pytest.approx(acc_grad[0.2] - out["missed_share"][0.2], abs=1e-6)
 
 
 def test_flags_catch_masking_non_monotone_and_unconfirmed(digits, digits_lenet300) -> None:  # type: ignore[no-untyped-def]

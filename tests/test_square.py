@@ -143,6 +143,7 @@ def test_masked_gradients_pgd_fails_square_succeeds_and_is_flagged() -> None:
     assert all(out["missed_share"][e] > 0.8 for e in eps)
     assert all(out["gradient_free_robust_accuracy"][e] == 0.0 for e in eps)
     assert all(out["gradient_robust_accuracy"][e] > 0.8 for e in eps)
+    assert all(out["combined_robust_accuracy"][e] == 0.0 for e in eps)
     assert len(out["flags"]) == 1 and "gradient masking suspected" in out["flags"][0]
     assert gradient_free_flags(square, [pgd], tolerance=1.0)["flags"] == []
     # a minimisation attack in another norm is ignored; alone it leaves nothing to compare
@@ -165,6 +166,7 @@ def test_normal_model_raises_no_flag() -> None:
         assert out["flags"] == []
         assert all(v == 0.0 for v in out["missed_share"].values())
         assert out["gradient_robust_accuracy"] == out["gradient_free_robust_accuracy"]
+        assert out["combined_robust_accuracy"] == out["gradient_robust_accuracy"]
     # a fixed-epsilon result without square's epsilon counts at its largest epsilon below
     coarse = PGD(norm=INF, steps=20).run(model, x, y, epsilons=[0.9 * eps[-1]], seed=0)
     out = gradient_free_flags(square, [coarse])

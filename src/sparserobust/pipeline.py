@@ -261,6 +261,13 @@ def masking_check(
     }
     headline.update(
         {
+            f"{tag}+gradient robust_acc@{float(e):g}": v
+            for e, v in out["combined_robust_accuracy"].items()
+            if v is not None
+        }
+    )
+    headline.update(
+        {
             f"{tag} missed by gradient attacks@{float(e):g} (not robustness)": v
             for e, v in out["missed_share"].items()
             if v is not None

@@ -126,10 +126,12 @@ def gradient_free_flags(
 
     Returns ``{"eps": [...], "n": int, "compared_with": [attack names],
     "gradient_free_robust_accuracy": {eps: acc}, "gradient_robust_accuracy":
-    {eps: acc or None}, "missed_share": {eps: share or None}, "flags": [...]}``,
+    {eps: acc or None}, "combined_robust_accuracy": {eps: acc or None},
+    "missed_share": {eps: share or None}, "flags": [...]}``,
     with one flag when ``missed_share`` exceeds ``tolerance`` at any epsilon.
     Robust accuracy counts points classified correctly and not broken (for the
-    gradient attacks: broken by none of them). When no gradient result shares the
+    gradient attacks: broken by none of them; combined: broken by no attack at all,
+    the number to report). When no gradient result shares the
     norm, the gradient numbers are None, ``"note"`` says why, and nothing is flagged.
     """
     gf = gradient_free
@@ -151,6 +153,7 @@ def gradient_free_flags(
             e: float((correct & ~gf_success[i]).float().mean()) for i, e in enumerate(eps_list)
         },
         "gradient_robust_accuracy": dict.fromkeys(eps_list),
+        "combined_robust_accuracy": dict.fromkeys(eps_list),
         "missed_share": dict.fromkeys(eps_list),
         "flags": [],
     }
@@ -184,6 +187,9 @@ def gradient_free_flags(
                     broken |= g.success[j, :n].cpu()
         share = float((gf_success[i] & ~broken).float().mean())
         out["gradient_robust_accuracy"][eps] = float((correct & ~broken).float().mean())
+        out["combined_robust_accuracy"][eps] = float(
+            (correct & ~broken & ~gf_success[i]).float().mean()
+        )
         out["missed_share"][eps] = share
         if share > tolerance:
             missed_at.append(f"{share:.0%} of points at eps {eps:.4g}")
@@ -191,6 +197,6 @@ def gradient_free_flags(
         out["flags"].append(
             f"{what} finds adversarials where gradient attacks "
             f"({', '.join(out['compared_with'])}) failed on {', '.join(missed_at)}: "
-            "gradient masking suspected; trust the gradient-free robust accuracy"
+            "gradient masking suspected; report the combined robust accuracy (broken by no attack)"
         )
     return out
