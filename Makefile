@@ -36,7 +36,12 @@ repro-linear: $(STAMP)
 	$(call STUDY,mnist_linear)
 	$(TABLES) runs/mnist_linear docs/results/linear \
 	  --plot "deepfool_linf median_norm" --plot "ddn_l2 median_norm" \
-	  --plot "bound_linf margin median (not robustness)"
+	  --plot "bound_linf margin median (not robustness)" \
+	  --metric "fgsm_linf robust_acc@0.05" --metric "pgd_linf robust_acc@0.05" \
+	  --metric "pgd_linf robust_acc@0.1" --metric "square_linf robust_acc@0.05" \
+	  --metric "square_linf+gradient robust_acc@0.05" --metric "deepfool_linf median_norm" \
+	  --metric "bound_linf ratio median" --metric "ddn_l2 median_norm" \
+	  --metric "bound_l2 ratio median"
 
 repro-lenet300: $(STAMP)
 	$(call STUDY,mnist_lenet300)

@@ -170,27 +170,36 @@ def stage_times(store: ResultStore, run_dir: Path) -> list[str]:
     lines.append(f"| **all** | {total:.0f} | |")
     log = run_dir / "run.log"
     if log.exists():
-        # wall time: each start of `sparserobust run` up to its last log line, summed
-        # (a resumed or re-run study has several starts; a no-op re-run adds ~0 s)
-        spans, first, last = [], None, None
-        for line in log.read_text().splitlines():
-            stamp = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)", line)
-            if not stamp:
-                continue
-            t = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f")
-            if re.search(r"pipeline: study \S+ \(config", line):
-                if first is not None:
-                    spans.append((last - first).total_seconds())
-                first = t
-            last = t
-        if first is not None:
-            spans.append((last - first).total_seconds())
-        lines += [
-            "",
-            f"Wall time of the study (from run.log): {sum(spans):.0f} s over {len(spans)} "
-            f"start(s) ({', '.join(f'{x:.0f} s' for x in spans)}).",
-        ]
+        lines += ["", wall_time(log)]
     return [*lines, ""]
+
+
+def wall_time(log: Path) -> str:
+    """Wall time of every start of `sparserobust run` in ``log``, summed: a finished
+    start logs "study done in Xs"; an interrupted one counts to its last line."""
+    events = []
+    for line in log.read_text().splitlines():
+        stamp = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)", line)
+        if stamp:
+            events.append((datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f"), line))
+    starts = [
+        i for i, (_, ln) in enumerate(events) if re.search(r"pipeline: study \S+ \(config", ln)
+    ]
+    spans = []
+    for k, i in enumerate(starts):
+        begin = i - 1 if i > 0 and " loaded " in events[i - 1][1] else i  # data loading
+        end = starts[k + 1] if k + 1 < len(starts) else len(events)
+        if end < len(events) and " loaded " in events[end - 1][1]:
+            end -= 1  # the next start's data loading
+        done = [re.search(r"study done in ([0-9.]+)s", ln) for _, ln in events[i:end]]
+        finished = [float(m.group(1)) for m in done if m]
+        spans.append(
+            finished[-1] if finished else (events[end - 1][0] - events[begin][0]).total_seconds()
+        )
+    return (
+        f"Wall time of the study (from run.log): {sum(spans):.0f} s over {len(spans)} "
+        f"start(s) ({', '.join(f'{x:.0f} s' for x in spans)})."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -458,3 +458,14 @@ def test_reproduction_tables_script(small_run: Path, tmp_path: Path) -> None:
     table["r"]["a"][0.5] = cell(0.21, 0.15, 0.27)
     assert "intervals overlap" in mod.peaks(["r"], table)[2]
     assert mod.main([str(tmp_path / "none"), str(out)]) == 2
+    log = tmp_path / "run.log"
+    log.write_text(
+        "2026-01-01 10:00:00,000 INFO sparserobust.data: loaded mnist: 1 train\n"
+        "2026-01-01 10:00:01,000 INFO sparserobust.pipeline: study x (config 1) in r on cpu\n"
+        "2026-01-01 10:01:40,000 INFO sparserobust.pipeline: s0/dense/0.0000 checks: in 1.0s\n"
+        "2026-01-01 11:00:00,000 INFO sparserobust.data: loaded mnist: 1 train\n"
+        "2026-01-01 11:00:01,000 INFO sparserobust.pipeline: study x (config 1) in r on cpu\n"
+        "2026-01-01 11:00:30,000 INFO sparserobust.pipeline: study done in 30.5s: 1 models\n"
+    )
+    # a killed start counts to its last line (100 s), a finished one its own total
+    assert mod.wall_time(log).endswith("130 s over 2 start(s) (100 s, 30 s).")
