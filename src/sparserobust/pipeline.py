@@ -145,23 +145,18 @@ def measure(
     n = int(params.get("n", len(y)))
     xs, ys = x[:n], y[:n]
     if kind == "attack":
-        from sparserobust.attacks import get_attack
         from sparserobust.metrics.robustness import summarize
 
         _, attack_name, norm = name.split(":")
         norm_value = norm.removeprefix("l")
-        attack = get_attack(
-            attack_name,
-            norm_value,
-            **attack_params(
-                AttackSettings(
-                    name=attack_name,
-                    norm=norm_value,
-                    steps=params.get("steps"),
-                    restarts=params.get("restarts"),
-                    search_steps=params.get("search_steps"),
-                )
-            ),
+        attack = _build_attack(
+            AttackSettings(
+                name=attack_name,
+                norm=norm_value,
+                steps=params.get("steps"),
+                restarts=params.get("restarts"),
+                search_steps=params.get("search_steps"),
+            )
         )
         eps = [float(e) for e in params.get("eps", [])]
         result = attack.run(model, xs, ys, epsilons=eps or None, seed=int(params["seed"]))
