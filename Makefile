@@ -52,7 +52,8 @@ repro-lenet300: $(STAMP)
 
 repro-lenet5-cpu: $(STAMP)
 	$(call STUDY,mnist_lenet5_cpu)
-	$(TABLES) runs/mnist_lenet5_cpu docs/results/lenet5_cpu \
+	$(call STUDY,mnist_lenet5_cpu_s12)
+	$(TABLES) runs/mnist_lenet5_cpu runs/mnist_lenet5_cpu_s12 docs/results/lenet5_cpu \
 	  --plot "pgd_linf robust_acc@0.1" --plot "ddn_l2 median_norm" \
 	  --plot "active_relu_fraction (not robustness)"
 

@@ -1,9 +1,10 @@
 """Paper-reproduction tables and plots from a finished study's run directory.
 
-    python scripts/reproduction_tables.py RUN_DIR OUT_DIR [--metric NAME ...]
+    python scripts/reproduction_tables.py RUN_DIR [RUN_DIR ...] OUT_DIR [--metric NAME ...]
 
-Reads ``RUN_DIR/results.sqlite`` (written by ``sparserobust run``) and writes into
-``OUT_DIR``:
+Reads ``RUN_DIR/results.sqlite`` (written by ``sparserobust run``; several run
+directories of one config that differ only in their seeds are merged) and writes
+into ``OUT_DIR``:
 
 - ``tables.md``: per selected metric, a method x sparsity table of the mean over
   seeds with its 95% Student-t interval; the peak (sparsity of the largest mean)
@@ -17,12 +18,14 @@ Every number in ``docs/reproduction.md`` comes from these files.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import sys
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sparserobust.report import CLEAN, Cell, _plot, _slug, collect, interval
 from sparserobust.store import ResultStore
@@ -50,7 +53,7 @@ DEFAULT_METRICS = [
 ]
 
 
-def add_combined(store: ResultStore, table: dict) -> None:
+def add_combined(store: Any, table: dict) -> None:
     """Add ``square_l<p>+gradient robust_acc@eps`` (points broken by no attack: the
     gradient attacks' robust accuracy minus the share only Square broke) for runs
     stored before the masking check reported it."""
@@ -139,7 +142,7 @@ def peaks(metrics: list[str], table: dict, max_drop: float = 0.01) -> list[str]:
     return [*lines, ""]
 
 
-def flags(store: ResultStore) -> list[str]:
+def flags(store: Any) -> list[str]:
     by_model: dict[str, list[str]] = defaultdict(list)
     for r in store.results():
         for f in r["numbers"].get("flags", []):
@@ -153,7 +156,7 @@ def flags(store: ResultStore) -> list[str]:
     return [*lines, ""]
 
 
-def stage_times(store: ResultStore, run_dir: Path) -> list[str]:
+def stage_times(store: Any, run_dirs: list[Path]) -> list[str]:
     """Compute seconds per stage (summed over models, i.e. core-seconds when workers
     run in parallel) and the study's wall time from its log."""
     per: dict[str, float] = defaultdict(float)
@@ -168,9 +171,10 @@ def stage_times(store: ResultStore, run_dir: Path) -> list[str]:
     for k, v in sorted(per.items(), key=lambda kv: -kv[1]):
         lines.append(f"| {k} | {v:.0f} | {v / total:.1%} |")
     lines.append(f"| **all** | {total:.0f} | |")
-    log = run_dir / "run.log"
-    if log.exists():
-        lines += ["", wall_time(log)]
+    for run_dir in run_dirs:
+        log = run_dir / "run.log"
+        if log.exists():
+            lines += ["", f"`{run_dir.name}`: {wall_time(log)}"]
     return [*lines, ""]
 
 
@@ -202,26 +206,63 @@ def wall_time(log: Path) -> str:
     )
 
 
+class Runs:
+    """Several run directories of one study that differ only in their seeds, read as
+    one store (``models()`` and ``results()`` concatenated)."""
+
+    def __init__(self, run_dirs: list[Path]) -> None:
+        self.stores = [ResultStore(d, create=False) for d in run_dirs]
+        configs = []
+        for d, st in zip(run_dirs, self.stores, strict=True):
+            config = json.loads(st.get_meta("config") or "{}")
+            config.pop("name", None)
+            configs.append((d, config.pop("seeds", []), config))
+        seen: set[int] = set()
+        for d, seeds, config in configs:
+            if config != configs[0][2]:
+                raise ValueError(f"{d} differs from {configs[0][0]} in more than its seeds")
+            if seen & set(seeds):
+                raise ValueError(f"{d} repeats seeds {sorted(seen & set(seeds))}")
+            seen |= set(seeds)
+
+    def models(self) -> list[Any]:
+        return [m for st in self.stores for m in st.models()]
+
+    def results(self) -> list[dict[str, Any]]:
+        return [r for st in self.stores for r in st.results()]
+
+    def close(self) -> None:
+        for st in self.stores:
+            st.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("run_dirs", type=Path, nargs="+", help="one or more run directories")
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--metric", action="append", help="metric to tabulate (repeatable)")
     ap.add_argument("--plot", action="append", help="metric to plot (repeatable)")
     args = ap.parse_args(argv)
-    if not (args.run_dir / "results.sqlite").exists():
-        print(f"error: {args.run_dir} has no results.sqlite: run the study first", file=sys.stderr)
+    for run_dir in args.run_dirs:
+        if not (run_dir / "results.sqlite").exists():
+            print(f"error: {run_dir} has no results.sqlite: run the study first", file=sys.stderr)
+            return 2
+    try:
+        store = Runs(args.run_dirs)
+    except ValueError as exc:
+        print(f"error: {exc}: merge only runs of one config with other seeds", file=sys.stderr)
         return 2
-    with ResultStore(args.run_dir, create=False) as store:
-        table, metrics = collect(store)
+    try:
+        table, metrics = collect(store)  # type: ignore[arg-type]
         add_combined(store, table)
         wanted = [m for m in (args.metric or DEFAULT_METRICS) if m in table]
         targets = sorted({t for cells in table[CLEAN].values() for t in cells})
         seeds = sorted({m.seed for m in store.models()})
+        names = " ".join(str(d) for d in args.run_dirs)
         out = [
-            f"# Tables for `{args.run_dir.name}`",
+            f"# Tables for `{', '.join(d.name for d in args.run_dirs)}`",
             "",
-            f"Generated by `python scripts/reproduction_tables.py {args.run_dir} {args.out_dir}`. "
+            f"Generated by `python scripts/reproduction_tables.py {names} {args.out_dir}`. "
             f"Seeds {seeds}; cells are the mean over seeds [95% Student-t interval]. "
             "Columns are target sparsities (fraction of Linear/Conv weights removed).",
             "",
@@ -233,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
             out += metric_table(metric, table, targets)
         out += ["## Peaks (sparsity of the largest mean)", "", *peaks(wanted, table)]
         out += ["## Evaluation flags", "", *flags(store)]
-        out += ["## Compute per stage", "", *stage_times(store, args.run_dir)]
+        out += ["## Compute per stage", "", *stage_times(store, args.run_dirs)]
+    finally:
+        store.close()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "tables.md").write_text("\n".join(out))
     for metric in args.plot or []:

@@ -458,6 +458,20 @@ def test_reproduction_tables_script(small_run: Path, tmp_path: Path) -> None:
     table["r"]["a"][0.5] = cell(0.21, 0.15, 0.27)
     assert "intervals overlap" in mod.peaks(["r"], table)[2]
     assert mod.main([str(tmp_path / "none"), str(out)]) == 2
+    # runs of one config with other seeds merge; anything else is refused
+    other = tmp_path / "seed1"
+    run_study(config_from_dict({**SMALL, "seeds": [1]}), other, progress=False)
+    assert mod.main([str(small_run), str(other), str(out)]) == 0
+    merged = (out / "tables.md").read_text()
+    assert "Seeds [0, 1]" in merged and "0.5 [" not in merged.split("####")[0]
+    row = next(ln for ln in merged.splitlines() if ln.startswith("| random |"))
+    assert row.count("[") == 3  # dense, 0.5 and 0.9: a mean with an interval each
+    assert mod.main([str(small_run), str(small_run), str(out)]) == 2
+    third = tmp_path / "other"
+    run_study(
+        config_from_dict({**SMALL, "seeds": [2], "train": {"epochs": 1}}), third, progress=False
+    )
+    assert mod.main([str(small_run), str(third), str(out)]) == 2
     log = tmp_path / "run.log"
     log.write_text(
         "2026-01-01 10:00:00,000 INFO sparserobust.data: loaded mnist: 1 train\n"
