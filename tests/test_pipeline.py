@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sparserobust import load_checkpoint
-from sparserobust.config import config_from_dict, load_config
+from sparserobust.config import AttackSettings, config_from_dict, load_config
 from sparserobust.errors import ConfigError, StoreError
 from sparserobust.pipeline import run_study, sweep_robustness
 from sparserobust.pruning import sparsity_report
@@ -380,6 +380,36 @@ def test_masking_check_flags_a_model_with_zero_gradients(digits, digits_lenet300
     combined = out["headline"]["square_linf+gradient robust_acc@0.2"]
     assert combined <= min(acc_free[0.2], acc_grad[0.2])
     assert combined == pytest.approx(acc_grad[0.2] - out["missed_share"][0.2], abs=1e-6)
+
+
+def test_diverged_model_is_flagged_not_measured(digits, digits_lenet300) -> None:  # type: ignore[no-untyped-def]
+    """A model with NaN logits (e.g. diverged while pruning) gets a flagged, empty
+    record for every measurement instead of aborting the whole study."""
+    import copy
+
+    from sparserobust.config import EvalSettings
+    from sparserobust.pipeline import evaluate_model
+
+    broken = copy.deepcopy(digits_lenet300)
+    with torch.no_grad():
+        next(broken.parameters()).fill_(float("nan"))
+    settings = EvalSettings(
+        n=20, attacks=(AttackSettings("fgsm", "inf", (0.1,)), AttackSettings("deepfool", "2"))
+    )
+    out = evaluate_model(broken, digits.test.x, digits.test.y, settings)
+    assert set(out) == {
+        "checks",
+        "attack:fgsm:linf",
+        "attack:deepfool:l2",
+        "activations",
+        "bounds:l2",
+        "bounds:linf",
+    }
+    for numbers in out.values():
+        assert numbers["headline"] == {} and numbers["not_measured"] is True
+        assert "NaN or inf logits" in numbers["flags"][0]
+    healthy = evaluate_model(digits_lenet300, digits.test.x, digits.test.y, settings)
+    assert healthy["attack:fgsm:linf"]["headline"]["fgsm_linf robust_acc@0.1"] > 0
 
 
 def test_flags_catch_masking_non_monotone_and_unconfirmed(digits, digits_lenet300) -> None:  # type: ignore[no-untyped-def]

@@ -47,7 +47,7 @@ from sparserobust.pruning import sparsity_report
 from sparserobust.pruning.sweep import prune_model, sparsity_sweep
 from sparserobust.store import ModelRow, ResultStore, RunLock, provenance, sha256_file
 from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
-from sparserobust.utils import resolve_device, seed_everything
+from sparserobust.utils import eval_mode, forward, model_device, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,15 @@ def measure(
     kind = name.split(":")[0]
     n = int(params.get("n", len(y)))
     xs, ys = x[:n], y[:n]
+    if not _finite_logits(model, xs, batch_size):  # a diverged model: nothing to measure
+        return {
+            "headline": {},
+            "not_measured": True,
+            "flags": [
+                f"{name}: not measured: the model returns NaN or inf logits on clean test "
+                "images (it diverged in training or pruning); its numbers are missing, not zero"
+            ],
+        }
     if kind == "attack":
         from sparserobust.metrics.robustness import summarize
 
@@ -222,6 +231,16 @@ def measure(
         }
         return _finite({"headline": headline, "summary": s})
     raise ConfigError(f"unknown measurement {name!r}")  # pragma: no cover
+
+
+@torch.no_grad()
+def _finite_logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> bool:
+    device = model_device(model)
+    with eval_mode(model):
+        return all(
+            bool(torch.isfinite(forward(model, x[i : i + batch_size].to(device))).all())
+            for i in range(0, x.shape[0], batch_size)
+        )
 
 
 def _build_attack(a: AttackSettings) -> Any:
