@@ -65,6 +65,8 @@ def add_combined(store: Any, table: dict) -> None:
         if not r["measurement"].startswith("masking:"):
             continue
         norm = r["measurement"].split(":")[2]
+        if r["numbers"].get("not_measured"):  # a diverged model: missing, not zero
+            continue
         grad, missed = r["numbers"]["gradient_robust_accuracy"], r["numbers"]["missed_share"]
         for eps, acc in grad.items():
             if acc is None or missed.get(eps) is None:
@@ -87,20 +89,27 @@ def fmt(v: float, digits: int = 3) -> str:
     return f"{v:.{digits}g}" if abs(v) >= 1 else f"{v:.{digits}f}"
 
 
-def cell_text(c: Cell | None) -> str:
+def cell_text(c: Cell | None, seeds: int = 0) -> str:
+    """Mean [95% interval]; ``(n=k)`` where only k of ``seeds`` seeds have a number
+    (e.g. a model that diverged and was not measured)."""
     if c is None:
         return ""
+    text = fmt(c.mean)
     if c.n > 1 and math.isfinite(c.low):
-        return f"{fmt(c.mean)} [{fmt(c.low)}, {fmt(c.high)}]"
-    return fmt(c.mean)
+        text += f" [{fmt(c.low)}, {fmt(c.high)}]"
+    if c.n < seeds:
+        text += f" (n={c.n})"
+    return text
 
 
 def metric_table(metric: str, table: dict, targets: list[float]) -> list[str]:
     lines = [f"#### {metric}", ""]
     lines.append("| method | " + " | ".join(f"{t:g}" for t in targets) + " |")
     lines.append("| --- " * (len(targets) + 1) + "|")
+    seeds = max(c.n for cells in table[metric].values() for c in cells.values())
     for method, cells in sorted(table[metric].items()):
-        lines.append(f"| {method} | " + " | ".join(cell_text(cells.get(t)) for t in targets) + " |")
+        row = " | ".join(cell_text(cells.get(t), seeds) for t in targets)
+        lines.append(f"| {method} | {row} |")
     return [*lines, ""]
 
 

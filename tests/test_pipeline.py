@@ -156,6 +156,18 @@ def test_paper_configs_are_shipped() -> None:
     } <= names
 
 
+def test_lenet5_subset_config_measures_like_the_full_study() -> None:
+    """configs/mnist_lenet5_subset.yaml claims the full LeNet-5 study's attacks and
+    metrics on fewer models: same model, training and eval; only seeds and grid differ."""
+    full = load_config(CONFIGS / "mnist_lenet5.yaml")
+    subset = load_config(CONFIGS / "mnist_lenet5_subset.yaml")
+    assert subset.eval == full.eval and subset.train == full.train
+    assert subset.model == full.model and subset.dataset == full.dataset
+    assert set(subset.seeds) < set(full.seeds)
+    assert set(subset.pruning.sparsities) < set(full.pruning.sparsities)
+    assert set(subset.pruning.methods) < set(full.pruning.methods)
+
+
 # --- the study ------------------------------------------------------------------
 
 
@@ -513,3 +525,31 @@ def test_reproduction_tables_script(small_run: Path, tmp_path: Path) -> None:
     )
     # a killed start counts to its last line (100 s), a finished one its own total
     assert mod.wall_time(log).endswith("130 s over 2 start(s) (100 s, 30 s).")
+    # a diverged (not measured) model is missing from its cell, which says so, not zero
+    from types import SimpleNamespace
+
+    masking = {"gradient_robust_accuracy": {"0.1": 0.5}, "missed_share": {"0.1": 0.1}}
+    rows = [
+        {
+            "measurement": "masking:square:linf",
+            "method": "a",
+            "target_sparsity": 0.9,
+            "numbers": {**masking, "gradient_robust_accuracy": {"0.1": acc}},
+        }
+        for acc in (0.5, 0.7)
+    ] + [
+        {
+            "measurement": "masking:square:linf",
+            "method": "a",
+            "target_sparsity": 0.9,
+            "numbers": {"headline": {}, "not_measured": True, "flags": ["diverged"]},
+        }
+    ]
+    store = SimpleNamespace(models=lambda: [SimpleNamespace(method="a")], results=lambda: rows)
+    combined: dict = {"other": {"a": {0.9: cell(0.1, 0.0, 0.2, 3)}}}
+    mod.add_combined(store, combined)
+    got = combined["square_linf+gradient robust_acc@0.1"]["a"][0.9]
+    assert got.n == 2 and got.mean == pytest.approx(0.5)
+    combined["square_linf+gradient robust_acc@0.1"]["a"][0.5] = cell(0.3, 0.2, 0.4, 3)
+    text = "\n".join(mod.metric_table("square_linf+gradient robust_acc@0.1", combined, [0.5, 0.9]))
+    assert "| a | 0.300 [0.200, 0.400] | 0.500 [" in text and text.count("(n=2)") == 1
