@@ -153,6 +153,7 @@ def test_parallel_run_killed_leaves_no_workers_and_resumes(tmp_path: Path) -> No
     cfg.write_text(yaml.safe_dump(STUDY))
     reference = tmp_path / "reference"
     subprocess.run([*command(cfg, reference), "-j", "2"], check=True, capture_output=True)
+
     def progress(run: Path, skip: int = 0) -> int:
         return sum("sweep " in m or "attack:" in m for m in messages(run, skip))
 
