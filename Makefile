@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run test lint install clean repro-linear repro-lenet300 repro-lenet5-cpu repro-lenet5
+.PHONY: run test lint install clean repro-linear repro-lenet300 repro-lenet5-cpu repro-lenet5-subset repro-lenet5
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ repro-lenet5-cpu: $(STAMP)
 	$(TABLES) runs/mnist_lenet5_cpu runs/mnist_lenet5_cpu_s12 docs/results/lenet5_cpu \
 	  --plot "pgd_linf robust_acc@0.1" --plot "ddn_l2 median_norm" \
 	  --plot "active_relu_fraction (not robustness)"
+
+repro-lenet5-subset: $(STAMP)
+	$(call STUDY,mnist_lenet5_subset)
+	$(TABLES) runs/mnist_lenet5_subset docs/results/lenet5_subset \
+	  --plot "pgd_linf robust_acc@0.1" --plot "cw_l2 median_norm" --plot "clever_linf median"
 
 repro-lenet5: $(STAMP)
 	$(call STUDY,mnist_lenet5)

@@ -149,7 +149,7 @@ def measure(
             "headline": {},
             "not_measured": True,
             "flags": [
-                f"{name}: not measured: the model returns NaN or inf logits on clean test "
+                "not measured: the model returns NaN or inf logits on clean test "
                 "images (it diverged in training or pruning); its numbers are missing, not zero"
             ],
         }
