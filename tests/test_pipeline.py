@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sqlite3
 import time
@@ -166,6 +167,13 @@ def test_lenet5_subset_config_measures_like_the_full_study() -> None:
     assert set(subset.seeds) < set(full.seeds)
     assert set(subset.pruning.sparsities) < set(full.pruning.sparsities)
     assert set(subset.pruning.methods) < set(full.pruning.methods)
+    # its seeds 1 and 2: the same study otherwise, so the tables merge them
+    s12 = load_config(CONFIGS / "mnist_lenet5_subset_s12.yaml")
+    assert s12.seeds == (1, 2) and subset.seeds == (0,)
+    assert dataclasses.replace(s12, seeds=subset.seeds, name=subset.name) == subset
+    pilot = load_config(CONFIGS / "mnist_lenet5_cpu.yaml")
+    pilot12 = load_config(CONFIGS / "mnist_lenet5_cpu_s12.yaml")
+    assert dataclasses.replace(pilot12, seeds=pilot.seeds, name=pilot.name) == pilot
 
 
 # --- the study ------------------------------------------------------------------
