@@ -136,8 +136,18 @@ class StudyConfig:
     report: ReportSettings = field(default_factory=ReportSettings)
     data_dir: str | None = None
     device: str = "auto"
+    # evaluate convolutional models in channels-last layout (about 2x faster on CPU;
+    # float32 results differ in the last bits, like another thread count: recorded in
+    # the provenance, not hashed)
+    channels_last: bool = False
 
-    NOT_HASHED: typing.ClassVar[tuple[str, ...]] = ("data_dir", "device", "report", "name")
+    NOT_HASHED: typing.ClassVar[tuple[str, ...]] = (
+        "data_dir",
+        "device",
+        "channels_last",
+        "report",
+        "name",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -280,19 +290,19 @@ def validate(config: StudyConfig) -> StudyConfig:
         _check_positive(a.restarts, f"{key}.restarts")
         _check_positive(a.search_steps, f"{key}.search_steps")
         _check_attack_builds(a, key)
-    for i, m in enumerate(e.masking):
+    for i, mask in enumerate(e.masking):
         key = f"eval.masking[{i}]"
-        if m.norm not in ("inf", "2"):
-            raise ConfigError(f"{key}.norm: must be inf or 2, got {m.norm!r}")
-        if not m.eps:
+        if mask.norm not in ("inf", "2"):
+            raise ConfigError(f"{key}.norm: must be inf or 2, got {mask.norm!r}")
+        if not mask.eps:
             raise ConfigError(f"{key}.eps: give at least one epsilon")
-        for j, eps in enumerate(m.eps):
+        for j, eps in enumerate(mask.eps):
             _check_positive(eps, f"{key}.eps[{j}]")
-        _check_positive(m.n, f"{key}.n")
-        _check_positive(m.steps, f"{key}.steps")
-        if not m.against:
+        _check_positive(mask.n, f"{key}.n")
+        _check_positive(mask.steps, f"{key}.steps")
+        if not mask.against:
             raise ConfigError(f"{key}.against: name at least one gradient attack of eval.attacks")
-        masking_references(e, m, key)
+        masking_references(e, mask, key)
     c = e.clever
     _check_positive(c.n, "eval.clever.n", allow_zero=True)
     _check_positive(c.n_batches, "eval.clever.n_batches")

@@ -47,7 +47,14 @@ from sparserobust.pruning import sparsity_report
 from sparserobust.pruning.sweep import prune_model, sparsity_sweep
 from sparserobust.store import ModelRow, ResultStore, RunLock, provenance, sha256_file
 from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
-from sparserobust.utils import eval_mode, forward, model_device, resolve_device, seed_everything
+from sparserobust.utils import (
+    eval_mode,
+    forward,
+    model_device,
+    resolve_device,
+    seed_everything,
+    use_channels_last,
+)
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +370,7 @@ class _Study:
         self.progress = progress
         self.hash = config.config_hash()
         self.device = resolve_device(config.device)
-        self.prov = provenance(str(self.device))
+        self.prov = {**provenance(str(self.device)), "channels_last": config.channels_last}
         self.store = ResultStore(run_dir)
         self.data: Dataset = load_dataset(config.dataset, config.data_dir)
         self.eval_split = self.data.test.head(config.eval.n)
@@ -485,7 +492,7 @@ class _Study:
         bar = tqdm(rows, desc=f"evaluate seed {seed}", disable=not self.progress)
         for row in bar:
             bar.set_postfix(model=row.model_key)
-            model, _ = load_checkpoint(self.run_dir / row.checkpoint, device=self.device)
+            model = _model_to_measure(self.config, self.run_dir, row.checkpoint, self.device)
             evaluate_model(
                 model,
                 x,
@@ -713,12 +720,19 @@ def _task_sweep(config: StudyConfig, run_dir: Path, seed: int, method: str) -> l
     return sweep_checkpoints(config, run_dir, seed, method, _worker_data(config), dense, False)
 
 
+def _model_to_measure(
+    config: StudyConfig, run_dir: Path, checkpoint: str, device: torch.device
+) -> nn.Module:
+    """A stored model, ready for measurements (channels-last if the config asks)."""
+    model, _ = load_checkpoint(run_dir / checkpoint, device=device)
+    return use_channels_last(model) if config.channels_last else model
+
+
 def _task_measure(
     config: StudyConfig, run_dir: Path, checkpoint: str, name: str, params: dict[str, Any]
 ) -> tuple[dict[str, Any], float]:
-    device = resolve_device(config.device)
     split = _worker_data(config).test.head(config.eval.n)
-    model, _ = load_checkpoint(run_dir / checkpoint, device=device)
+    model = _model_to_measure(config, run_dir, checkpoint, resolve_device(config.device))
     start = time.perf_counter()
     numbers = measure(model, split.x, split.y, name, params, config.eval.batch_size)
     return numbers, time.perf_counter() - start

@@ -48,6 +48,42 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+class _NCHWGrad(torch.autograd.Function):
+    """Identity that hands a channels-last tensor forward and a contiguous (NCHW)
+    gradient back, so callers of a channels-last model see ordinary tensors."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad.contiguous()
+
+
+def _channels_last_input(module: nn.Module, args: tuple) -> tuple:
+    x = args[0]
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        return (_NCHWGrad.apply(x), *args[1:])
+    return args
+
+
+def use_channels_last(model: nn.Module) -> nn.Module:
+    """Run ``model``'s 2-d convolutions in channels-last memory layout, in place.
+
+    On CPU this halves the time of a LeNet-5 forward + input-gradient pass
+    (``benchmarks/channels_last.py``). Inputs and input gradients stay ordinary
+    contiguous NCHW tensors, and module names and state dict are unchanged. The
+    numbers differ from the default layout in the last bits of float32 (as with
+    another thread count). Models without Conv2d layers are returned unchanged.
+    """
+    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return model
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model.register_forward_pre_hook(_channels_last_input)
+    return model
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode inside the block and restore its former mode after."""
