@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sparserobust.config import StudyConfig
 from sparserobust.report import CLEAN, Cell, _plot, _slug, collect, interval
 from sparserobust.store import ResultStore
 
@@ -224,7 +225,8 @@ class Runs:
         configs = []
         for d, st in zip(run_dirs, self.stores, strict=True):
             config = json.loads(st.get_meta("config") or "{}")
-            config.pop("name", None)
+            for key in StudyConfig.NOT_HASHED:  # name, device, layout...: not the numbers
+                config.pop(key, None)
             configs.append((d, config.pop("seeds", []), config))
         seen: set[int] = set()
         for d, seeds, config in configs:
