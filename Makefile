@@ -59,8 +59,7 @@ repro-lenet5-cpu: $(STAMP)
 
 repro-lenet5-subset: $(STAMP)
 	$(call STUDY,mnist_lenet5_subset)
-	$(call STUDY,mnist_lenet5_subset_s12)
-	$(TABLES) runs/mnist_lenet5_subset runs/mnist_lenet5_subset_s12 docs/results/lenet5_subset \
+	$(TABLES) runs/mnist_lenet5_subset docs/results/lenet5_subset \
 	  --plot "pgd_linf robust_acc@0.1" --plot "cw_l2 median_norm" --plot "clever_linf median"
 
 repro-lenet5: $(STAMP)
