@@ -136,8 +136,8 @@ class StudyConfig:
     report: ReportSettings = field(default_factory=ReportSettings)
     data_dir: str | None = None
     device: str = "auto"
-    # evaluate convolutional models in channels-last layout (about 2x faster on CPU;
-    # float32 results differ in the last bits, like another thread count: recorded in
+    # evaluate convolutional models in channels-last layout (measurements about 1.5x
+    # faster on CPU; float32 rounding differs, like another thread count: recorded in
     # the provenance, not hashed)
     channels_last: bool = False
 

@@ -74,8 +74,9 @@ def use_channels_last(model: nn.Module) -> nn.Module:
     On CPU this halves the time of a LeNet-5 forward + input-gradient pass
     (``benchmarks/channels_last.py``). Inputs and input gradients stay ordinary
     contiguous NCHW tensors, and module names and state dict are unchanged. The
-    numbers differ from the default layout in the last bits of float32 (as with
-    another thread count). Models without Conv2d layers are returned unchanged.
+    numbers differ from the default layout in float32 rounding, so iterative attacks
+    can end differently on a few points (as with another thread count). Models
+    without Conv2d layers are returned unchanged.
     """
     if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return model
