@@ -21,7 +21,7 @@ import torch
 from sparserobust.checkpoint import load_checkpoint
 from sparserobust.config import load_config
 from sparserobust.data import load_dataset
-from sparserobust.pipeline import measure, planned_measurements
+from sparserobust.measurements import plan_cells, run_cell, values_of
 from sparserobust.utils import use_channels_last
 
 
@@ -46,13 +46,14 @@ def main() -> None:
     plain, _ = load_checkpoint(args.checkpoint)
     fast = use_channels_last(copy.deepcopy(plain))
     rows = []
-    for name, params in planned_measurements(settings, 0):
+    for cell in plan_cells(settings, 0):
+        name = cell.key
         times, heads = [], []
         for model in (plain, fast):
             start = time.perf_counter()
-            out = measure(model, data.x, data.y, name, params, settings.batch_size)
+            out = run_cell(model, data.x, data.y, cell, settings.batch_size)
             times.append(time.perf_counter() - start)
-            heads.append(out["headline"])
+            heads.append(values_of(out))
         diff = max((abs(heads[0][k] - heads[1][k]) for k in heads[0] if k in heads[1]), default=0.0)
         row = {
             "measurement": name,

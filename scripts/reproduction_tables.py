@@ -28,7 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from sparserobust.config import StudyConfig
-from sparserobust.report import CLEAN, Cell, _plot, _slug, collect, interval
+from sparserobust.measurements import Record
+from sparserobust.report import (
+    CLEAN,
+    Cell,
+    _plot,
+    _slug,
+    collect,
+    interval,
+    metric_info,
+    robustness_metrics,
+)
 from sparserobust.store import ResultStore
 
 DEFAULT_METRICS = [
@@ -54,7 +64,7 @@ DEFAULT_METRICS = [
 ]
 
 
-def add_combined(store: Any, table: dict) -> None:
+def add_combined(store: Any, table: dict, info: dict) -> None:
     """Add ``square_l<p>+gradient robust_acc@eps`` (points broken by no attack: the
     gradient attacks' robust accuracy minus the share only Square broke) for runs
     stored before the masking check reported it."""
@@ -78,6 +88,11 @@ def add_combined(store: Any, table: dict) -> None:
     for metric, per_method in raw.items():
         if metric in table:
             continue
+        norm, eps = (
+            metric.split("_", 1)[1].split("+")[0].removeprefix("l"),
+            float(metric.rsplit("@", 1)[1]),
+        )
+        info[metric] = Record(metric, math.nan, "robust_accuracy", "square+gradient", norm, eps)
         table[metric] = {
             method: {t: Cell(*interval(v), len(v), t) for t, v in sorted(cells.items())}
             for method, cells in per_method.items()
@@ -114,7 +129,7 @@ def metric_table(metric: str, table: dict, targets: list[float]) -> list[str]:
     return [*lines, ""]
 
 
-def peaks(metrics: list[str], table: dict, max_drop: float = 0.01) -> list[str]:
+def peaks(metrics: list[str], table: dict, info: dict, max_drop: float = 0.01) -> list[str]:
     """Per method and metric: the peak over the whole grid, and the peak among models
     within ``max_drop`` clean accuracy of the dense model (the usable sweet spot)."""
     lines = [
@@ -122,9 +137,7 @@ def peaks(metrics: list[str], table: dict, max_drop: float = 0.01) -> list[str]:
         f"{max_drop:.0%} of dense): sparsity, value | usable peak above dense? |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for metric in metrics:
-        if "not robustness" in metric:
-            continue
+    for metric in robustness_metrics(metrics, info):
         for method, cells in sorted(table[metric].items()):
             finite = {t: c for t, c in cells.items() if math.isfinite(c.mean)}
             clean = table[CLEAN][method]
@@ -265,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         table, metrics = collect(store)  # type: ignore[arg-type]
-        add_combined(store, table)
+        info = metric_info(store)  # type: ignore[arg-type]
+        add_combined(store, table, info)
         wanted = [m for m in (args.metric or DEFAULT_METRICS) if m in table]
         targets = sorted({t for cells in table[CLEAN].values() for t in cells})
         seeds = sorted({m.seed for m in store.models()})
@@ -283,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for metric in wanted:
             out += metric_table(metric, table, targets)
-        out += ["## Peaks (sparsity of the largest mean)", "", *peaks(wanted, table)]
+        out += ["## Peaks (sparsity of the largest mean)", "", *peaks(wanted, table, info)]
         out += ["## Evaluation flags", "", *flags(store)]
         out += ["## Compute per stage", "", *stage_times(store, args.run_dirs)]
     finally:

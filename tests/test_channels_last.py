@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from sparserobust.config import AttackSettings, EvalSettings, config_from_dict
+from sparserobust.measurements import plan_cells, run_cell, values_of
 from sparserobust.models import build_model
-from sparserobust.pipeline import measure, planned_measurements, run_study
+from sparserobust.pipeline import run_study
 from sparserobust.utils import use_channels_last
 
 
@@ -66,11 +67,11 @@ def test_channels_last_measurements_agree() -> None:
             AttackSettings("deepfool", "2", (0.1,)),
         ),
     )
-    for name, params in planned_measurements(settings, 0):
-        if not name.startswith("attack:"):
+    for cell in plan_cells(settings, 0):
+        if cell.measurement != "attack":
             continue
-        a = measure(model, x, y, name, params, 256)["headline"]
-        b = measure(fast, x, y, name, params, 256)["headline"]
+        a = values_of(run_cell(model, x, y, cell, 256))
+        b = values_of(run_cell(fast, x, y, cell, 256))
         assert a.keys() == b.keys() and a
         for key in a:
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1 / 48 + 1e-6), key
@@ -117,7 +118,7 @@ def test_channels_last_is_recorded_not_hashed(tmp_path: Path) -> None:
     for ra, rb in zip(res_a, res_b, strict=True):
         assert json.loads(ra[3])["channels_last"] is False
         assert json.loads(rb[3])["channels_last"] is True
-        ha, hb = json.loads(ra[2])["headline"], json.loads(rb[2])["headline"]
+        ha, hb = values_of(json.loads(ra[2])), values_of(json.loads(rb[2]))
         assert ha.keys() == hb.keys()
         for key in ha:
             assert hb[key] == pytest.approx(ha[key], rel=1e-3, abs=1 / 16 + 1e-6)

@@ -15,6 +15,7 @@ import torch
 from sparserobust import load_checkpoint
 from sparserobust.config import AttackSettings, config_from_dict, load_config
 from sparserobust.errors import ConfigError, StoreError
+from sparserobust.measurements import values_of
 from sparserobust.pipeline import run_study, sweep_robustness
 from sparserobust.pruning import sparsity_report
 from sparserobust.report import Cell, interval, sweet_spots
@@ -108,7 +109,7 @@ def test_bad_config_names_the_key(patch: dict, key: str) -> None:
 
 def test_attack_settings_reach_the_attack() -> None:
     from sparserobust.config import attack_params
-    from sparserobust.pipeline import planned_measurements
+    from sparserobust.measurements import plan_cells
 
     attacks = [
         {"name": "cw", "search_steps": 3, "steps": 50},
@@ -116,7 +117,7 @@ def test_attack_settings_reach_the_attack() -> None:
         {"name": "pgd", "eps": [0.1], "restarts": 2},
     ]
     config = config_from_dict({**SMALL, "eval": {"attacks": attacks}})
-    names = [n for n, _ in planned_measurements(config.eval, 0) if n.startswith("attack")]
+    names = [c.key for c in plan_cells(config.eval, 0) if c.measurement == "attack"]
     assert names == ["attack:cw:l2", "attack:ddn:l2", "attack:pgd:linf"]
     assert attack_params(config.eval.attacks[0]) == {"binary_search_steps": 3, "steps": 50}
 
@@ -199,7 +200,7 @@ def test_study_stores_every_model_and_number(small_run: Path) -> None:
         assert 0 <= acc <= 1
     fgsm = [json.loads(r[3]) for r in rows["results"] if r[1] == "attack:fgsm:linf"]
     for numbers in fgsm:
-        h = numbers["headline"]
+        h = values_of(numbers)
         assert h["fgsm_linf robust_acc@0.2"] <= h["fgsm_linf robust_acc@0.05"]
 
 
@@ -282,8 +283,12 @@ def test_report_and_export(small_run: Path, tmp_path: Path) -> None:
     )
     with open(tmp_path / "r.csv") as fh:
         rows = list(csv.DictReader(fh))
-    fgsm = [r for r in rows if r["metric"] == "headline.fgsm_linf robust_acc@0.05"]
+    fgsm = [r for r in rows if r["metric"] == "fgsm_linf robust_acc@0.05"]
     assert len(fgsm) == 5
+    assert all(r["norm"] == "inf" and float(r["eps"]) == 0.05 for r in fgsm)
+    assert all(r["robustness"] == "True" and r["higher_is_better"] == "True" for r in fgsm)
+    relu = [r for r in rows if r["metric"] == "active_relu_fraction (not robustness)"]
+    assert len(relu) == 5 and all(r["robustness"] == "False" for r in relu)
     payload = json.loads((tmp_path / "r.json").read_text())
     assert len(payload["models"]) == 5 and len(payload["results"]) == 25
 
@@ -332,7 +337,7 @@ def test_sweep_robustness_on_own_model(digits_lenet300: torch.nn.Module, digits)
     ]
     assert [round(r["sparsity"], 4) for r in records] == [0.0, 0.5, 0.8]
     for r in records:
-        acc = r["measurements"]["attack:fgsm:linf"]["headline"]
+        acc = values_of(r["measurements"]["attack:fgsm:linf"])
         assert (
             acc["fgsm_linf robust_acc@0.3"]
             <= acc["fgsm_linf robust_acc@0.05"]
@@ -352,7 +357,7 @@ def test_masking_check_flags_a_model_with_zero_gradients(digits, digits_lenet300
     from torch import nn
 
     from sparserobust.config import validate
-    from sparserobust.pipeline import measure, planned_measurements
+    from sparserobust.measurements import plan_cells, run_cell
 
     class Rounded(nn.Module):
         def __init__(self, inner: nn.Module) -> None:
@@ -380,24 +385,25 @@ def test_masking_check_flags_a_model_with_zero_gradients(digits, digits_lenet300
             }
         )
     )
-    plan = dict(planned_measurements(cfg.eval, seed=0))
-    params = plan["masking:square:linf"]
+    plan = {c.key: c for c in plan_cells(cfg.eval, seed=0)}
+    cell = plan["masking:square:linf"]
+    params = cell.params
     assert params["against"][0]["name"] == "pgd" and params["n"] == 60
     x, y = digits.test.x, digits.test.y
-    normal = measure(digits_lenet300, x, y, "masking:square:linf", params)
+    normal = run_cell(digits_lenet300, x, y, cell)
     # a normal network: PGD misses at most a few boundary points that Square finds
     assert normal["compared_with"] == ["pgd"] and max(normal["missed_share"].values()) <= 0.05
-    h = normal["headline"]
+    h = values_of(normal)
     assert h["square_linf robust_acc@0.2"] <= h["square_linf robust_acc@0.1"]
-    l2 = measure(digits_lenet300, x, y, "masking:square:l2", plan["masking:square:l2"])
+    l2 = run_cell(digits_lenet300, x, y, plan["masking:square:l2"])
     assert l2["compared_with"] == ["ddn"] and max(l2["missed_share"].values()) <= 0.05
     masked = Rounded(digits_lenet300).eval()
-    out = measure(masked, x, y, "masking:square:linf", params)
+    out = run_cell(masked, x, y, cell)
     assert len(out["flags"]) == 1 and "gradient masking suspected" in out["flags"][0]
     assert min(out["missed_share"].values()) >= 0.3
     acc_free, acc_grad = out["gradient_free_robust_accuracy"], out["gradient_robust_accuracy"]
     assert acc_free[0.2] < acc_grad[0.2] - 0.3
-    combined = out["headline"]["square_linf+gradient robust_acc@0.2"]
+    combined = values_of(out)["square_linf+gradient robust_acc@0.2"]
     assert combined <= min(acc_free[0.2], acc_grad[0.2])
     assert combined == pytest.approx(acc_grad[0.2] - out["missed_share"][0.2], abs=1e-6)
 
@@ -426,10 +432,10 @@ def test_diverged_model_is_flagged_not_measured(digits, digits_lenet300) -> None
         "bounds:linf",
     }
     for numbers in out.values():
-        assert numbers["headline"] == {} and numbers["not_measured"] is True
+        assert numbers["records"] == [] and numbers["not_measured"] is True
         assert "NaN or inf logits" in numbers["flags"][0]
     healthy = evaluate_model(digits_lenet300, digits.test.x, digits.test.y, settings)
-    assert healthy["attack:fgsm:linf"]["headline"]["fgsm_linf robust_acc@0.1"] > 0
+    assert values_of(healthy["attack:fgsm:linf"])["fgsm_linf robust_acc@0.1"] > 0
 
 
 def test_flags_catch_masking_non_monotone_and_unconfirmed(digits, digits_lenet300) -> None:  # type: ignore[no-untyped-def]
@@ -502,11 +508,17 @@ def test_reproduction_tables_script(small_run: Path, tmp_path: Path) -> None:
             }
         },
     }
-    row = mod.peaks(["r"], table)[2]
+    from sparserobust.measurements import Record
+
+    info = {"r": Record("r", 0.0, "robust_accuracy", "pgd", "inf", 0.1)}
+    row = mod.peaks(["r"], table, info)[2]
+    # a diagnostic has no peak row
+    diag = {"r": Record("r", 0.0, "active_relu_fraction", "x", robustness=False)}
+    assert len(mod.peaks(["r"], table, diag)) == 3
     # the overall peak (0.9) costs 8 points of accuracy; the usable one (0.5) clears dense
     assert "| 0.9: 0.500 | 0.5: 0.300 [0.250, 0.350] | yes (95% intervals disjoint) |" in row
     table["r"]["a"][0.5] = cell(0.21, 0.15, 0.27)
-    assert "intervals overlap" in mod.peaks(["r"], table)[2]
+    assert "intervals overlap" in mod.peaks(["r"], table, info)[2]
     assert mod.main([str(tmp_path / "none"), str(out)]) == 2
     # runs of one config with other seeds merge; anything else is refused
     other = tmp_path / "seed1"
@@ -557,7 +569,7 @@ def test_reproduction_tables_script(small_run: Path, tmp_path: Path) -> None:
     ]
     store = SimpleNamespace(models=lambda: [SimpleNamespace(method="a")], results=lambda: rows)
     combined: dict = {"other": {"a": {0.9: cell(0.1, 0.0, 0.2, 3)}}}
-    mod.add_combined(store, combined)
+    mod.add_combined(store, combined, {})
     got = combined["square_linf+gradient robust_acc@0.1"]["a"][0.9]
     assert got.n == 2 and got.mean == pytest.approx(0.5)
     combined["square_linf+gradient robust_acc@0.1"]["a"][0.5] = cell(0.3, 0.2, 0.4, 3)

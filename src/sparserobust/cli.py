@@ -16,7 +16,12 @@ from typing import Any
 
 import click
 
+from sparserobust.attacks.registry import attack_names
+from sparserobust.data import dataset_names
+from sparserobust.engine.executors import EXECUTOR_NAMES
 from sparserobust.errors import ConfigError, SparseRobustError
+from sparserobust.models import model_names
+from sparserobust.pruning.registry import method_names
 
 log = logging.getLogger("sparserobust")
 
@@ -62,10 +67,8 @@ def cli(verbose: bool) -> None:
 
 
 @cli.command()
-@click.option(
-    "--model", "model_name", required=True, help="lenet300, lenet5, vgg, resnet32, linear."
-)
-@click.option("--dataset", required=True, help="mnist, fashion-mnist, cifar10 or digits.")
+@click.option("--model", "model_name", required=True, help=f"{', '.join(model_names())}.")
+@click.option("--dataset", required=True, help=f"{', '.join(dataset_names())}.")
 @click.option(
     "--data-dir", default=None, help="torchvision-layout data root (or $SPARSEROBUST_DATA)."
 )
@@ -149,7 +152,7 @@ def evaluate(
 
 @cli.command()
 @click.option("--checkpoint", required=True, help="Dense (or less sparse) checkpoint to prune.")
-@click.option("--method", required=True, help="magnitude, global-magnitude, dns or random.")
+@click.option("--method", required=True, help=f"{', '.join(method_names())}.")
 @click.option("--sparsity", "sparsity_text", required=True, help="Targets, e.g. 0.5,0.9,0.99.")
 @click.option(
     "--retrain-epochs",
@@ -241,7 +244,21 @@ def prune(
     type=int,
     default=1,
     show_default=True,
-    help="Worker processes (one torch thread each); e.g. the number of CPU cores.",
+    help="Workers (one torch thread each): local processes, or the CPUs of a local Ray "
+    "instance; e.g. the number of CPU cores.",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(EXECUTOR_NAMES),
+    default=None,
+    help="Where tasks run: inline (this process), local (a pool of --jobs processes) or ray "
+    "(a Ray cluster, see --address). Default: inline for -j 1, local otherwise.",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster to use with --executor ray: HOST:PORT of the head node or 'auto'; "
+    "without it, Ray starts on this machine with --jobs CPUs (docs/scaling.md).",
 )
 def run(
     config_path: str | None,
@@ -252,6 +269,8 @@ def run(
     as_json: bool,
     no_progress: bool,
     jobs: int,
+    executor: str | None,
+    address: str | None,
 ) -> None:
     """Run a whole study from CONFIG_PATH (YAML); without one, the quick digits study."""
     import dataclasses
@@ -266,7 +285,15 @@ def run(
     if device is not None:
         changes["device"] = device
     config = validate(dataclasses.replace(config, **changes))
-    result = run_study(config, run_dir, force=force, progress=not no_progress, jobs=jobs)
+    result = run_study(
+        config,
+        run_dir,
+        force=force,
+        progress=not no_progress,
+        jobs=jobs,
+        executor=executor,
+        address=address,
+    )
     emit(
         result,
         as_json,
@@ -331,7 +358,7 @@ def export(run_dir: str, csv_path: str | None, json_path: str | None) -> None:
     "--attack",
     "attack_name",
     required=True,
-    help="fgsm, pgd, deepfool, cw, ddn or min-l2.",
+    help=f"{', '.join(attack_names())}.",
 )
 @click.option("--norm", default=None, help="inf or 2 (default: the attack's own).")
 @click.option("--eps", default=None, help="Comma-separated epsilons, e.g. 0.1,0.2.")

@@ -26,8 +26,9 @@ import yaml
 
 from sparserobust.errors import ConfigError
 
-ATTACK_NAMES = ("fgsm", "pgd", "square", "deepfool", "cw", "ddn", "min-l2")
-METHOD_NAMES = ("magnitude", "global-magnitude", "dns", "random")
+NEW_FIELD = {"hash_default": False}
+"""Metadata of a field added after version 0.1: the config hash leaves it out while it
+has its default, so adding it changed no existing hash (and no run directory)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class PruningSettings:
     0 (the dense model) is always evaluated and need not be listed.
     ``retrain_lr`` defaults to the dense recipe's learning rate (it retrained
     better than 0.01 for every method measured in docs/pruning.md).
+    ``params`` maps a method name to its own settings (e.g. ``dns: {hysteresis: 0.2}``),
+    validated against that method's settings dataclass
+    (:func:`sparserobust.pruning.registry.pruning_method`).
     """
 
     methods: tuple[str, ...] = ("global-magnitude", "random")
@@ -55,6 +59,18 @@ class PruningSettings:
     retrain_epochs: int = 2
     retrain_lr: float | None = None
     iterative: bool = True
+    params: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=NEW_FIELD)
+
+    def method_settings(self, method: str) -> Any:
+        """The settings dataclass instance of pruning ``method`` (its defaults where
+        ``params`` does not set it)."""
+        from sparserobust.pruning.registry import pruning_method
+
+        return build_settings(
+            pruning_method(method).settings_type,
+            self.params.get(method, {}),
+            f"pruning.params.{method}",
+        )
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,9 @@ class AttackSettings:
 
     ``eps`` (fixed-epsilon attacks fgsm/pgd/square, and thresholds at which minimal-norm
     attacks report robust accuracy) are perturbation budgets in [0,1] pixel space
-    in the attack's norm. ``steps``/``restarts``/``search_steps`` set the budget.
+    in the attack's norm. ``steps``/``restarts``/``search_steps`` set the budget;
+    ``params`` sets any other constructor argument of the attack (validated against
+    :func:`sparserobust.attacks.registry.attack_settings`).
     """
 
     name: str
@@ -72,6 +90,7 @@ class AttackSettings:
     steps: int | None = None
     restarts: int | None = None
     search_steps: int | None = None
+    params: dict[str, Any] = field(default_factory=dict, metadata=NEW_FIELD)
 
 
 @dataclass(frozen=True)
@@ -103,7 +122,9 @@ class MaskingSettings:
 @dataclass(frozen=True)
 class EvalSettings:
     """What is measured on every model: attacks on the first ``n`` test images,
-    CLEVER, active-ReLU fractions and margin/gradient-norm bounds."""
+    CLEVER, active-ReLU fractions and margin/gradient-norm bounds, and any other
+    registered measurement switched on in ``measurements`` (name -> its settings,
+    see :mod:`sparserobust.measurements`)."""
 
     n: int = 500
     attacks: tuple[AttackSettings, ...] = ()
@@ -112,6 +133,7 @@ class EvalSettings:
     activations: bool = True
     bounds: bool = True
     batch_size: int = 500
+    measurements: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=NEW_FIELD)
 
 
 @dataclass(frozen=True)
@@ -153,10 +175,39 @@ class StudyConfig:
         return _plain(dataclasses.asdict(self))
 
     def config_hash(self) -> str:
-        """First 16 hex digits of the SHA-256 of the fields that decide the numbers."""
-        data = {k: v for k, v in self.to_dict().items() if k not in self.NOT_HASHED}
+        """First 16 hex digits of the SHA-256 of the fields that decide the numbers.
+
+        Fields added after version 0.1 (:data:`NEW_FIELD`) count only when they differ
+        from their default, so a new setting leaves every existing hash unchanged."""
+        data = {k: v for k, v in _hash_view(self).items() if k not in self.NOT_HASHED}
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _hash_view(value: Any) -> Any:
+    """``value`` as plain data for hashing: dataclasses as dicts without the new
+    fields that still hold their defaults."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for f in dataclasses.fields(value):
+            v = getattr(value, f.name)
+            if f.metadata.get("hash_default") is False and v == _default(f):
+                continue
+            out[f.name] = _hash_view(v)
+        return out
+    if isinstance(value, dict):
+        return {k: _hash_view(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_hash_view(v) for v in value]
+    return value
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 def _plain(value: Any) -> Any:
@@ -184,6 +235,21 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         return _build(tp, value, where)
+    if origin is dict:
+        # a settings block: kept as given, validated against its owner's dataclass later
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(f"{where}: keys must be names, got {bad[0]!r}")
+        _, item_tp = typing.get_args(tp)
+        if item_tp is Any:
+            return dict(value)
+        return {k: _coerce(v, item_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
     if origin is tuple:
         (item_tp, _) = typing.get_args(tp)
         if isinstance(value, str | int | float) and not isinstance(value, bool):
@@ -227,7 +293,20 @@ def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
             kwargs[name] = _coerce(data[name], hints[name], f"{prefix}{name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{prefix}{name}: required key is missing")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
+
+
+def build_settings(cls: Any, data: Any, where: str) -> Any:
+    """A settings dataclass ``cls`` from a config ``params:`` mapping ``data``;
+    ConfigError naming the key (``where.key``) for an unknown key or a bad value."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
+    return _build(cls, data, where)
 
 
 def _check_positive(value: float | int | None, where: str, allow_zero: bool = False) -> None:
@@ -261,35 +340,48 @@ def validate(config: StudyConfig) -> StudyConfig:
     _check_positive(t.batch_size, "train.batch_size")
     _check_positive(t.weight_decay, "train.weight_decay", allow_zero=True)
     p = config.pruning
+    from sparserobust.pruning.registry import method_names
+
     for i, m in enumerate(p.methods):
-        if m not in METHOD_NAMES:
+        if m not in method_names():
             raise ConfigError(
-                f"pruning.methods[{i}]: unknown method {m!r}; choose from {', '.join(METHOD_NAMES)}"
+                f"pruning.methods[{i}]: unknown method {m!r}; "
+                f"choose from {', '.join(method_names())}"
             )
     if len(set(p.methods)) != len(p.methods):
         raise ConfigError("pruning.methods: duplicate methods")
+    for m in p.params:
+        if m not in p.methods:
+            raise ConfigError(
+                f"pruning.params.{m}: {m!r} is not among pruning.methods "
+                f"({', '.join(p.methods)}): add it there or remove its settings"
+            )
+        p.method_settings(m)
     check_sparsities(p.sparsities, "pruning.sparsities")
     _check_positive(p.retrain_epochs, "pruning.retrain_epochs", allow_zero=True)
     _check_positive(p.retrain_lr, "pruning.retrain_lr")
     e = config.eval
     _check_positive(e.n, "eval.n")
     _check_positive(e.batch_size, "eval.batch_size")
+    from sparserobust.attacks.registry import attack_names, is_fixed_epsilon
+
     for i, a in enumerate(e.attacks):
         key = f"eval.attacks[{i}]"
-        if a.name not in ATTACK_NAMES:
+        if a.name not in attack_names():
             raise ConfigError(
-                f"{key}.name: unknown attack {a.name!r}; choose from {', '.join(ATTACK_NAMES)}"
+                f"{key}.name: unknown attack {a.name!r}; choose from {', '.join(attack_names())}"
             )
         if a.norm is not None and a.norm not in ("inf", "2"):
             raise ConfigError(f"{key}.norm: must be inf or 2, got {a.norm!r}")
         for j, eps in enumerate(a.eps):
             _check_positive(eps, f"{key}.eps[{j}]")
-        if a.name in ("fgsm", "pgd", "square") and not a.eps:
+        if is_fixed_epsilon(a.name) and not a.eps:
             raise ConfigError(f"{key}.eps: {a.name} needs at least one epsilon")
         _check_positive(a.steps, f"{key}.steps")
         _check_positive(a.restarts, f"{key}.restarts")
         _check_positive(a.search_steps, f"{key}.search_steps")
         _check_attack_builds(a, key)
+    _check_measurements(e)
     for i, mask in enumerate(e.masking):
         key = f"eval.masking[{i}]"
         if mask.norm not in ("inf", "2"):
@@ -317,16 +409,55 @@ def validate(config: StudyConfig) -> StudyConfig:
     return config
 
 
+_SHORTCUTS = (("steps", "steps"), ("restarts", "restarts"), ("search_steps", "binary_search_steps"))
+"""AttackSettings shortcut fields -> the attack constructor argument they set."""
+
+
 def attack_params(a: AttackSettings) -> dict[str, Any]:
-    """Keyword hyperparameters for the attack's constructor (unset ones omitted)."""
+    """Keyword hyperparameters for the attack's constructor: the shortcut fields
+    (steps, restarts, search_steps) that are set, then ``params``."""
     params: dict[str, Any] = {}
-    if a.steps is not None:
-        params["steps"] = a.steps
-    if a.restarts is not None:
-        params["restarts"] = a.restarts
-    if a.search_steps is not None:
-        params["binary_search_steps"] = a.search_steps
-    return params
+    for field_name, arg in _SHORTCUTS:
+        value = getattr(a, field_name)
+        if value is not None:
+            params[arg] = value
+    return {**params, **a.params}
+
+
+def attack_cell_params(a: AttackSettings) -> dict[str, Any]:
+    """The settings of ``a`` as stored with its results (every field; ``params`` only
+    when set, so results stored before it existed keep their identity)."""
+    out: dict[str, Any] = {
+        "name": a.name,
+        "norm": a.norm,
+        "eps": list(a.eps),
+        "steps": a.steps,
+        "restarts": a.restarts,
+        "search_steps": a.search_steps,
+    }
+    if a.params:
+        out["params"] = dict(a.params)
+    return out
+
+
+def attack_from_cell_params(params: dict[str, Any]) -> AttackSettings:
+    """The :class:`AttackSettings` back from :func:`attack_cell_params`' dict."""
+    return AttackSettings(
+        name=str(params["name"]),
+        norm=None if params.get("norm") is None else str(params["norm"]),
+        eps=tuple(float(e) for e in params.get("eps", ())),
+        steps=params.get("steps"),
+        restarts=params.get("restarts"),
+        search_steps=params.get("search_steps"),
+        params=dict(params.get("params") or {}),
+    )
+
+
+def build_attack(a: AttackSettings) -> Any:
+    """The configured attack object of ``a``."""
+    from sparserobust.attacks import get_attack
+
+    return get_attack(a.name, attack_norm(a), **attack_params(a))
 
 
 def attack_norm(a: AttackSettings) -> str:
@@ -357,14 +488,39 @@ def masking_references(
 
 
 def _check_attack_builds(a: AttackSettings, key: str) -> None:
-    """Build the attack now, so a setting it does not take fails at load, not hours in."""
+    """Check ``params`` against the attack's settings dataclass (unknown keys and
+    types named) and build the attack now, so a setting it does not take fails at
+    load, not hours in."""
     from sparserobust.attacks import get_attack
+    from sparserobust.attacks.registry import attack_settings
     from sparserobust.errors import AttackError
 
+    typed = build_settings(attack_settings(a.name), a.params, f"{key}.params")
+    for field_name, arg in _SHORTCUTS:
+        if getattr(a, field_name) is not None and arg in a.params:
+            raise ConfigError(f"{key}.params.{arg}: also set by {key}.{field_name}; set it once")
+    del typed
     try:
         get_attack(a.name, a.norm, **attack_params(a))
     except AttackError as exc:
         raise ConfigError(f"{key}: {exc}") from None
+
+
+def _check_measurements(e: EvalSettings) -> None:
+    """``eval.measurements``: registered names whose settings build and validate."""
+    from sparserobust.measurements import MEASUREMENTS
+
+    for name, block in e.measurements.items():
+        where = f"eval.measurements.{name}"
+        m = MEASUREMENTS.get(name)
+        if m is None:
+            extra = [k for k, v in MEASUREMENTS.items() if v.config_key is None]
+            raise ConfigError(
+                f"{where}: unknown measurement {name!r}; choose from {', '.join(extra) or 'none'}"
+            )
+        if m.config_key is not None:
+            raise ConfigError(f"{where}: {name} is set with {m.config_key}, not here")
+        m.validate(build_settings(m.settings_type, block, where), e, where)
 
 
 def check_sparsities(values: typing.Sequence[float], where: str = "sparsity") -> tuple[float, ...]:

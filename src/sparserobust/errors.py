@@ -35,3 +35,7 @@ class AttackError(SparseRobustError):
 
 class StoreError(SparseRobustError):
     """The results store cannot be read or written (locked, read-only, full)."""
+
+
+class ClusterError(SparseRobustError):
+    """A compute cluster (Ray) cannot be reached, or lost the workers of a task."""

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sparserobust.measurements import records_of
 from sparserobust.store import ResultStore
 from sparserobust.utils import atomic_write
 
@@ -27,28 +28,40 @@ def _flatten(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:
 
 def export_csv(run_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> int:
     """Write ``model_key, seed, method, target_sparsity, sparsity, clean_accuracy,
-    measurement, params, metric, value`` rows; returns the number of rows."""
+    measurement, params, metric, value, norm, eps, robustness, higher_is_better`` rows:
+    first every typed record of a result (``metric`` is its label), then its other
+    numbers flattened (``summary.median_norm``...; the typed columns empty). Returns
+    the number of rows."""
     with ResultStore(run_dir, create=False) as store:
         results = store.results()
     rows: list[list[Any]] = []
     for r in results:
-        flat: list[tuple[str, Any]] = []
-        _flatten("", r["numbers"], flat)
-        for metric, value in flat:
+        common = [
+            r["model_key"],
+            r["seed"],
+            r["method"],
+            r["target_sparsity"],
+            r["sparsity"],
+            r["clean_accuracy"],
+            r["measurement"],
+            json.dumps(r["params"], sort_keys=True),
+        ]
+        for rec in records_of(r["numbers"]):
             rows.append(
                 [
-                    r["model_key"],
-                    r["seed"],
-                    r["method"],
-                    r["target_sparsity"],
-                    r["sparsity"],
-                    r["clean_accuracy"],
-                    r["measurement"],
-                    json.dumps(r["params"], sort_keys=True),
-                    metric,
-                    value,
+                    *common,
+                    rec.label,
+                    rec.value,
+                    rec.norm,
+                    rec.eps,
+                    rec.robustness,
+                    rec.higher_is_better,
                 ]
             )
+        flat: list[tuple[str, Any]] = []
+        rest = {k: v for k, v in r["numbers"].items() if k not in ("records", "headline")}
+        _flatten("", rest, flat)
+        rows += [[*common, metric, value, "", "", "", ""] for metric, value in flat]
     header = [
         "model_key",
         "seed",
@@ -60,6 +73,10 @@ def export_csv(run_dir: str | os.PathLike[str], path: str | os.PathLike[str]) ->
         "params",
         "metric",
         "value",
+        "norm",
+        "eps",
+        "robustness",
+        "higher_is_better",
     ]
 
     def write(tmp: Path) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sparserobust.measurements import Record, records_of
 from sparserobust.pruning.masks import SPARSITY_NOTE
 from sparserobust.store import ResultStore
 from sparserobust.utils import atomic_write
@@ -57,8 +58,8 @@ def interval(values: list[float]) -> tuple[float, float, float]:
 
 def collect(store: ResultStore) -> tuple[dict[str, dict[str, dict[float, Cell]]], list[str]]:
     """``table[metric][method][target_sparsity] -> Cell`` with clean accuracy included,
-    and the sorted list of headline metric names. Dense models (sparsity 0) appear
-    under every method so each curve starts at the dense model."""
+    and the sorted list of metric labels (the stored records' labels). Dense models
+    (sparsity 0) appear under every method so each curve starts at the dense model."""
     raw: dict[str, dict[str, dict[float, list[tuple[float, float]]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list))
     )
@@ -73,9 +74,8 @@ def collect(store: ResultStore) -> tuple[dict[str, dict[str, dict[float, Cell]]]
     for m in models:
         add(CLEAN, m.method, m.target_sparsity, m.accuracy, m.sparsity)
     for r in store.results():
-        for name, value in r["numbers"].get("headline", {}).items():
-            if isinstance(value, int | float):
-                add(name, r["method"], r["target_sparsity"], float(value), r["sparsity"])
+        for rec in records_of(r["numbers"]):
+            add(rec.label, r["method"], r["target_sparsity"], rec.value, r["sparsity"])
     table: dict[str, dict[str, dict[float, Cell]]] = {}
     for metric, per_method in raw.items():
         table[metric] = {}
@@ -89,12 +89,30 @@ def collect(store: ResultStore) -> tuple[dict[str, dict[str, dict[float, Cell]]]
     return table, headline
 
 
+def metric_info(store: ResultStore) -> dict[str, Record]:
+    """One stored record per metric label: what the label measures (norm, epsilon,
+    whether it is robustness, its direction)."""
+    info: dict[str, Record] = {}
+    for r in store.results():
+        for rec in records_of(r["numbers"]):
+            info.setdefault(rec.label, rec)
+    return info
+
+
+def robustness_metrics(metrics: list[str], info: dict[str, Record]) -> list[str]:
+    """The labels among ``metrics`` that measure robustness with higher = better."""
+    return [
+        m for m in metrics if m in info and info[m].robustness and info[m].higher_is_better is True
+    ]
+
+
 def sweet_spots(
     table: dict[str, dict[str, dict[float, Cell]]], metrics: list[str], max_drop: float
 ) -> list[dict[str, Any]]:
-    """Per method and metric: the sparsity of best mean robustness within the accuracy budget."""
+    """Per method and metric of ``metrics`` (robustness metrics, higher = better): the
+    sparsity of best mean robustness within the accuracy budget."""
     out = []
-    for metric in (m for m in metrics if "not robustness" not in m):
+    for metric in metrics:
         for method, cells in sorted(table[metric].items()):
             clean = table[CLEAN].get(method, {})
             dense = clean.get(0.0)
@@ -193,6 +211,7 @@ def write_report(run_dir: str | Path, max_accuracy_drop: float | None = None) ->
         prov = json.loads(store.get_meta("provenance") or "{}")
         flags = store.results()
         table, metrics = collect(store)
+        info = metric_info(store)
         models = store.models()
     if max_accuracy_drop is None:
         max_accuracy_drop = float(config.get("report", {}).get("max_accuracy_drop", 0.01))
@@ -205,7 +224,7 @@ def write_report(run_dir: str | Path, max_accuracy_drop: float | None = None) ->
             name = f"{_slug(metric)}.png"
             atomic_write(out / name, lambda p, data=png: p.write_bytes(data))  # type: ignore[misc]
             images[metric] = png
-    spots = sweet_spots(table, metrics, max_accuracy_drop)
+    spots = sweet_spots(table, robustness_metrics(metrics, info), max_accuracy_drop)
     warnings = [
         (r["model_key"], r["measurement"], w) for r in flags for w in r["numbers"].get("flags", [])
     ]

@@ -12,6 +12,8 @@ Typical use::
 from sparserobust.attacks.base import (
     Attack,
     AttackResult,
+    FixedEpsilonAttack,
+    MinimizationAttack,
     lp_norms,
     norm_name,
     parse_norm,
@@ -23,7 +25,13 @@ from sparserobust.attacks.deepfool import DeepFool
 from sparserobust.attacks.fgsm import FGSM
 from sparserobust.attacks.minl2 import MinL2
 from sparserobust.attacks.pgd import PGD
-from sparserobust.attacks.registry import attack_names, attack_norms, get_attack
+from sparserobust.attacks.registry import (
+    attack_names,
+    attack_norms,
+    attack_settings,
+    get_attack,
+    is_fixed_epsilon,
+)
 from sparserobust.attacks.square import Square
 
 __all__ = [
@@ -34,11 +42,15 @@ __all__ = [
     "AttackResult",
     "CarliniWagnerL2",
     "DeepFool",
+    "FixedEpsilonAttack",
+    "MinimizationAttack",
     "MinL2",
     "Square",
     "attack_names",
     "attack_norms",
+    "attack_settings",
     "get_attack",
+    "is_fixed_epsilon",
     "lp_norms",
     "norm_name",
     "parse_norm",

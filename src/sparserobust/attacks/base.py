@@ -298,7 +298,10 @@ def shrink_along_ray(
 
 
 class Attack(ABC):
-    """Common driver: checks inputs, eval mode, seeding, chunking and re-verification."""
+    """Common driver: checks inputs, eval mode, seeding, chunking and re-verification.
+
+    Subclass :class:`FixedEpsilonAttack` or :class:`MinimizationAttack`, not this.
+    """
 
     name: str = "attack"
     norm: float = 2.0
@@ -356,10 +359,7 @@ class Attack(ABC):
             check_logits(logits, xd.shape[0], [yd, td], num_classes)
             clean_correct = logits.argmax(1) == yd
             done0 = is_adversarial(logits, labels, targeted)
-            if eps is None:
-                x_adv = self._run_minimization(model, xd, labels, targeted, done0, gen)
-            else:
-                x_adv = self._run_fixed(model, xd, labels, targeted, done0, gen, eps)
+            x_adv = self._attack_all(model, xd, labels, targeted, done0, gen, eps)
             success, distances = self._verify(model, xd, x_adv, labels, targeted, eps)
         x_adv = _keep_successes(xd, x_adv, success)
         seconds = time.perf_counter() - start
@@ -379,9 +379,8 @@ class Attack(ABC):
             params=self.params(),
         )
 
-    # -- drivers --------------------------------------------------------------------------
-
-    def _run_minimization(
+    @abstractmethod
+    def _attack_all(
         self,
         model: nn.Module,
         x: torch.Tensor,
@@ -389,42 +388,10 @@ class Attack(ABC):
         targeted: bool,
         done: torch.Tensor,
         gen: torch.Generator,
+        epsilons: tuple[float, ...] | None,
     ) -> torch.Tensor:
-        x_adv = x.clone()
-        todo = (~done).nonzero().flatten()
-        for i in range(0, todo.numel(), self.batch_size):
-            idx = todo[i : i + self.batch_size]
-            x_adv[idx] = self.attack_batch(model, x[idx], labels[idx], targeted, gen).detach()
-        return x_adv
-
-    def _run_fixed(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        labels: torch.Tensor,
-        targeted: bool,
-        done: torch.Tensor,
-        gen: torch.Generator,
-        epsilons: tuple[float, ...],
-    ) -> torch.Tensor:
-        """Epsilons ascending: a sample broken at a smaller epsilon keeps that
-        adversarial for every larger epsilon (it lies in the larger ball too)."""
-        out = x.unsqueeze(0).repeat(len(epsilons), *[1] * x.ndim)
-        best = x.clone()
-        done = done.clone()
-        for e, eps in enumerate(epsilons):
-            todo = (~done).nonzero().flatten()
-            for i in range(0, todo.numel(), self.batch_size):
-                idx = todo[i : i + self.batch_size]
-                adv = self.attack_batch(model, x[idx], labels[idx], targeted, gen, eps).detach()
-                adv = project(x[idx], adv, self.norm, eps)
-                with torch.no_grad():  # only clear wins are carried to larger epsilons
-                    ok = clearly_adversarial(model(adv), labels[idx], targeted)
-                best[idx[ok]] = adv[ok]
-                done[idx[ok]] = True
-                out[e, idx] = adv
-            out[e, done] = best[done]
-        return out
+        """Adversarial inputs for every sample not ``done``: ``(N, ...)`` for a
+        minimisation attack, ``(E, N, ...)`` for a fixed-epsilon attack."""
 
     @torch.no_grad()
     def _verify(
@@ -450,6 +417,30 @@ class Attack(ABC):
             return ok, dist
         return ok.view(len(epsilons), -1), dist.view(len(epsilons), -1)
 
+
+class MinimizationAttack(Attack):
+    """An attack that searches the smallest perturbation per sample (DeepFool, C&W,
+    DDN, min-l2): :meth:`Attack.run` reports each success's norm."""
+
+    fixed_epsilon = False
+
+    def _attack_all(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        targeted: bool,
+        done: torch.Tensor,
+        gen: torch.Generator,
+        epsilons: tuple[float, ...] | None,
+    ) -> torch.Tensor:
+        x_adv = x.clone()
+        todo = (~done).nonzero().flatten()
+        for i in range(0, todo.numel(), self.batch_size):
+            idx = todo[i : i + self.batch_size]
+            x_adv[idx] = self.attack_batch(model, x[idx], labels[idx], targeted, gen).detach()
+        return x_adv
+
     @abstractmethod
     def attack_batch(
         self,
@@ -458,12 +449,61 @@ class Attack(ABC):
         labels: torch.Tensor,
         targeted: bool,
         gen: torch.Generator,
-        epsilon: float | None = None,
     ) -> torch.Tensor:
-        """Adversarial inputs ``(B, ...)`` in [0,1] for a batch that is not yet
-        adversarial. ``labels`` are the true labels (untargeted) or the targets.
-        Fixed-epsilon attacks receive ``epsilon``; minimisation attacks return
-        their smallest adversarial found (any input where they failed)."""
+        """The smallest adversarial found ``(B, ...)`` in [0,1] for a batch that is not
+        yet adversarial (any input where it failed). ``labels`` are the true labels
+        (untargeted) or the targets."""
+
+
+class FixedEpsilonAttack(Attack):
+    """An attack with a perturbation budget (FGSM, PGD, Square): :meth:`Attack.run`
+    takes a list of epsilons and reports per-sample success for each."""
+
+    fixed_epsilon = True
+
+    def _attack_all(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        targeted: bool,
+        done: torch.Tensor,
+        gen: torch.Generator,
+        epsilons: tuple[float, ...] | None,
+    ) -> torch.Tensor:
+        """Epsilons ascending: a sample broken at a smaller epsilon keeps that
+        adversarial for every larger epsilon (it lies in the larger ball too)."""
+        if epsilons is None:  # pragma: no cover - run() always checks them
+            raise AttackError(f"{self.name} needs epsilons, e.g. epsilons=[0.1, 0.2]")
+        out = x.unsqueeze(0).repeat(len(epsilons), *[1] * x.ndim)
+        best = x.clone()
+        done = done.clone()
+        for e, eps in enumerate(epsilons):
+            todo = (~done).nonzero().flatten()
+            for i in range(0, todo.numel(), self.batch_size):
+                idx = todo[i : i + self.batch_size]
+                adv = self.attack_batch(model, x[idx], labels[idx], targeted, gen, eps).detach()
+                adv = project(x[idx], adv, self.norm, eps)
+                with torch.no_grad():  # only clear wins are carried to larger epsilons
+                    ok = clearly_adversarial(model(adv), labels[idx], targeted)
+                best[idx[ok]] = adv[ok]
+                done[idx[ok]] = True
+                out[e, idx] = adv
+            out[e, done] = best[done]
+        return out
+
+    @abstractmethod
+    def attack_batch(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        targeted: bool,
+        gen: torch.Generator,
+        epsilon: float,
+    ) -> torch.Tensor:
+        """Adversarial inputs ``(B, ...)`` within l_p distance ``epsilon`` of ``x``
+        (projected again by the driver) for a batch that is not yet adversarial."""
 
 
 def _keep_successes(x: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparserobust.attacks.base import SAFETY_MARGIN, Attack
+from sparserobust.attacks.base import SAFETY_MARGIN, MinimizationAttack
 from sparserobust.errors import AttackError
 
 
@@ -22,7 +22,7 @@ def margin_loss(
     return other - own if targeted else own - other
 
 
-class CarliniWagnerL2(Attack):
+class CarliniWagnerL2(MinimizationAttack):
     """C&W l2: minimise ``||x' - x||_2^2 + c * max(margin + confidence, 0)``
     over ``x' = (tanh(w) + 1) / 2`` (the tanh box keeps x' in [0,1]) with Adam.
 
@@ -74,7 +74,6 @@ class CarliniWagnerL2(Attack):
         labels: torch.Tensor,
         targeted: bool,
         gen: torch.Generator,
-        epsilon: float | None = None,
     ) -> torch.Tensor:
         n = x.shape[0]
         dev = x.device

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sparserobust.attacks.base import (
-    Attack,
+    MinimizationAttack,
     ce_loss,
     clearly_adversarial,
     expand_like,
@@ -19,7 +19,7 @@ from sparserobust.attacks.base import (
 from sparserobust.errors import AttackError
 
 
-class DDN(Attack):
+class DDN(MinimizationAttack):
     """DDN l2: gradient steps on the cross-entropy decoupled from a norm budget.
 
     Each of ``steps`` iterations takes a normalised-gradient step of size
@@ -65,7 +65,6 @@ class DDN(Attack):
         labels: torch.Tensor,
         targeted: bool,
         gen: torch.Generator,
-        epsilon: float | None = None,
     ) -> torch.Tensor:
         n = x.shape[0]
         dev = x.device

@@ -7,7 +7,13 @@ import logging
 import torch
 from torch import nn
 
-from sparserobust.attacks.base import INF, Attack, clearly_adversarial, expand_like, parse_norm
+from sparserobust.attacks.base import (
+    INF,
+    MinimizationAttack,
+    clearly_adversarial,
+    expand_like,
+    parse_norm,
+)
 from sparserobust.errors import AttackError
 
 log = logging.getLogger(__name__)
@@ -43,7 +49,7 @@ def difference_grads(
     return logits.detach(), diffs.detach(), grads
 
 
-class DeepFool(Attack):
+class DeepFool(MinimizationAttack):
     """DeepFool in l2 or l_inf: repeatedly step to the nearest linearised class boundary.
 
     Untargeted: the candidate classes are the ``candidates`` highest-scoring
@@ -83,7 +89,6 @@ class DeepFool(Attack):
         labels: torch.Tensor,
         targeted: bool,
         gen: torch.Generator,
-        epsilon: float | None = None,
     ) -> torch.Tensor:
         out = x.clone()
         with torch.no_grad():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sparserobust.attacks.base import INF, Attack, ce_loss, loss_and_grad
+from sparserobust.attacks.base import INF, FixedEpsilonAttack, ce_loss, loss_and_grad
 
 
-class FGSM(Attack):
+class FGSM(FixedEpsilonAttack):
     """l_inf FGSM: ``x + eps * sign(grad CE)`` clipped to [0,1], for each epsilon.
 
     Deterministic (the seed is unused). Epsilons are l_inf radii in [0,1] pixel units.
@@ -16,7 +16,6 @@ class FGSM(Attack):
 
     name = "fgsm"
     norm = INF
-    fixed_epsilon = True
 
     def attack_batch(
         self,
@@ -25,8 +24,7 @@ class FGSM(Attack):
         labels: torch.Tensor,
         targeted: bool,
         gen: torch.Generator,
-        epsilon: float | None = None,
+        epsilon: float,
     ) -> torch.Tensor:
-        assert epsilon is not None
         _, _, grad = loss_and_grad(model, x, ce_loss(labels, targeted))
         return (x + epsilon * grad.sign()).clamp(0.0, 1.0)

@@ -7,13 +7,18 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from sparserobust.attacks.base import Attack, clearly_adversarial, expand_like, shrink_along_ray
+from sparserobust.attacks.base import (
+    MinimizationAttack,
+    clearly_adversarial,
+    expand_like,
+    shrink_along_ray,
+)
 from sparserobust.attacks.ddn import DDN
 from sparserobust.attacks.deepfool import DeepFool
 from sparserobust.errors import AttackError
 
 
-class MinL2(Attack):
+class MinL2(MinimizationAttack):
     """Minimal-l2 estimate: run each l2 attack, keep per sample the smallest
     verified adversarial, then shrink it along its ray with a bisection.
 
@@ -27,7 +32,7 @@ class MinL2(Attack):
 
     def __init__(
         self,
-        attacks: Sequence[Attack] | None = None,
+        attacks: Sequence[MinimizationAttack] | None = None,
         refine_steps: int = 10,
         batch_size: int = 1000,
     ) -> None:
@@ -56,7 +61,6 @@ class MinL2(Attack):
         labels: torch.Tensor,
         targeted: bool,
         gen: torch.Generator,
-        epsilon: float | None = None,
     ) -> torch.Tensor:
         best = x.clone()
         best_l2 = torch.full((x.shape[0],), torch.inf, device=x.device)

@@ -7,7 +7,7 @@ from torch import nn
 
 from sparserobust.attacks.base import (
     INF,
-    Attack,
+    FixedEpsilonAttack,
     ce_loss,
     expand_like,
     is_adversarial,
@@ -33,7 +33,7 @@ def random_start(x: torch.Tensor, p: float, eps: float, gen: torch.Generator) ->
     return (x + g).clamp(0.0, 1.0)
 
 
-class PGD(Attack):
+class PGD(FixedEpsilonAttack):
     """PGD on the cross-entropy loss in an l_inf or l2 ball of radius eps ([0,1] pixel units).
 
     ``steps`` iterations of size ``rel_stepsize * eps`` (l_inf: sign step,
@@ -47,7 +47,6 @@ class PGD(Attack):
     """
 
     name = "pgd"
-    fixed_epsilon = True
 
     def __init__(
         self,
@@ -75,9 +74,8 @@ class PGD(Attack):
         labels: torch.Tensor,
         targeted: bool,
         gen: torch.Generator,
-        epsilon: float | None = None,
+        epsilon: float,
     ) -> torch.Tensor:
-        assert epsilon is not None
         out = x.clone()
         todo = torch.arange(x.shape[0], device=x.device)
         for _ in range(self.restarts):

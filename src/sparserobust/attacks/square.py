@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from sparserobust.attacks.base import INF, SAFETY_MARGIN, Attack, lp_norms, parse_norm
+from sparserobust.attacks.base import INF, SAFETY_MARGIN, FixedEpsilonAttack, lp_norms, parse_norm
 from sparserobust.errors import AttackError
 from sparserobust.utils import forward
 
@@ -122,7 +122,7 @@ def margin(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.
     return other - own if targeted else own - other
 
 
-class Square(Attack):
+class Square(FixedEpsilonAttack):
     """Square Attack: score-based random search in an l_inf or l2 ball of radius
     eps ([0,1] pixel units), after Andriushchenko et al. (2020).
 
@@ -145,7 +145,6 @@ class Square(Attack):
     """
 
     name = "square"
-    fixed_epsilon = True
 
     def __init__(
         self,
@@ -173,9 +172,8 @@ class Square(Attack):
         labels: torch.Tensor,
         targeted: bool,
         gen: torch.Generator,
-        epsilon: float | None = None,
+        epsilon: float,
     ) -> torch.Tensor:
-        assert epsilon is not None
         out = x.clone()
         out_loss = torch.full((x.shape[0],), torch.inf, device=x.device)
         todo = torch.arange(x.shape[0], device=x.device)

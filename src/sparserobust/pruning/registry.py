@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
 from sparserobust.errors import ConfigError
+from sparserobust.pruning.dns import DNSConfig
 from sparserobust.pruning.magnitude import global_magnitude_prune, magnitude_prune
 from sparserobust.pruning.masks import SparsityReport
 from sparserobust.pruning.random import random_prune
@@ -23,12 +25,19 @@ OneShot = Callable[[nn.Module, float, int], SparsityReport]
 
 
 @dataclass(frozen=True)
+class NoSettings:
+    """Settings of a method that takes none (a config ``params`` key is an error)."""
+
+
+@dataclass(frozen=True)
 class PruningMethod:
-    """A registered method: its one-shot pruner (None for DNS, which trains)."""
+    """A registered method: its one-shot pruner (None for DNS, which trains) and its
+    settings dataclass (what a config's ``pruning.params.<name>`` block may set)."""
 
     name: str
     description: str
     one_shot: OneShot | None
+    settings_type: type[Any] = NoSettings
 
     @property
     def trains_while_pruning(self) -> bool:
@@ -52,7 +61,7 @@ METHODS: dict[str, PruningMethod] = {
         lambda model, s, seed: random_prune(model, s, seed=seed),
     ),
     "dns": PruningMethod(
-        "dns", "Dynamic Network Surgery (Guo et al. 2016): pruning and splicing", None
+        "dns", "Dynamic Network Surgery (Guo et al. 2016): pruning and splicing", None, DNSConfig
     ),
 }
 

@@ -1,0 +1,37 @@
+"""Measurements: the registry of what a study measures on every model.
+
+Each measurement plans cells from a study's eval settings and runs one cell on a
+model and images, returning typed :class:`Record` s (see :mod:`.base`).
+"""
+
+from sparserobust.measurements.base import (
+    Cell,
+    Measurement,
+    NoSettings,
+    Record,
+    records_of,
+    values_of,
+)
+from sparserobust.measurements.registry import (
+    MEASUREMENTS,
+    get_measurement,
+    measurement_names,
+    plan_cells,
+    run_cell,
+    timed_run_cell,
+)
+
+__all__ = [
+    "MEASUREMENTS",
+    "Cell",
+    "Measurement",
+    "NoSettings",
+    "Record",
+    "get_measurement",
+    "measurement_names",
+    "plan_cells",
+    "records_of",
+    "run_cell",
+    "timed_run_cell",
+    "values_of",
+]
