@@ -12,9 +12,9 @@ from sparserobust.attacks import (
     DDN,
     FGSM,
     PGD,
-    Attack,
     CarliniWagnerL2,
     DeepFool,
+    MinimizationAttack,
     MinL2,
     get_attack,
     result_from_adversarials,
@@ -210,12 +210,12 @@ def test_pgd_not_weaker_than_fgsm(digits, digits_lenet300) -> None:
 # -- API contracts -----------------------------------------------------------------------
 
 
-class _Liar(Attack):
+class _Liar(MinimizationAttack):
     """Returns the clean input unchanged; the driver must not count it as a success."""
 
     name = "liar"
 
-    def attack_batch(self, model, x, labels, targeted, gen, epsilon=None):
+    def attack_batch(self, model, x, labels, targeted, gen):
         return x + 0.0
 
 

@@ -29,7 +29,7 @@ from torch import nn
 from sparserobust.checkpoint import load_checkpoint
 from sparserobust.config import AttackSettings, EvalSettings, StudyConfig, check_sparsities
 from sparserobust.data import Split, resolve_data_dir
-from sparserobust.engine.executors import EXECUTOR_NAMES, make_executor
+from sparserobust.engine.executors import EXECUTOR_NAMES, Executor, make_executor
 from sparserobust.engine.plan import Resources, Task, plan
 from sparserobust.engine.scheduler import run_tasks
 from sparserobust.engine.tasks import dense_rel, model_key, study_data
@@ -224,8 +224,6 @@ def run_study(
     thread count, which the provenance records.
     Returns a summary: run directory, report path, models, results, seconds.
     """
-    from sparserobust.report import write_report
-
     if jobs < 1:
         raise ConfigError(f"jobs must be at least 1, got {jobs}")
     kind = executor or ("local" if jobs > 1 else "inline")
@@ -245,44 +243,19 @@ def run_study(
         try:
             device = resolve_device(config.device)
             study_data(config)  # a data error stops the study here, before any worker starts
-            store = ResultStore(run)
+            pool = make_executor(kind, jobs, address)
             try:
-                pool = make_executor(kind, jobs, address)
-                if kind == "ray":  # workers run elsewhere: absolute paths
-                    worker_config = dataclasses.replace(config, data_dir=_absolute_data_dir(config))
-                    worker_run = run.resolve()
-                else:
-                    worker_config, worker_run = config, run
-                prov = {
-                    **provenance(str(device)),
-                    "channels_last": config.channels_last,
-                    **pool.describe(),
-                }
-                recorder = StudyRecorder(config, run, store, prov)
-                try:
-                    recorder.check_config()
-                except BaseException:
-                    pool.close(cancel=True)
-                    raise
-                log.info(
-                    "study %s (config %s) in %s on %s", config.name, recorder.hash, run, device
-                )
-                tasks = plan(config, store, task_resources(device))
-                log.info("%d tasks to run on the %s executor", len(tasks), kind)
-                run_tasks(tasks, pool, worker_config, worker_run, recorder.done, progress=progress)
-                log.info("writing the report")
-                report = write_report(run, config.report.max_accuracy_drop)
-                n_models = len(store.models())
-                n_results = len(store.results())
-                log.info(
-                    "study done in %.1fs: %d models, %d results; report %s",
-                    time.perf_counter() - start,
-                    n_models,
-                    n_results,
-                    report,
-                )
-            finally:
-                store.close()
+                report, n_models, n_results = _run_on(pool, config, run, device, progress)
+            except BaseException:
+                pool.close(cancel=True)
+                raise
+            log.info(
+                "study done in %.1fs: %d models, %d results; report %s",
+                time.perf_counter() - start,
+                n_models,
+                n_results,
+                report,
+            )
         finally:
             logging.getLogger("sparserobust").removeHandler(handler)
             handler.close()
@@ -295,6 +268,31 @@ def run_study(
         "seconds": seconds,
         "config_hash": config.config_hash(),
     }
+
+
+def _run_on(
+    pool: Executor, config: StudyConfig, run: Path, device: torch.device, progress: bool
+) -> tuple[Path, int, int]:
+    """Plan what is left of the study in ``run``, run it on ``pool``, write the report.
+    Returns (report path, models, results)."""
+    from sparserobust.report import write_report
+
+    if pool.name == "ray":  # workers may run elsewhere: absolute paths
+        worker_config = dataclasses.replace(config, data_dir=_absolute_data_dir(config))
+        worker_run = run.resolve()
+    else:
+        worker_config, worker_run = config, run
+    prov = {**provenance(str(device)), "channels_last": config.channels_last, **pool.describe()}
+    with ResultStore(run) as store:
+        recorder = StudyRecorder(config, run, store, prov)
+        recorder.check_config()
+        log.info("study %s (config %s) in %s on %s", config.name, recorder.hash, run, device)
+        tasks = plan(config, store, task_resources(device))
+        log.info("%d tasks to run on the %s executor", len(tasks), pool.name)
+        run_tasks(tasks, pool, worker_config, worker_run, recorder.done, progress=progress)
+        log.info("writing the report")
+        report = write_report(run, config.report.max_accuracy_drop)
+        return report, len(store.models()), len(store.results())
 
 
 def _absolute_data_dir(config: StudyConfig) -> str | None:
