@@ -12,6 +12,7 @@ from sparserobust.attacks import (
     DDN,
     FGSM,
     PGD,
+    Attack,
     CarliniWagnerL2,
     DeepFool,
     MinimizationAttack,
