@@ -249,6 +249,7 @@ def run_study(
             except BaseException:
                 pool.close(cancel=True)
                 raise
+            pool.close(cancel=False)
             log.info(
                 "study done in %.1fs: %d models, %d results; report %s",
                 time.perf_counter() - start,

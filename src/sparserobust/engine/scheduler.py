@@ -4,8 +4,8 @@ A task is ready when every task it depends on has finished. Among ready tasks th
 scheduler prefers dense models, then sweeps, then measurements (lower seed first),
 and keeps at most ``executor.capacity`` in flight. Each result goes to ``on_done``
 in the driver as soon as it arrives (the driver stores it, so an interrupted
-study loses only the tasks in flight). A task that fails stops the study: the
-tasks in flight are cancelled and the error is raised.
+study loses only the tasks in flight). A task that fails stops the loop with its
+error; the caller owns the executor and closes it (cancelling what is in flight).
 """
 
 from __future__ import annotations
@@ -65,10 +65,6 @@ def run_tasks(
                 bar.update()
                 for other in remaining.values():
                     other.discard(task.id)
-    except BaseException:
-        executor.close(cancel=True)
-        raise
     finally:
         bar.close()
-    executor.close(cancel=False)
     return finished
