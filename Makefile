@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run test lint install clean repro-linear repro-lenet300 repro-lenet5-cpu repro-lenet5-subset repro-lenet5
+.PHONY: run test lint install clean gpu-check repro-linear repro-lenet300 repro-lenet5-cpu repro-lenet5-subset repro-lenet5
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,3 +74,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache
+
+# On a machine with a GPU (the device tool): attacks, measurements and the quick study on
+# CUDA against CPU, and LeNet-5 measurement timings; writes runs/gpu-check.json.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --device cuda --data-dir $(DATA) --json-out runs/gpu-check.json

@@ -1,0 +1,218 @@
+"""GPU check (``make gpu-check``): attacks and measurements on CUDA agree with CPU.
+
+1. Every registered attack (every norm it supports) and every registered measurement
+   on a digits LeNet-300-100 (trained here, seeded) on CPU and on the GPU, on the same
+   images: robust accuracies within 2 points, median norms within 2%.
+2. The quick study with ``device: cuda`` against the same study on CPU: every stored
+   record within the same tolerances.
+3. The LeNet-5 measurement cells (FGSM, PGD-40, DeepFool, DDN on 500 MNIST images when
+   ``--data-dir`` has MNIST, else digits-sized random data): seconds on CPU and GPU.
+
+Runs on CPU alone too (``--device cpu``: a self-check of the script). Writes a JSON
+summary with ``--json-out`` and exits 1 when any comparison fails.
+
+    python benchmarks/gpu_check.py --device cuda --data-dir ../shared/data --json-out gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparserobust.attacks import attack_names, attack_norms, get_attack, is_fixed_epsilon
+from sparserobust.config import config_from_dict, quick_config
+from sparserobust.data import load_dataset
+from sparserobust.measurements import plan_cells, run_cell, values_of
+from sparserobust.metrics.robustness import summarize
+from sparserobust.models import build_model
+from sparserobust.pipeline import run_study
+from sparserobust.store import ResultStore
+from sparserobust.training import TrainConfig, train_model
+
+ACC_TOL = 0.02
+NORM_TOL = 0.02
+
+
+def close(a: float, b: float, metric: str) -> bool:
+    if any(map(math.isnan, (a, b))):
+        return math.isnan(a) and math.isnan(b)
+    if "robust_acc" in metric or "fraction" in metric or "share" in metric:
+        return abs(a - b) <= ACC_TOL + 1e-9
+    return abs(a - b) <= NORM_TOL * max(abs(a), abs(b), 1e-9)
+
+
+def compare(a: dict[str, float], b: dict[str, float]) -> list[str]:
+    return [
+        f"{k}: cpu {a[k]:.4g} vs gpu {b.get(k, math.nan):.4g}"
+        for k in a
+        if not close(a[k], b.get(k, math.nan), k)
+    ]
+
+
+def digits_model() -> tuple[torch.nn.Module, Any]:
+    data = load_dataset("digits")
+    info = data.info
+    torch.manual_seed(0)
+    model = build_model("lenet300", info.input_shape, info.num_classes, info.mean, info.std)
+    train_model(model, data.train, TrainConfig(epochs=20, seed=0), progress=False)
+    return model.eval(), data
+
+
+def check_attacks(device: torch.device) -> dict[str, Any]:
+    model, data = digits_model()
+    gpu = copy.deepcopy(model).to(device)
+    x, y = data.test.x[:300], data.test.y[:300]
+    out: dict[str, Any] = {}
+    for name in attack_names():
+        for norm in attack_norms(name):
+            eps = (
+                ([0.05, 0.1] if math.isinf(norm) else [0.5, 1.0])
+                if is_fixed_epsilon(name)
+                else None
+            )
+            kwargs = {"steps": 100} if name == "square" else {}
+            sums = []
+            for m, dev in ((model, torch.device("cpu")), (gpu, device)):
+                start = time.perf_counter()
+                res = get_attack(name, norm, **kwargs).run(
+                    m, x.to(dev), y.to(dev), epsilons=eps, seed=0
+                )
+                s = summarize(res, eps or [0.5, 1.0])
+                flat = {f"robust_acc@{e}": v for e, v in s["robust_accuracy"].items()}
+                if not is_fixed_epsilon(name) and s["median_norm"] is not None:
+                    flat["median_norm"] = s["median_norm"]
+                sums.append((flat, time.perf_counter() - start))
+            out[f"{name}-l{'inf' if math.isinf(norm) else 2}"] = {
+                "cpu_s": round(sums[0][1], 2),
+                "gpu_s": round(sums[1][1], 2),
+                "mismatches": compare(sums[0][0], sums[1][0]),
+            }
+    cfg = config_from_dict(
+        {
+            "name": "g",
+            "dataset": "digits",
+            "model": "lenet300",
+            "eval": {
+                "n": 200,
+                "attacks": [{"name": "fgsm", "eps": [0.1]}],
+                "clever": {"n": 5, "n_batches": 5, "batch_size": 20},
+                "masking": [{"eps": [0.1], "n": 100, "steps": 200, "against": ["fgsm"]}],
+            },
+        }
+    )
+    for cell in plan_cells(cfg.eval, 0):
+        a = values_of(run_cell(model, x, y, cell))
+        b = values_of(run_cell(gpu, x.to(device), y.to(device), cell))
+        out[f"measure {cell.key}"] = {"mismatches": compare(a, b)}
+    return out
+
+
+def check_quick_study(device: str, out: Path) -> dict[str, Any]:
+    runs = {}
+    for dev in ("cpu", device):
+        cfg = dataclasses.replace(quick_config(), device=dev)
+        run = out / f"quick-{dev}"
+        shutil.rmtree(run, ignore_errors=True)
+        start = time.perf_counter()
+        run_study(cfg, run, progress=False)
+        seconds = time.perf_counter() - start
+        with ResultStore(run, create=False) as store:
+            vals = {
+                f"{r['model_key']} {label}": v
+                for r in store.results()
+                for label, v in values_of(r["numbers"]).items()
+            }
+        runs[dev] = (vals, seconds)
+    return {
+        "cpu_s": round(runs["cpu"][1], 1),
+        "gpu_s": round(runs[device][1], 1),
+        "records": len(runs["cpu"][0]),
+        "mismatches": compare(runs["cpu"][0], runs[device][0]),
+    }
+
+
+def lenet5_cells(device: torch.device, data_dir: str | None) -> dict[str, Any]:
+    try:
+        data = load_dataset("mnist", data_dir)
+        x, y = data.test.x[:500], data.test.y[:500]
+        info = data.info
+        model = build_model("lenet5", info.input_shape, info.num_classes, info.mean, info.std)
+        train_model(model, data.train.head(5000), TrainConfig(epochs=1, seed=0), progress=False)
+    except Exception as exc:  # noqa: BLE001 - no MNIST: say so, skip the timing
+        return {"skipped": f"no MNIST ({exc})"}
+    cfg = config_from_dict(
+        {
+            "name": "l5",
+            "dataset": "mnist",
+            "model": "lenet5",
+            "eval": {
+                "n": 500,
+                "attacks": [
+                    {"name": "fgsm", "eps": [0.1]},
+                    {"name": "pgd", "eps": [0.1], "steps": 40},
+                    {"name": "deepfool", "norm": "2"},
+                    {"name": "ddn", "steps": 100},
+                ],
+                "activations": False,
+                "bounds": False,
+            },
+        }
+    )
+    out: dict[str, Any] = {}
+    gpu = copy.deepcopy(model).to(device).eval()
+    model.eval()
+    for cell in plan_cells(cfg.eval, 0):
+        times = []
+        for m, dev in ((model, torch.device("cpu")), (gpu, device)):
+            start = time.perf_counter()
+            run_cell(m, x.to(dev), y.to(dev), cell)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        out[cell.key] = {"cpu_s": round(times[0], 2), "gpu_s": round(times[1], 2)}
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--data-dir", default="../shared/data")
+    ap.add_argument("--out", default="runs/gpu-check")
+    ap.add_argument("--json-out", default=None)
+    args = ap.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(
+            "error: no CUDA device here: run on a GPU machine or pass --device cpu", file=sys.stderr
+        )
+        return 2
+    device = torch.device(args.device)
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "attacks_and_measurements": check_attacks(device),
+        "quick_study": check_quick_study(args.device, Path(args.out)),
+        "lenet5_cells": lenet5_cells(device, args.data_dir),
+    }
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.json_out:
+        Path(args.json_out).write_text(text)
+    bad = [k for k, v in report["attacks_and_measurements"].items() if v["mismatches"]] + (
+        ["quick_study"] if report["quick_study"]["mismatches"] else []
+    )
+    print(f"gpu-check: {'FAIL ' + ', '.join(bad) if bad else 'all comparisons within tolerance'}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
