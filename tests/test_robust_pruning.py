@@ -352,3 +352,12 @@ def test_cli_compact_bad_input_is_one_line(args: list[str], tmp_path: Path, caps
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
+
+
+def test_structured_steps_follow_the_unit_share_not_weight_sparsity() -> None:
+    """On a model already 90% magnitude-pruned, two structured steps to 0.5 go through
+    0.29 and 0.5 of units (the weight sparsity, 0.9, is not the structured level)."""
+    model = lenet("lenet300", (1, 8, 8))
+    magnitude_prune(model, 0.9)
+    prune_model(model, "structured", 0.5, steps=2)
+    assert removed(model) == {"2": 150, "4": 50}
