@@ -27,8 +27,8 @@ from sparserobust.pruning import (
     sparsity_report,
     sparsity_sweep,
 )
-from sparserobust.pruning.hydra import HydraSettings, hydra_prune
-from sparserobust.pruning.masks import dense_weight
+from sparserobust.pruning.hydra import HydraSettings, apply_score_masks, hydra_counts, hydra_prune
+from sparserobust.pruning.masks import dense_weight, set_weight_mask
 from sparserobust.pruning.structured import (
     StructuredSettings,
     compact,
@@ -76,6 +76,8 @@ def test_hydra_k_is_the_fraction_kept(digits_lenet300: nn.Module, digits: Datase
     report = hydra_prune(model, 0.1, digits.train, config, HydraSettings(score_epochs=1))
     assert kept_per_layer(model) == [1920, 3000, 100]  # of 19200, 30000, 1000
     assert report.sparsity == pytest.approx(0.9, abs=1e-12)
+    for _, module in prunable_layers(model):  # pruned entries of weight_orig are exactly 0
+        assert float(dense_weight(module)[module.weight_mask == 0].abs().sum()) == 0.0
     reference = copy.deepcopy(digits_lenet300)
     magnitude_prune(reference, 0.9)
     assert kept_per_layer(reference) == kept_per_layer(model)
@@ -152,6 +154,29 @@ def test_hydra_chained_levels_are_nested(digits_lenet300: nn.Module, digits: Dat
         progress=False,
     )
     assert [r["pruned_weights"] for r in records] == [25100, 45180]
+
+
+def test_hydra_never_revives_pruned_weights(digits_lenet300: nn.Module, digits: Dataset) -> None:
+    """Weights pruned before (here with their dense values kept, as DNS keeps them, so
+    their scores do get gradients) stay pruned: the new mask is nested in the old."""
+    model = copy.deepcopy(digits_lenet300)
+    gen = torch.Generator().manual_seed(0)
+    before = {}
+    for name, module in prunable_layers(model):
+        before[name] = (torch.rand(module.weight.shape, generator=gen) > 0.5).float()
+        set_weight_mask(module, before[name])  # weight_orig keeps the pruned values
+    settings = HydraSettings(score_epochs=2, score_lr=50.0)  # scores move far
+    hydra_prune(model, 0.2, digits.train, TrainConfig(epochs=0), settings)
+    for name, mask in get_masks(model).items():
+        assert bool((mask <= before[name]).all()), name
+    # (a pruned weight starts at score 0, where |s| has zero gradient; so also check the
+    # final top-k with arbitrary scores)
+    scores = {n: torch.randn(m.weight.shape, generator=gen) for n, m in prunable_layers(model)}
+    middle = get_masks(model)
+    apply_score_masks(model, scores, hydra_counts(model, 0.1))
+    for name, mask in get_masks(model).items():
+        assert bool((mask <= middle[name]).all()), name
+    assert kept_per_layer(model) == [1920, 3000, 100]
 
 
 @pytest.mark.parametrize(
