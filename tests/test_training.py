@@ -206,3 +206,20 @@ def test_bad_adversarial_settings(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:
         TrainConfig(adversarial=kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_training_examples_are_made_in_eval_mode() -> None:
+    """BatchNorm running statistics do not move while examples are searched."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 16),
+        torch.nn.BatchNorm1d(16),
+        torch.nn.ReLU(),
+        torch.nn.Linear(16, 10),
+    ).train()
+    stats = model[2].running_mean.clone()
+    x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    settings = AdversarialTraining("pgd", 0.1, 3)
+    adversarial_examples(model, x, y, settings, torch.Generator().manual_seed(0))
+    assert torch.equal(model[2].running_mean, stats) and model.training
