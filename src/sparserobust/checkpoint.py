@@ -159,6 +159,7 @@ def load_checkpoint(
     sparserobust checkpoint or does not fit the architecture it names.
     """
     tensors, meta = _open(path)
+    model: nn.Module
     try:
         if isinstance(meta.get("compact"), dict):
             from sparserobust.models.compact import build_sequential

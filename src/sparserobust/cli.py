@@ -149,7 +149,12 @@ def evaluate(
 
 @cli.command()
 @click.option("--checkpoint", required=True, help="Dense (or less sparse) checkpoint to prune.")
-@click.option("--method", required=True, help="magnitude, global-magnitude, dns or random.")
+@click.option(
+    "--method",
+    required=True,
+    help="magnitude, global-magnitude, dns, random, hydra or structured (its sparsity: the "
+    "share of neurons/channels removed).",
+)
 @click.option("--sparsity", "sparsity_text", required=True, help="Targets, e.g. 0.5,0.9,0.99.")
 @click.option(
     "--retrain-epochs",

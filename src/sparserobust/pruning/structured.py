@@ -131,9 +131,9 @@ def _mask_bias(module: nn.Module, keep: torch.Tensor) -> None:
         bias = module.bias
         assert isinstance(bias, torch.Tensor)
         prune.custom_from_mask(module, "bias", keep.to(device=bias.device, dtype=bias.dtype))
-    orig = module.bias_orig
-    assert isinstance(orig, torch.Tensor)
-    orig.mul_(module.bias_mask)
+    orig, mask = module.bias_orig, module.bias_mask
+    assert isinstance(orig, torch.Tensor) and isinstance(mask, torch.Tensor)
+    orig.mul_(mask)
     refresh_pruned_weight(module)
 
 
@@ -232,9 +232,12 @@ def _compact_layer(
     else:
         record.update(in_channels=weight.shape[1], out_channels=weight.shape[0])
     new = build_sequential([record])[0].to(device=weight.device, dtype=weight.dtype)
-    new.weight.copy_(weight)
+    new_weight, new_bias = new.weight, new.bias
+    assert isinstance(new_weight, torch.Tensor)
+    new_weight.copy_(weight)
     if bias is not None:
-        new.bias.copy_(bias)
+        assert isinstance(new_bias, torch.Tensor)
+        new_bias.copy_(bias)
     return new
 
 
