@@ -343,6 +343,32 @@ def test_structured_sweep_with_retraining_keeps_units_removed(
         assert float(module.bias[dead].abs().sum()) == 0.0
 
 
+def test_structured_sweep_resumes_from_its_files(
+    digits_lenet300: nn.Module, digits: Dataset, tmp_path: Path
+) -> None:
+    def sweep() -> tuple[list[dict], nn.Module]:
+        model = copy.deepcopy(digits_lenet300)
+        records = sparsity_sweep(
+            model,
+            "structured",
+            [0.5, 0.75],
+            train=digits.train,
+            retrain=TrainConfig(epochs=1, lr=0.01, seed=0),
+            structured=StructuredSettings(norm=2),
+            out_dir=tmp_path,
+            metadata=digits_meta(),
+            progress=False,
+        )
+        return records, model
+
+    first, a = sweep()
+    again, b = sweep()  # every level comes from disk, bias masks included
+    assert [r["resumed"] for r in again] == [True, True]
+    assert sorted(a.state_dict()) == sorted(b.state_dict())
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert "6.bias_mask" not in a.state_dict() and "4.bias_mask" in a.state_dict()
+
+
 def test_structured_checkpoint_roundtrip_and_cli_compact(tmp_path: Path, capsys) -> None:
     model = lenet("lenet300", (1, 8, 8))
     structured_prune(model, 0.6)
