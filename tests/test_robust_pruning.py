@@ -39,19 +39,9 @@ from sparserobust.pruning.structured import (
     unit_counts,
 )
 from sparserobust.training import AdversarialTraining, TrainConfig, evaluate_accuracy
+from tests.test_pruning import digits_meta
 
 PGD_AT = AdversarialTraining("pgd", eps=0.1, steps=5)
-
-
-def digits_meta(model: str = "lenet300") -> dict:
-    return {
-        "model": model,
-        "dataset": "digits",
-        "input_shape": [1, 8, 8],
-        "num_classes": 10,
-        "mean": [0.305],
-        "std": [0.3779],
-    }
 
 
 def pgd_robust(model: nn.Module, digits: Dataset, eps: float = 0.1) -> float:
@@ -320,20 +310,25 @@ def test_report_counts_parameters_and_flops_by_hand() -> None:
     assert model_cost(compact(model), (1, 6, 6)) == (95, 358)
 
 
-def test_structured_sweep_with_retraining_keeps_units_removed(
-    digits_lenet300: nn.Module, digits: Dataset
-) -> None:
-    model = copy.deepcopy(digits_lenet300)
-    records = sparsity_sweep(
+def structured_sweep(model: nn.Module, digits: Dataset, epochs: int, **kwargs: object) -> list:
+    """Structured sweep to 0.5 then 0.75 of units removed, retraining ``epochs`` at lr 0.01."""
+    retrain = TrainConfig(epochs=epochs, lr=0.01, seed=0)
+    return sparsity_sweep(
         model,
         "structured",
         [0.5, 0.75],
         train=digits.train,
-        test=digits.test,
-        retrain=TrainConfig(epochs=2, lr=0.01, seed=0),
-        steps_per_level=2,
+        retrain=retrain,
         progress=False,
+        **kwargs,  # type: ignore[arg-type]
     )
+
+
+def test_structured_sweep_with_retraining_keeps_units_removed(
+    digits_lenet300: nn.Module, digits: Dataset
+) -> None:
+    model = copy.deepcopy(digits_lenet300)
+    records = structured_sweep(model, digits, epochs=2, test=digits.test, steps_per_level=2)
     assert removed(model) == {"2": 225, "4": 75}
     assert structured_fraction(model) == 0.75
     assert records[-1]["sparsity"] == pytest.approx((225 * 64 + 75 * 300) / 50200)
@@ -348,16 +343,13 @@ def test_structured_sweep_resumes_from_its_files(
 ) -> None:
     def sweep() -> tuple[list[dict], nn.Module]:
         model = copy.deepcopy(digits_lenet300)
-        records = sparsity_sweep(
+        records = structured_sweep(
             model,
-            "structured",
-            [0.5, 0.75],
-            train=digits.train,
-            retrain=TrainConfig(epochs=1, lr=0.01, seed=0),
+            digits,
+            epochs=1,
             structured=StructuredSettings(norm=2),
             out_dir=tmp_path,
             metadata=digits_meta(),
-            progress=False,
         )
         return records, model
 
