@@ -33,6 +33,7 @@ from sparserobust.pruning import (
 )
 from sparserobust.pruning import sweep as sweep_module
 from sparserobust.pruning.dns import SurgeryHook, calibrate, straight_through
+from sparserobust.pruning.hydra import HydraSettings
 from sparserobust.pruning.masks import dense_weight, effective_weight, set_weight_mask
 from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
 
@@ -269,6 +270,7 @@ def _sweep(model: nn.Module, out: Path, method: str, digits: Dataset) -> list[di
         retrain=RETRAIN,
         seed=4,
         dns=DNSConfig(finetune_epochs=1),
+        hydra=HydraSettings(score_epochs=1),
         out_dir=out,
         metadata=digits_meta(),
         parent="dense.st",
@@ -276,7 +278,7 @@ def _sweep(model: nn.Module, out: Path, method: str, digits: Dataset) -> list[di
     )
 
 
-@pytest.mark.parametrize("method", ["magnitude", "dns"])
+@pytest.mark.parametrize("method", ["magnitude", "dns", "hydra"])
 def test_sweep_resume_matches_uninterrupted(
     method: str,
     digits_lenet300: nn.Module,

@@ -140,7 +140,11 @@ def test_every_pruning_method_hits_the_exact_count(name: str) -> None:
     retrain = TrainConfig(epochs=1, batch_size=16, lr=0.01, seed=0)
     rep = prune_model(model, name, 0.5, train=train, retrain=retrain, seed=0)
     total = 16 * 12 + 12 * 3
-    assert (rep.pruned, rep.total) == (round(0.5 * total), total)
+    if method.level is None:  # the target is weight sparsity: the exact count
+        assert (rep.pruned, rep.total) == (round(0.5 * total), total)
+    else:  # the target is the share of units: 6 of the 12 hidden neurons, 16 weights each
+        assert method.level(model) == 0.5
+        assert (rep.pruned, rep.total) == (6 * 16, total)
     assert sparsity_report(model).pruned == rep.pruned
 
 
@@ -179,6 +183,7 @@ EVAL = {
     },
     "activations": {},
     "bounds": {},
+    "structure": {"measurements": {"structure": {}}},
 }
 """Per registered measurement: an eval block that switches it on."""
 
@@ -201,6 +206,11 @@ BAD = {
     ),
     "activations": ("eval", {"activations": "yes"}, "eval.activations: expected true or false"),
     "bounds": ("eval", {"bounds": 3}, "eval.bounds: expected true or false"),
+    "structure": (
+        "eval",
+        {"measurements": {"structure": {"no_such_setting": 1}}},
+        "eval.measurements.structure.no_such_setting: unknown key",
+    ),
 }
 
 
@@ -220,6 +230,7 @@ def test_every_measurement_plans_and_runs_typed_records(name: str) -> None:
         out = run_cell(model, x, y, cell, batch_size=8)
         records = records_of(out)
         assert records and all(isinstance(r, Record) for r in records)
+        assert out == run_cell(model, x, y, cell, batch_size=8)  # seeded: repeatable
         labels = [r.label for r in records]
         assert len(set(labels)) == len(labels)
         for r in records:
@@ -324,3 +335,41 @@ def test_the_driver_projects_and_verifies_what_an_attack_returns() -> None:
     bypass = Bypass().run(model, x, y, epsilons=[0.05], seed=0)
     assert not bool(bypass.success.any())
     assert bool(torch.isinf(bypass.distances).all())
+
+
+def test_adversarial_training_reaches_dense_training_and_every_retraining(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from sparserobust.engine import tasks
+
+    adv = {"method": "pgd", "eps": 0.1, "steps": 3}
+    cfg = config_from_dict({**BASE, "train": {"adversarial": adv}})
+    assert cfg.config_hash() != config_from_dict(BASE).config_hash()
+    dense = tasks.dense_train_config(cfg, 0)
+    assert dense.adversarial is not None and dense.adversarial.eps == 0.1
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(tasks, "sparsity_sweep", lambda *a, **k: seen.update(k) or [])
+    tasks.sweep_checkpoints(
+        cfg, tmp_path, 0, "magnitude", tasks.study_data(cfg), tiny_model(), False
+    )
+    assert seen["retrain"].adversarial == dense.adversarial
+    # adversarial fine-tuning of a naturally trained model (compare with HYDRA)
+    trades = {"method": "trades", "eps": 0.2, "steps": 2, "beta": 6.0}
+    ft = config_from_dict({**BASE, "pruning": {**BASE["pruning"], "adversarial": trades}})
+    assert tasks.dense_train_config(ft, 0).adversarial is None
+    tasks.sweep_checkpoints(ft, tmp_path, 0, "magnitude", tasks.study_data(ft), tiny_model(), False)
+    assert seen["retrain"].adversarial.method == "trades"
+    hydra = config_from_dict(
+        {
+            **BASE,
+            "pruning": {
+                **BASE["pruning"],
+                "methods": ["hydra"],
+                "params": {"hydra": {"score_epochs": 2}},
+            },
+        }
+    )
+    tasks.sweep_checkpoints(
+        hydra, tmp_path, 0, "hydra", tasks.study_data(hydra), tiny_model(), False
+    )
+    assert seen["hydra"].score_epochs == 2

@@ -6,6 +6,12 @@ model name, dataset, input shape, classes, normalisation, seed, accuracy,
 library version, and whatever pruning adds (method, sparsity, parent).
 Pruned layers are stored as ``weight_orig`` + ``weight_mask`` exactly as
 ``torch.nn.utils.prune`` keeps them, and restored the same way.
+
+A compact export (``sparserobust compact``: a structurally pruned model with
+its removed units physically dropped) has layer sizes no registered model
+has; its metadata carries the architecture as a layer list under
+``compact.layers`` (see :mod:`sparserobust.models.compact`), and
+:func:`load_checkpoint` rebuilds it from there.
 """
 
 from __future__ import annotations
@@ -153,10 +159,16 @@ def load_checkpoint(
     sparserobust checkpoint or does not fit the architecture it names.
     """
     tensors, meta = _open(path)
+    model: nn.Module
     try:
-        model = build_model(
-            meta["model"], meta["input_shape"], meta["num_classes"], meta["mean"], meta["std"]
-        )
+        if isinstance(meta.get("compact"), dict):
+            from sparserobust.models.compact import build_sequential
+
+            model = build_sequential(meta["compact"]["layers"])
+        else:
+            model = build_model(
+                meta["model"], meta["input_shape"], meta["num_classes"], meta["mean"], meta["std"]
+            )
     except CheckpointError:
         raise
     except Exception as exc:

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from sparserobust.errors import ConfigError
+from sparserobust.training import AdversarialTraining
 
 NEW_FIELD = {"hash_default": False}
 """Metadata of a field added after version 0.1: the config hash leaves it out while it
@@ -33,12 +34,18 @@ has its default, so adding it changed no existing hash (and no run directory).""
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Dense training recipe; ``None`` fields take the model's registry defaults."""
+    """Dense training recipe; ``None`` fields take the model's registry defaults.
+
+    ``adversarial`` (``{method: pgd|trades, eps, steps, beta, norm, rel_stepsize}``, see
+    :class:`sparserobust.training.AdversarialTraining`) trains the dense model and, unless
+    ``pruning.adversarial`` says otherwise, every retraining and fine-tuning inside the
+    pruning methods on adversarial examples."""
 
     epochs: int | None = None
     lr: float | None = None
     batch_size: int | None = None
     weight_decay: float | None = None
+    adversarial: AdversarialTraining | None = field(default=None, metadata=NEW_FIELD)
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,9 @@ class PruningSettings:
     better than 0.01 for every method measured in docs/pruning.md).
     ``params`` maps a method name to its own settings (e.g. ``dns: {hysteresis: 0.2}``),
     validated against that method's settings dataclass
-    (:func:`sparserobust.pruning.registry.pruning_method`).
+    (:func:`sparserobust.pruning.registry.pruning_method`). ``adversarial`` makes the
+    retraining and fine-tuning of every method adversarial (default: ``train.adversarial``),
+    e.g. adversarial fine-tuning of a naturally trained model, to compare with HYDRA.
     """
 
     methods: tuple[str, ...] = ("global-magnitude", "random")
@@ -60,6 +69,7 @@ class PruningSettings:
     retrain_lr: float | None = None
     iterative: bool = True
     params: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=NEW_FIELD)
+    adversarial: AdversarialTraining | None = field(default=None, metadata=NEW_FIELD)
 
     def method_settings(self, method: str) -> Any:
         """The settings dataclass instance of pruning ``method`` (its defaults where

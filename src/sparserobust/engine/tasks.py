@@ -25,6 +25,8 @@ from sparserobust.data import Dataset, load_dataset
 from sparserobust.measurements import Cell, timed_run_cell
 from sparserobust.models import build_model, model_spec
 from sparserobust.pruning.dns import DNSConfig
+from sparserobust.pruning.hydra import HydraSettings
+from sparserobust.pruning.structured import StructuredSettings
 from sparserobust.pruning.sweep import sparsity_sweep
 from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
 from sparserobust.utils import resolve_device, seed_everything, use_channels_last
@@ -52,6 +54,7 @@ def dense_train_config(config: StudyConfig, seed: int) -> TrainConfig:
         batch_size=spec.batch_size if t.batch_size is None else t.batch_size,
         weight_decay=spec.weight_decay if t.weight_decay is None else t.weight_decay,
         seed=seed,
+        adversarial=t.adversarial,
     )
 
 
@@ -119,8 +122,8 @@ def sweep_checkpoints(
         seed=seed,
         batch_size=dense_cfg.batch_size,
         weight_decay=dense_cfg.weight_decay,
+        adversarial=p.adversarial if p.adversarial is not None else config.train.adversarial,
     )
-    settings = p.method_settings(method)
     return sparsity_sweep(
         copy.deepcopy(dense),
         method,
@@ -134,8 +137,20 @@ def sweep_checkpoints(
         metadata=base_meta(config, data, seed),
         parent="dense.st",
         progress=progress,
-        dns=settings if isinstance(settings, DNSConfig) else None,
+        **method_kwargs(p.method_settings(method)),
     )
+
+
+def method_kwargs(settings: Any) -> dict[str, Any]:
+    """The keyword of :func:`sparsity_sweep` that takes a method's settings object."""
+    for keyword, cls in (
+        ("dns", DNSConfig),
+        ("hydra", HydraSettings),
+        ("structured", StructuredSettings),
+    ):
+        if isinstance(settings, cls):
+            return {keyword: settings}
+    return {}
 
 
 _DATA: dict[tuple[str, str | None], Dataset] = {}

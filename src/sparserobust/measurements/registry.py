@@ -28,6 +28,7 @@ from sparserobust.measurements.bounds import BoundsMeasurement
 from sparserobust.measurements.checks import GradientCheck
 from sparserobust.measurements.clever import CleverMeasurement
 from sparserobust.measurements.masking import MaskingMeasurement
+from sparserobust.measurements.structure import StructureMeasurement
 
 if TYPE_CHECKING:
     from sparserobust.config import EvalSettings
@@ -41,6 +42,7 @@ MEASUREMENTS: dict[str, Measurement] = {
         MaskingMeasurement(),
         ActivationsMeasurement(),
         BoundsMeasurement(),
+        StructureMeasurement(),
     )
 }
 

@@ -1,4 +1,5 @@
-"""Pruning: masks and exact sparsity accounting, magnitude, DNS and random pruning.
+"""Pruning: masks and exact sparsity accounting, magnitude, DNS, random, HYDRA and
+structured (neuron/channel) pruning, and the compact export of a structured model.
 
 Sparsity is the fraction of Linear/Conv weights removed (biases and BatchNorm
 excluded). Masks are ``torch.nn.utils.prune`` custom masks, so a pruned model
@@ -6,6 +7,7 @@ is an ordinary module; :func:`make_permanent` folds them into the weights.
 """
 
 from sparserobust.pruning.dns import DNSConfig, calibrate, dns_prune, straight_through
+from sparserobust.pruning.hydra import HydraSettings, hydra_prune
 from sparserobust.pruning.magnitude import global_magnitude_prune, magnitude_prune
 from sparserobust.pruning.masks import (
     SPARSITY_NOTE,
@@ -21,6 +23,15 @@ from sparserobust.pruning.masks import (
 )
 from sparserobust.pruning.random import random_prune
 from sparserobust.pruning.registry import METHODS, PruningMethod, method_names, pruning_method
+from sparserobust.pruning.structured import (
+    StructuredReport,
+    StructuredSettings,
+    compact,
+    compact_checkpoint,
+    structured_fraction,
+    structured_prune,
+    structured_report,
+)
 from sparserobust.pruning.sweep import (
     checkpoint_name,
     prune_checkpoint,
@@ -33,14 +44,20 @@ __all__ = [
     "METHODS",
     "SPARSITY_NOTE",
     "DNSConfig",
+    "HydraSettings",
     "PruningMethod",
     "SparsityReport",
+    "StructuredReport",
+    "StructuredSettings",
     "apply_masks",
     "calibrate",
     "checkpoint_name",
+    "compact",
+    "compact_checkpoint",
     "dns_prune",
     "get_masks",
     "global_magnitude_prune",
+    "hydra_prune",
     "magnitude_prune",
     "make_permanent",
     "method_names",
@@ -54,6 +71,9 @@ __all__ = [
     "sparsity_report",
     "sparsity_sweep",
     "straight_through",
+    "structured_fraction",
+    "structured_prune",
+    "structured_report",
     "validate_targets",
     "weight_mask",
 ]

@@ -105,11 +105,9 @@ def set_weight_mask(module: nn.Module, mask: torch.Tensor) -> None:
         prune.custom_from_mask(module, "weight", mask)
 
 
-def _pruning_hook(module: nn.Module) -> prune.BasePruningMethod | None:
-    for hook in module._forward_pre_hooks.values():
-        if isinstance(hook, prune.BasePruningMethod) and hook._tensor_name == "weight":
-            return hook
-    return None
+def _pruning_hooks(module: nn.Module) -> list[prune.BasePruningMethod]:
+    """The module's ``torch.nn.utils.prune`` hooks (one per pruned tensor: weight, bias)."""
+    return [h for h in module._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
 
 
 @torch.no_grad()
@@ -120,18 +118,17 @@ def refresh_pruned_weight(module: nn.Module) -> None:
     (after loading a state dict or changing a mask) for code that reads
     ``module.weight`` without a forward pass. It also drops the autograd graph
     a forward pass with gradients leaves in ``module.weight``, which otherwise
-    makes ``copy.deepcopy(model)`` fail.
+    makes ``copy.deepcopy(model)`` fail. A masked bias (structured pruning
+    removes whole units, bias included) is refreshed the same way.
     """
-    hook = _pruning_hook(module)
-    if hook is not None:
-        module.weight = hook.apply_mask(module)
+    for hook in _pruning_hooks(module):
+        setattr(module, hook._tensor_name, hook.apply_mask(module))
 
 
 def refresh_pruned_weights(model: nn.Module) -> None:
     """:func:`refresh_pruned_weight` for every masked layer of ``model``."""
     for _, module in prunable_layers(model):
-        if is_masked(module):
-            refresh_pruned_weight(module)
+        refresh_pruned_weight(module)
 
 
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -166,13 +163,14 @@ def zero_pruned_weights(model: nn.Module) -> None:
 
 def make_permanent(model: nn.Module) -> nn.Module:
     """Remove the ``prune`` reparametrisation: each masked layer gets a plain
-    ``weight`` parameter equal to ``weight_orig * mask`` (pruned entries 0).
+    ``weight`` parameter equal to ``weight_orig * mask`` (pruned entries 0), and
+    a plain ``bias`` likewise where the bias is masked.
 
     Returns ``model`` (changed in place). Sparsity is then counted from zeros.
     """
     for _, module in prunable_layers(model):
-        if is_masked(module):
-            prune.remove(module, "weight")
+        for hook in _pruning_hooks(module):
+            prune.remove(module, hook._tensor_name)
     return model
 
 

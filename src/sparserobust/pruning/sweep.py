@@ -3,7 +3,7 @@
 Python API (works on any ``nn.Module`` with Linear/Conv layers):
 
 - :func:`prune_model` prunes in place to one sparsity (one-shot, or
-  iterative with retraining between steps, or by DNS).
+  iterative with retraining between steps, or by DNS or HYDRA).
 - :func:`sparsity_sweep` produces one pruned model per target, each reached
   from the previous one (Han et al.'s iterative schedule), optionally written
   as checkpoints ``<method>-s<sparsity>.st`` into a folder; a restarted sweep
@@ -15,7 +15,9 @@ Retraining is either a :class:`~sparserobust.training.TrainConfig` plus a
 training :class:`~sparserobust.data.Split`, or a callable
 ``retrain(model, after_step)`` that trains the model in place with your own
 loop or DataLoader and calls ``after_step(step, model)`` (may be None) after
-every optimiser step.
+every optimiser step. A TrainConfig with ``adversarial`` set makes every
+retraining (and DNS's surgery and fine-tuning) adversarial: adversarial
+fine-tuning after any method.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from sparserobust.checkpoint import apply_masks_from_state, read_metadata, save_
 from sparserobust.data import Split
 from sparserobust.errors import CheckpointError, ConfigError
 from sparserobust.pruning.dns import DNSConfig, TrainFn, dns_prune
+from sparserobust.pruning.hydra import HydraSettings, hydra_prune
 from sparserobust.pruning.masks import (
     SPARSITY_NOTE,
     SparsityReport,
@@ -47,7 +50,8 @@ from sparserobust.pruning.masks import (
     sparsity_report,
 )
 from sparserobust.pruning.registry import pruning_method
-from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
+from sparserobust.pruning.structured import StructuredSettings, structured_prune
+from sparserobust.training import AdversarialTraining, TrainConfig, evaluate_accuracy, train_model
 
 log = logging.getLogger(__name__)
 
@@ -136,35 +140,65 @@ def prune_model(
     seed: int = 0,
     dns: DNSConfig | None = None,
     dns_steps: int | None = None,
+    hydra: HydraSettings | None = None,
+    structured: StructuredSettings | None = None,
     progress: bool = False,
 ) -> SparsityReport:
     """Prune ``model`` in place to ``sparsity`` (fraction of Linear/Conv weights
     removed; exact count ``round(s * N)``, per layer for layer-wise methods).
 
-    ``method``: ``magnitude``, ``global-magnitude``, ``random`` or ``dns``.
+    ``method``: ``magnitude``, ``global-magnitude``, ``random``, ``dns``,
+    ``hydra`` or ``structured`` (its ``sparsity`` is the share of neurons /
+    channels removed per layer; ``structured`` gives its norm).
     One-shot methods take ``steps`` pruning steps (kept fraction shrinking
     geometrically from the current one) and retrain after each when
     ``retrain`` is given. ``dns`` needs ``retrain`` (its surgery training; with
     a callable, pass ``dns_steps``, its number of optimiser steps, for the ramp)
     and fine-tunes ``dns.finetune_epochs`` with the final mask when ``retrain``
-    is a TrainConfig. ``seed`` fixes random masks, DNS draws and retraining
+    is a TrainConfig. ``hydra`` keeps ``k = 1 - sparsity`` of every layer and
+    needs ``retrain`` as a TrainConfig (its fine-tuning recipe; ``hydra`` its
+    score stage). ``seed`` fixes random masks, DNS draws and retraining
     order. Returns the exact per-layer and total counts.
     """
     target = check_sparsity(sparsity)
     chosen = pruning_method(method)
     if steps < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
+    if chosen.name == "hydra":
+        return _prune_hydra(model, target, train, retrain, seed, hydra, progress)
     if chosen.one_shot is None:
         return _prune_dns(model, target, train, retrain, seed, dns, dns_steps, progress)
-    current = sparsity_report(model).sparsity
+    one_shot = chosen.one_shot
+    if chosen.name == "structured" and structured is not None:
+        norm = structured.norm
+        one_shot = lambda m, s, _seed: structured_prune(m, s, norm=norm)  # noqa: E731
+    current = chosen.level(model) if chosen.level is not None else sparsity_report(model).sparsity
     kept_now, kept_end = 1.0 - current, 1.0 - target
     for i in range(1, steps + 1):
         level = target if i == steps else 1.0 - kept_now * (kept_end / kept_now) ** (i / steps)
-        chosen.one_shot(model, max(level, 0.0), seed + i)
+        one_shot(model, max(level, 0.0), seed + i)
         fn, _ = _train_fn(retrain, train, seed + i, progress, f"retrain {method} {level:.4f}")
         if fn is not None:
             fn(model, None)
     return sparsity_report(model)
+
+
+def _prune_hydra(
+    model: nn.Module,
+    sparsity: float,
+    train: Split | None,
+    retrain: Retrain | None,
+    seed: int,
+    hydra: HydraSettings | None,
+    progress: bool,
+) -> SparsityReport:
+    if not isinstance(retrain, TrainConfig) or train is None:
+        raise ConfigError(
+            "hydra trains while it prunes: give retrain as a TrainConfig (its fine-tuning "
+            "recipe) and the training split"
+        )
+    config = dataclasses.replace(retrain, seed=retrain.seed + seed)
+    return hydra_prune(model, 1.0 - sparsity, train, config, hydra, progress=progress)
 
 
 def _prune_dns(
@@ -244,6 +278,8 @@ def sparsity_sweep(
     seed: int = 0,
     dns: DNSConfig | None = None,
     dns_steps: int | None = None,
+    hydra: HydraSettings | None = None,
+    structured: StructuredSettings | None = None,
     chain: bool = True,
     out_dir: str | os.PathLike[str] | None = None,
     metadata: Mapping[str, Any] | None = None,
@@ -266,7 +302,8 @@ def sparsity_sweep(
     the last finished level and gives the same files as an uninterrupted one.
 
     ``dns_steps`` is the number of optimiser steps of a callable ``retrain``
-    (DNS's ramp; see :func:`prune_model`).
+    (DNS's ramp; see :func:`prune_model`). ``hydra`` and ``structured`` are
+    those methods' settings (part of the sweep's identity only for them).
 
     Returns one record per level: path (or None), target and measured
     sparsity, exact counts (total and per layer), accuracy on ``test`` (or
@@ -288,6 +325,11 @@ def sparsity_sweep(
         # from a checkpoint retrained in place) is never mistaken for this sweep
         "source_state": state_fingerprint(model),
     }
+    # only for these methods, so the signatures of earlier sweeps stay as they were
+    if method == "hydra":
+        signature["hydra"] = (hydra or HydraSettings()).as_dict()
+    if method == "structured":
+        signature["structured"] = (structured or StructuredSettings()).as_dict()
     names = [checkpoint_name(method, s) for s in levels]
     paths: list[Path] = [out / n for n in names] if out is not None else []
     done = 0
@@ -323,6 +365,8 @@ def sparsity_sweep(
             seed=seed,
             dns=dns,
             dns_steps=dns_steps,
+            hydra=hydra,
+            structured=structured,
             evaluate=evaluate,
         )
         level_meta.update(
@@ -371,6 +415,8 @@ def _prune_level(
     seed: int,
     dns: DNSConfig | None,
     dns_steps: int | None,
+    hydra: HydraSettings | None,
+    structured: StructuredSettings | None,
     evaluate: Callable[[nn.Module], float] | None,
 ) -> dict[str, Any]:
     """Prune one level (seeded by ``seed`` and the level index); its metadata."""
@@ -384,6 +430,8 @@ def _prune_level(
         seed=seed + 1000 * (index + 1),
         dns=dns,
         dns_steps=dns_steps,
+        hydra=hydra,
+        structured=structured,
     )
     accuracy: float | None = None
     if test is not None:
@@ -433,6 +481,9 @@ def prune_checkpoint(
     steps_per_level: int = 1,
     seed: int = 0,
     dns: DNSConfig | None = None,
+    hydra: HydraSettings | None = None,
+    structured: StructuredSettings | None = None,
+    adversarial: AdversarialTraining | None = None,
     chain: bool = True,
     device: str = "auto",
     progress: bool = True,
@@ -441,7 +492,8 @@ def prune_checkpoint(
     into ``out_dir`` (see :func:`sparsity_sweep`), retraining ``retrain_epochs``
     per level on the checkpoint's dataset (SGD momentum 0.9, cosine from
     ``lr``; batch size and weight decay default to the model's recipe) and
-    recording test accuracy. For ``dns`` the epochs are its surgery training.
+    recording test accuracy. For ``dns`` the epochs are its surgery training,
+    for ``hydra`` its fine-tuning. ``adversarial`` makes retraining adversarial.
     ``lr`` defaults to the model's training lr (on LeNet-300-100/MNIST, 0.05
     beat 0.01 for every method: global magnitude at 98% 98.1% vs 97.2%, DNS at
     98% 98.2% vs 97.8%)."""
@@ -454,8 +506,8 @@ def prune_checkpoint(
     levels = validate_targets(targets)
     if retrain_epochs < 0:
         raise ConfigError(f"--retrain-epochs must be >= 0, got {retrain_epochs}")
-    if method == "dns" and retrain_epochs == 0:
-        raise ConfigError("dns prunes while it trains: use --retrain-epochs 1 or more")
+    if method in ("dns", "hydra") and retrain_epochs == 0:
+        raise ConfigError(f"{method} prunes while it trains: use --retrain-epochs 1 or more")
     model, meta = load_checkpoint(checkpoint, device=resolve_device(device))
     spec = model_spec(meta["model"])
     if lr is None:
@@ -466,6 +518,7 @@ def prune_checkpoint(
         batch_size=batch_size or spec.batch_size,
         weight_decay=spec.weight_decay if weight_decay is None else weight_decay,
         seed=seed,
+        adversarial=adversarial,
     )
     data = load_dataset(meta["dataset"], data_dir)
     torch.manual_seed(seed)
@@ -479,6 +532,8 @@ def prune_checkpoint(
         steps_per_level=steps_per_level,
         seed=seed,
         dns=dns,
+        hydra=hydra,
+        structured=structured,
         chain=chain,
         out_dir=out_dir,
         metadata=meta,
