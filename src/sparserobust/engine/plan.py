@@ -59,6 +59,10 @@ class Task:
         return (KIND_ORDER[self.kind], self.seed, index)
 
 
+def _const(args: tuple[Any, ...]) -> Callable[[], tuple[Any, ...]]:
+    return lambda: args
+
+
 def measure_task_id(key: str, cell: Cell) -> str:
     return f"measure:{key}:{cell.key}:{params_hash(cell.params)}"
 
@@ -107,8 +111,7 @@ def plan(config: StudyConfig, store: ResultStore, resources: Resources | None = 
         if store.get_model(dense_key) is None:
             dense_id = f"dense:s{seed}"
             dense_deps = (dense_id,)
-            tasks.append(Task(dense_id, "dense", seed, task_dense, lambda s=seed: (s,), seed))
-            tasks[-1].resources = res
+            tasks.append(Task(dense_id, "dense", seed, task_dense, _const((seed,)), seed, (), res))
         measures(seed, dense_key, dense_deps)
         for method in config.pruning.methods:
             keys = [model_key(seed, method, t) for t in targets]
@@ -121,7 +124,7 @@ def plan(config: StudyConfig, store: ResultStore, resources: Resources | None = 
                         "sweep",
                         seed,
                         task_sweep,
-                        lambda s=seed, m=method: (s, m),  # type: ignore[misc]
+                        _const((seed, method)),
                         (seed, method),
                         dense_deps,
                         res,
