@@ -1,14 +1,17 @@
-"""Attack registry: a name (fgsm, pgd, square, deepfool, cw, ddn, min-l2) -> a configured attack."""
+"""Attack registry: a name (fgsm, pgd, square, apgd, autoattack, deepfool, ...) -> an attack."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+from sparserobust.attacks.apgd import APGD, APGDTargeted
+from sparserobust.attacks.autoattack import AutoAttack
 from sparserobust.attacks.base import INF, Attack, norm_name, parse_norm
 from sparserobust.attacks.cw import CarliniWagnerL2
 from sparserobust.attacks.ddn import DDN
 from sparserobust.attacks.deepfool import DeepFool
+from sparserobust.attacks.fab import FAB, FABTargeted
 from sparserobust.attacks.fgsm import FGSM
 from sparserobust.attacks.minl2 import MinL2
 from sparserobust.attacks.pgd import PGD
@@ -19,6 +22,11 @@ _REGISTRY: dict[str, tuple[Callable[..., Attack], tuple[float, ...]]] = {
     "fgsm": (FGSM, (INF,)),
     "pgd": (PGD, (INF, 2.0)),
     "square": (Square, (INF, 2.0)),
+    "apgd": (APGD, (INF, 2.0)),
+    "apgd-t": (APGDTargeted, (INF, 2.0)),
+    "fab-t": (FABTargeted, (INF, 2.0)),
+    "autoattack": (AutoAttack, (INF, 2.0)),
+    "fab": (FAB, (INF, 2.0)),
     "deepfool": (DeepFool, (2.0, INF)),
     "cw": (CarliniWagnerL2, (2.0,)),
     "ddn": (DDN, (2.0,)),
@@ -38,7 +46,8 @@ def attack_norms(name: str) -> tuple[float, ...]:
 
 def _lookup(name: str) -> tuple[Callable[..., Attack], tuple[float, ...]]:
     key = name.strip().lower().replace("_", "-")
-    key = {"minl2": "min-l2", "carlini-wagner": "cw", "c&w": "cw"}.get(key, key)
+    aliases = {"minl2": "min-l2", "carlini-wagner": "cw", "c&w": "cw", "apgd-ce": "apgd"}
+    key = aliases.get(key, key)
     if key not in _REGISTRY:
         raise AttackError(f"unknown attack {name!r}: choose one of {', '.join(_REGISTRY)}")
     return _REGISTRY[key]
