@@ -66,6 +66,10 @@ def test_apgd_matches_official_and_beats_pgd(digits, digits_lenet300, norm: floa
     # 364 images: one image is 0.27 points
     assert abs(ours_ce - off_ce) <= 0.01
     assert abs(ours_t - off_t) <= 0.01
+    # one target only: it must be the runner-up class, as in the official code
+    one = APGDTargeted(norm=norm, n_target_classes=1).run(model, x, y, epsilons=[eps], seed=0)
+    off_one = _robust(model, APGDAttack_targeted(model, n_target_classes=1, **kw).perturb(x, y), y)
+    assert abs(robust_accuracy(one)[eps] - off_one) <= 0.01
     pgd = PGD(norm=norm, steps=100).run(model, x, y, epsilons=[eps], seed=0)
     assert ours_ce <= robust_accuracy(pgd)[eps]
 
