@@ -9,6 +9,8 @@ Typical use::
     summary = summarize(result)            # plain JSON-able dict
 """
 
+from sparserobust.attacks.apgd import APGD, APGDTargeted
+from sparserobust.attacks.autoattack import AutoAttack
 from sparserobust.attacks.base import (
     Attack,
     AttackResult,
@@ -22,6 +24,7 @@ from sparserobust.attacks.base import (
 from sparserobust.attacks.cw import CarliniWagnerL2
 from sparserobust.attacks.ddn import DDN
 from sparserobust.attacks.deepfool import DeepFool
+from sparserobust.attacks.fab import FAB, FABTargeted
 from sparserobust.attacks.fgsm import FGSM
 from sparserobust.attacks.minl2 import MinL2
 from sparserobust.attacks.pgd import PGD
@@ -35,13 +38,18 @@ from sparserobust.attacks.registry import (
 from sparserobust.attacks.square import Square
 
 __all__ = [
+    "APGD",
     "DDN",
+    "FAB",
     "FGSM",
     "PGD",
+    "APGDTargeted",
     "Attack",
     "AttackResult",
+    "AutoAttack",
     "CarliniWagnerL2",
     "DeepFool",
+    "FABTargeted",
     "FixedEpsilonAttack",
     "MinimizationAttack",
     "MinL2",

@@ -114,6 +114,8 @@ class AttackResult:
       pixel space for the attack's norm ``p``; ``inf`` where the attack failed.
     * ``epsilons``: the epsilon list (ascending) for fixed-epsilon attacks, else None.
     * ``seconds``: wall-clock time of the run.
+    * ``details``: attack-specific per-sample extras, JSON-able (e.g. AutoAttack's
+      ``broken_by``: which sub-attack broke each point); empty for most attacks.
     """
 
     attack: str
@@ -128,6 +130,7 @@ class AttackResult:
     target: torch.Tensor | None = None
     seconds: float = 0.0
     params: dict[str, object] = field(default_factory=dict)
+    details: dict[str, object] = field(default_factory=dict)
 
     @property
     def targeted(self) -> bool:

@@ -22,10 +22,13 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+from sparserobust.attacks.apgd import APGD, APGDTargeted
+from sparserobust.attacks.autoattack import AutoAttack
 from sparserobust.attacks.base import INF, Attack, norm_name, parse_norm
 from sparserobust.attacks.cw import CarliniWagnerL2
 from sparserobust.attacks.ddn import DDN
 from sparserobust.attacks.deepfool import DeepFool
+from sparserobust.attacks.fab import FAB, FABTargeted
 from sparserobust.attacks.fgsm import FGSM
 from sparserobust.attacks.minl2 import MinL2
 from sparserobust.attacks.pgd import PGD
@@ -36,6 +39,11 @@ _REGISTRY: dict[str, tuple[type[Attack], tuple[float, ...]]] = {
     "fgsm": (FGSM, (INF,)),
     "pgd": (PGD, (INF, 2.0)),
     "square": (Square, (INF, 2.0)),
+    "apgd": (APGD, (INF, 2.0)),
+    "apgd-t": (APGDTargeted, (INF, 2.0)),
+    "fab-t": (FABTargeted, (INF, 2.0)),
+    "autoattack": (AutoAttack, (INF, 2.0)),
+    "fab": (FAB, (INF, 2.0)),
     "deepfool": (DeepFool, (2.0, INF)),
     "cw": (CarliniWagnerL2, (2.0,)),
     "ddn": (DDN, (2.0,)),
@@ -43,7 +51,7 @@ _REGISTRY: dict[str, tuple[type[Attack], tuple[float, ...]]] = {
 }
 """name -> (attack class, supported norms; the first is the default)."""
 
-_ALIASES = {"minl2": "min-l2", "carlini-wagner": "cw", "c&w": "cw"}
+_ALIASES = {"minl2": "min-l2", "carlini-wagner": "cw", "c&w": "cw", "apgd-ce": "apgd"}
 _PLAIN = (int, float, bool, str)
 
 

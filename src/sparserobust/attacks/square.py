@@ -32,11 +32,12 @@ _STOP_MARGIN = 2 * SAFETY_MARGIN
 (twice the margin the driver demands, so that batch-dependent rounding cannot undo it)."""
 
 
-def p_schedule(p_init: float, it: int, steps: int) -> float:
+def p_schedule(p_init: float, it: int, steps: int, rescale: bool = True) -> float:
     """The paper's piecewise-constant share of pixels changed at iteration ``it``:
     ``p_init`` halved at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and
-    8000 of 10000, with the schedule rescaled to ``steps`` iterations."""
-    t = int(it / steps * 10000)
+    8000 of 10000, with the schedule rescaled to ``steps`` iterations when
+    ``rescale`` (else applied to the raw iteration count, as AutoAttack does)."""
+    t = int(it / steps * 10000) if rescale else it
     return p_init / 2 ** sum(t > b for b in _SCHEDULE_BOUNDS)
 
 
@@ -137,9 +138,11 @@ class Square(FixedEpsilonAttack):
     other logit; targeted: best other logit minus target logit). The share
     ``p`` follows the paper's schedule, starting at ``p_init`` (0.8, the
     paper's MNIST l_inf setting) and halving at iterations 10, 50, 200, ...,
-    8000 of 10000, rescaled to ``steps``. Points leave the batch once clearly
-    adversarial, so only the still-robust points are queried. ``restarts``
-    re-runs the attack from a fresh random start on the points not yet broken.
+    8000 of 10000, rescaled to ``steps`` (``rescale_schedule=False``: at those
+    raw iteration counts, AutoAttack's setting for its 5000 queries). Points
+    leave the batch once clearly adversarial, so only the still-robust points
+    are queried. ``restarts`` re-runs the attack from a fresh random start on
+    the points not yet broken.
     No gradients are computed; all randomness comes from the run's seed.
     See the module docstring for non-image inputs.
     """
@@ -153,11 +156,13 @@ class Square(FixedEpsilonAttack):
         p_init: float | None = None,
         restarts: int = 1,
         batch_size: int = 1000,
+        rescale_schedule: bool = True,
     ) -> None:
         super().__init__(batch_size)
         self.norm = parse_norm(norm)
         self.steps = int(steps)
         self.p_init = float(p_init if p_init is not None else 0.8)
+        self.rescale_schedule = bool(rescale_schedule)
         self.restarts = int(restarts)
         if self.steps < 1 or self.restarts < 1:
             raise AttackError(f"Square needs steps >= 1 and restarts >= 1, got {steps}, {restarts}")
@@ -212,7 +217,7 @@ class Square(FixedEpsilonAttack):
             idx = (loss >= -_STOP_MARGIN).nonzero().flatten()
             if idx.numel() == 0:
                 break
-            p = p_schedule(self.p_init, it, self.steps)
+            p = p_schedule(self.p_init, it, self.steps, self.rescale_schedule)
             everyone = idx.numel() == loss.numel()
             xi, bi = (img, best) if everyone else (img[idx], best[idx])
             if linf:

@@ -1,0 +1,216 @@
+"""AutoAttack, standard version (Croce & Hein 2020): APGD-CE, APGD-T, FAB-T, Square.
+
+A point counts as robust only if none of the four attacks breaks it. Each attack
+runs on the points the earlier ones left robust, with the standard version's
+budgets (l_inf and l2 alike):
+
+* APGD-CE: 100 steps, 1 restart (:class:`~sparserobust.attacks.apgd.APGD`);
+* APGD-T: targeted DLR against the 9 highest-ranked other classes, 100 steps each
+  (:class:`~sparserobust.attacks.apgd.APGDTargeted`);
+* FAB-T: targeted FAB against the same 9 classes, 100 steps each
+  (:class:`~sparserobust.attacks.fab.FABTargeted`);
+* Square: 5000 queries, ``p_init = 0.8`` with the un-rescaled schedule
+  (:class:`~sparserobust.attacks.square.Square`).
+
+The result's ``details["broken_by"]`` says, per epsilon and sample, which attack
+broke the point first (``"misclassified"`` for clean errors, ``"robust"`` where
+none did), and ``details["seconds_by_attack"]`` the time each attack took.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from sparserobust.attacks.apgd import APGD, APGDTargeted
+from sparserobust.attacks.base import (
+    INF,
+    AttackResult,
+    FixedEpsilonAttack,
+    clearly_adversarial,
+    parse_norm,
+    project,
+)
+from sparserobust.attacks.fab import FABTargeted
+from sparserobust.attacks.square import Square
+from sparserobust.errors import AttackError
+
+log = logging.getLogger(__name__)
+
+STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
+"""The standard version's attacks, in the order they run."""
+
+ROBUST = "robust"
+MISCLASSIFIED = "misclassified"
+
+
+class AutoAttack(FixedEpsilonAttack):
+    """AutoAttack's standard evaluation at fixed l_inf or l2 radii eps ([0,1] pixel units).
+
+    Runs the attacks named in ``attacks`` (default, and the standard version:
+    ``"apgd-ce,apgd-t,fab-t,square"``) in that order, each on the points still
+    robust, and keeps the first adversarial found per point (the pointwise
+    worst case). ``steps`` (100) is the iteration budget of APGD and FAB per
+    run, ``n_target_classes`` (9) the number of targets of APGD-T and FAB-T,
+    ``square_queries`` (5000) Square's budget. Untargeted only: passing
+    ``target`` to :meth:`run` raises :class:`AttackError`.
+    """
+
+    name = "autoattack"
+
+    def __init__(
+        self,
+        norm: float | str = INF,
+        attacks: str | Sequence[str] = STANDARD,
+        steps: int = 100,
+        n_target_classes: int = 9,
+        square_queries: int = 5000,
+        batch_size: int = 1000,
+    ) -> None:
+        super().__init__(batch_size)
+        self.norm = parse_norm(norm)
+        names = attacks.split(",") if isinstance(attacks, str) else list(attacks)
+        names = [n.strip().lower() for n in names if n.strip()]
+        unknown = [n for n in names if n not in STANDARD]
+        if unknown or not names or len(set(names)) != len(names):
+            raise AttackError(
+                f"autoattack attacks must be distinct names from {', '.join(STANDARD)}, "
+                f"got {attacks!r}"
+            )
+        self.attacks = ",".join(names)
+        self.steps = int(steps)
+        self.n_target_classes = int(n_target_classes)
+        self.square_queries = int(square_queries)
+        if self.steps < 1 or self.n_target_classes < 1 or self.square_queries < 1:
+            raise AttackError(
+                "autoattack needs steps, n_target_classes and square_queries >= 1, got "
+                f"{steps}, {n_target_classes}, {square_queries}"
+            )
+        bs = self.batch_size
+        build = {
+            "apgd-ce": lambda: APGD(self.norm, self.steps, "ce", batch_size=bs),
+            "apgd-t": lambda: APGDTargeted(
+                self.norm, self.steps, self.n_target_classes, batch_size=bs
+            ),
+            "fab-t": lambda: FABTargeted(
+                self.norm, self.steps, self.n_target_classes, batch_size=bs
+            ),
+            "square": lambda: Square(
+                self.norm, self.square_queries, 0.8, batch_size=bs, rescale_schedule=False
+            ),
+        }
+        self._attacks: list[tuple[str, FixedEpsilonAttack]] = [(n, build[n]()) for n in names]
+        self._log: list[tuple[torch.Tensor, torch.Tensor, float, list[str]]] = []
+        self._seconds: dict[str, float] = {}
+
+    def run(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        epsilons: Sequence[float] | float | None = None,
+        target: torch.Tensor | None = None,
+        seed: int = 0,
+        num_classes: int | None = None,
+    ) -> AttackResult:
+        """:meth:`Attack.run`, plus ``details["broken_by"]`` (``E`` lists of ``N``
+        names) and ``details["seconds_by_attack"]``."""
+        if target is not None:
+            raise AttackError("autoattack is untargeted: run it without target")
+        self._log, self._seconds = [], {n: 0.0 for n, _ in self._attacks}
+        try:
+            result = super().run(model, x, y, epsilons=epsilons, seed=seed, num_classes=num_classes)
+            result.details = {
+                "broken_by": self._broken_by(result),
+                "seconds_by_attack": {k: round(v, 3) for k, v in self._seconds.items()},
+            }
+        finally:
+            self._log = []
+        return result
+
+    def _broken_by(self, result: AttackResult) -> list[list[str]]:
+        """Per epsilon (ascending) and sample, the name of the attack that broke it.
+
+        The driver hands :meth:`attack_batch` slices of the inputs without their
+        indices, so the logged batches are matched back to samples by content
+        (the bytes of the input row and its label)."""
+        assert result.epsilons is not None
+        xs = result.x.detach().to(torch.float32).flatten(1).cpu()
+        ys = result.y.cpu()
+        where: dict[tuple[bytes, int], list[int]] = {}
+        for i in range(xs.shape[0]):
+            where.setdefault((xs[i].numpy().tobytes(), int(ys[i])), []).append(i)
+        n = xs.shape[0]
+        rows: list[list[str]] = []
+        current = [ROBUST] * n
+        for e in result.epsilons:
+            current = list(current)
+            for xb, yb, eps, codes in self._log:
+                if eps != e:
+                    continue
+                flat, labs = xb.flatten(1).cpu(), yb.cpu()
+                for j, code in enumerate(codes):
+                    if code == ROBUST:
+                        continue
+                    for i in where.get((flat[j].numpy().tobytes(), int(labs[j])), []):
+                        current[i] = code
+            rows.append(current)
+        success = result.success.cpu()
+        clean = result.clean_correct.cpu()
+        out: list[list[str]] = []
+        for e, row in enumerate(rows):
+            out.append(
+                [
+                    MISCLASSIFIED
+                    if not bool(clean[i])
+                    else row[i]
+                    if bool(success[e, i])
+                    else ROBUST
+                    for i in range(n)
+                ]
+            )
+        return out
+
+    def attack_batch(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        targeted: bool,
+        gen: torch.Generator,
+        epsilon: float,
+    ) -> torch.Tensor:
+        if targeted:
+            raise AttackError("autoattack is untargeted: run it without target")
+        out = x.clone()
+        codes = [ROBUST] * x.shape[0]
+        todo = torch.arange(x.shape[0], device=x.device)
+        for name, attack in self._attacks:
+            if todo.numel() == 0:
+                break
+            start = time.perf_counter()
+            adv = attack.attack_batch(model, x[todo], labels[todo], False, gen, epsilon)
+            adv = project(x[todo], adv.detach(), self.norm, epsilon)
+            with torch.no_grad():
+                ok = clearly_adversarial(model(adv), labels[todo], False)
+            out[todo[ok]] = adv[ok]
+            for i in todo[ok].tolist():
+                codes[i] = name
+            todo = todo[~ok]
+            seconds = time.perf_counter() - start
+            self._seconds[name] = self._seconds.get(name, 0.0) + seconds
+            log.info(
+                "autoattack eps %g: %s broke %d points in %.2fs, %d left",
+                epsilon,
+                name,
+                int(ok.sum()),
+                seconds,
+                todo.numel(),
+            )
+        self._log.append((x, labels, float(epsilon), codes))
+        return out
