@@ -145,36 +145,49 @@ def diagnostics(data: StudyData) -> bytes | None:
     return _png(fig)
 
 
-def tradeoff(points: Sequence[tuple[str, float, float, float, bool]], label: str) -> bytes:
+def tradeoff(
+    points: Sequence[tuple[str, float, float, float, bool]], label: str, zoom: float = 0.05
+) -> bytes:
     """Clean accuracy (x) against robust accuracy ``label`` (y), one point per model kind
-    labelled with its sparsity; the Pareto front is ringed and joined."""
+    labelled with its sparsity; the Pareto front is ringed and joined. When some models
+    lose more than ``zoom`` clean accuracy, a second panel shows only those within it."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=90)
+    top = max((p[2] for p in points if math.isfinite(p[2])), default=1.0)
+    near = [p for p in points if p[2] >= top - zoom]
+    panels = [points, near] if 1 < len(near) < len(points) else [points]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.2 * len(panels), 4.0), dpi=90, squeeze=False
+    )
     methods = sorted({p[0] for p in points} - {"dense"})
-    for i, method in enumerate(["dense", *methods]):
-        pts = [p for p in points if p[0] == method]
-        color = "black" if method == "dense" else f"C{i - 1}"
-        ax.scatter([p[2] for p in pts], [p[3] for p in pts], s=18, color=color, label=method)
-        for p in pts:
-            ax.annotate(
-                pct(p[1]), (p[2], p[3]), fontsize=6, xytext=(3, 2), textcoords="offset points"
+    for k, (ax, shown) in enumerate(zip(axes[0], panels, strict=True)):
+        for i, method in enumerate(["dense", *methods]):
+            pts = [p for p in shown if p[0] == method]
+            color = "black" if method == "dense" else f"C{i - 1}"
+            ax.scatter([p[2] for p in pts], [p[3] for p in pts], s=18, color=color, label=method)
+            for p in pts:
+                ax.annotate(
+                    pct(p[1]), (p[2], p[3]), fontsize=6, xytext=(3, 2), textcoords="offset points"
+                )
+        front = sorted((p for p in shown if p[4]), key=lambda p: p[2])
+        if front:
+            ax.plot([p[2] for p in front], [p[3] for p in front], color="grey", lw=1, zorder=0)
+            ax.scatter(
+                [p[2] for p in front],
+                [p[3] for p in front],
+                s=90,
+                facecolors="none",
+                edgecolors="red",
+                label="Pareto front",
             )
-    front = sorted((p for p in points if p[4]), key=lambda p: p[2])
-    if front:
-        ax.plot([p[2] for p in front], [p[3] for p in front], color="grey", lw=1, zorder=0)
-        ax.scatter(
-            [p[2] for p in front],
-            [p[3] for p in front],
-            s=90,
-            facecolors="none",
-            edgecolors="red",
-            label="Pareto front",
+        ax.set_xlabel("clean accuracy")
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.set_title(
+            "all models" if k == 0 else f"zoom: within {zoom:g} of the best clean accuracy",
+            fontsize=9,
         )
-    ax.set_xlabel("clean accuracy")
-    ax.set_ylabel(label)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(f"trade-off: clean accuracy vs {label}", fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"trade-off: clean accuracy vs {label}", fontsize=9)
     fig.tight_layout()
     return _png(fig)
 

@@ -63,8 +63,10 @@ log = logging.getLogger(__name__)
 def collect(store: ResultStore) -> tuple[dict[str, dict[str, dict[float, Cell]]], list[str]]:
     """``table[metric][method][target_sparsity] -> Cell`` with clean accuracy included,
     and the sorted list of metric labels (the stored records' labels). Dense models
-    (sparsity 0) appear under every method so each curve starts at the dense model."""
-    data = gather(store)
+    (sparsity 0) appear under every method so each curve starts at the dense model.
+    Intervals are Student-t over seeds, as in version 0.1 (the report's own cells, with
+    bootstrap intervals for few seeds, come from :func:`sparserobust.verdict.gather`)."""
+    data = gather(store, bootstrap=False)
     return data.table, data.metrics
 
 

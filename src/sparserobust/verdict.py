@@ -148,12 +148,17 @@ def _distances(numbers: dict[str, Any]) -> np.ndarray | None:
     return np.array([math.inf if d in ("inf", None) else float(d) for d in raw], dtype=float)
 
 
-def gather(store: ResultStore, name: str = "") -> StudyData:
+def gather(store: ResultStore, name: str = "", bootstrap: bool = True) -> StudyData:
     """Read every model and result of ``store`` into cells. Dense models (sparsity 0)
-    appear under every method, so each curve starts at the dense model."""
+    appear under every method, so each curve starts at the dense model.
+
+    ``bootstrap=False`` keeps version 0.1's cells (Student-t over any 2+ seeds, no
+    clipping), which ``scripts/reproduction_tables.py`` reads through ``collect``;
+    ``store`` then needs only ``models()`` and ``results()``."""
     import json
 
-    config = json.loads(store.get_meta("config") or "{}")
+    get_meta = getattr(store, "get_meta", None)
+    config = json.loads((get_meta("config") if get_meta else None) or "{}")
     n_test = TEST_IMAGES.get(str(config.get("dataset")))
     n_eval = (config.get("eval") or {}).get("n")
     entries: dict[Key, dict[int, tuple[float, float, np.ndarray | None]]] = defaultdict(dict)
@@ -194,7 +199,7 @@ def gather(store: ResultStore, name: str = "") -> StudyData:
     for key, seeds in sorted(entries.items()):
         label, method, target = key
         data.table.setdefault(label, {}).setdefault(method, {})[target] = _cell(
-            data, key, seeds, clip=data.is_accuracy(label)
+            data, key, seeds, clip=bootstrap and data.is_accuracy(label), bootstrap=bootstrap
         )
         data.seed_values[key] = {s: v[0] for s, v in seeds.items()}
     data.metrics = sorted(k for k in data.table if k != CLEAN)
@@ -206,12 +211,13 @@ def _cell(
     key: Key,
     seeds: dict[int, tuple[float, float, np.ndarray | None]],
     clip: bool,
+    bootstrap: bool = True,
 ) -> Cell:
     values = tuple(v[0] for _, v in sorted(seeds.items()))
     finite = [v for v in values if math.isfinite(v)]
     sparsity = sum(v[1] for v in seeds.values()) / len(seeds)
     reps = [v[2] for v in seeds.values()]
-    if len(finite) >= 3:
+    if len(finite) >= 3 or (not bootstrap and finite):
         mean, low, high = interval(finite)
         kind = "t"
     elif finite and all(r is not None for r in reps):
