@@ -218,3 +218,91 @@ def test_report_in_a_real_browser(two_runs: tuple[Path, Path], tmp_path: Path) -
     assert "best sparsity" in first
     assert errors == []
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def _fake_store(dists: dict[float, list[float]], clean: dict[float, float]):  # type: ignore[no-untyped-def]
+    """A store-like object: one seed of method ``m`` with a DDN l2 result per sparsity."""
+    import json
+    from types import SimpleNamespace
+
+    models = [
+        SimpleNamespace(
+            model_key=f"s0/m/{t}",
+            seed=0,
+            method="dense" if t == 0 else "m",
+            target_sparsity=t,
+            sparsity=t,
+            accuracy=clean[t],
+        )
+        for t in sorted(clean)
+    ]
+    results = []
+    for t, d in dists.items():
+        arr = np.array(d)
+        rec = Record(
+            "ddn_l2 robust_acc@1", float((arr > 1.0).mean()), "robust_accuracy", "ddn", "2", 1.0
+        )
+        results.append(
+            {
+                "model_key": f"s0/m/{t}",
+                "seed": 0,
+                "method": "dense" if t == 0 else "m",
+                "target_sparsity": t,
+                "sparsity": t,
+                "measurement": "attack:ddn:l2",
+                "numbers": {
+                    "records": [rec.to_dict()],
+                    "flags": [],
+                    "summary": {"n": len(d)},
+                    "distances": ["inf" if math.isinf(x) else x for x in d],
+                },
+            }
+        )
+    meta = {"config": json.dumps({"name": "fake", "dataset": "digits"})}
+    return SimpleNamespace(models=lambda: models, results=lambda: results, get_meta=meta.get)
+
+
+def test_verdict_from_a_constructed_store_pairs_images() -> None:
+    from sparserobust.verdict import gather
+
+    dense = [0.0] * 20 + [0.8] * 90 + [1.5] * 90
+    half = [0.0] * 20 + [0.8] * 60 + [1.5] * 120  # 30 points harder to break
+    ninety = [0.0] * 40 + [math.inf] * 160  # very robust, but 10 points less accurate
+    store = _fake_store({0.0: dense, 0.5: half, 0.9: ninety}, {0.0: 0.9, 0.5: 0.9, 0.9: 0.8})
+    data = gather(store)
+    label = "ddn_l2 robust_acc@1"
+    assert headlines(data) == {"2": label}
+    (row,) = verdict_rows(data, label, max_drop=0.01)
+    assert row.best == 0.5 and row.cell is not None and row.cell.mean == pytest.approx(0.6)
+    d, low, high = row.change
+    assert d == pytest.approx(0.15) and 0.05 < low < d < high < 0.25
+    # paired over the same images: narrower than two independent binomials (~0.19 wide)
+    assert high - low < 0.14
+    assert row.verdict == "better than dense" and row.below_from is None
+    # the clean accuracy's bootstrap is the binomial over the 364 digits test images
+    cell = data.table[CLEAN]["m"][0.5]
+    assert cell.kind == "bootstrap" and 0.86 < cell.low < 0.9 < cell.high < 0.94
+
+
+def test_overview_has_a_panel_for_exact_values() -> None:
+    from sparserobust.figures import overview
+
+    def width(png: bytes) -> int:
+        return int.from_bytes(png[16:20], "big")
+
+    clean = {0.0: [0.98] * 3, 0.5: [0.98] * 3}
+    rob = {0.0: [0.2, 0.4, 0.3], 0.5: [0.35, 0.25, 0.33]}
+    data = _study(rob, clean)
+    three = overview([(data, {"inf": "rob"})])
+    data.table["certified_accuracy@0.1"] = data.table["rob"]
+    data.metrics.append("certified_accuracy@0.1")
+    data.info["certified_accuracy@0.1"] = Record("c", 0.0, "certified_accuracy", "ibp", "inf", 0.1)
+    four = overview([(data, {"inf": "rob"})])
+    assert three is not None and four is not None and width(four) > width(three) * 1.2
+
+
+def test_headline_setting_is_validated() -> None:
+    with pytest.raises(ConfigError, match="report.headline_l2"):
+        config_from_dict({**SMALL, "report": {"headline_l2": " "}})
+    cfg = config_from_dict({**SMALL, "report": {"headline_linf": "fgsm_linf robust_acc@0.2"}})
+    assert cfg.config_hash() == config_from_dict(SMALL).config_hash()

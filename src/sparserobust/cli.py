@@ -315,7 +315,7 @@ def run(
     "--max-accuracy-drop",
     type=float,
     default=None,
-    help="Clean-accuracy budget of the sweet spot (default: the config's).",
+    help="Clean-accuracy budget of the best sparsity (default: the config's).",
 )
 def report(run_dir: str, max_accuracy_drop: float | None) -> None:
     """(Re)write the markdown/HTML report of RUN_DIR."""
