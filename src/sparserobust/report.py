@@ -179,8 +179,10 @@ def verdict_section(
         if not labels:
             continue
         lines += [f"### {NORMS[norm]}: {' / '.join(labels)}", ""]
+        mixed = len(labels) > 1  # runs with different headlines: name each row's
         header = [
             *(["run"] if several else []),
+            *(["headline"] if mixed else []),
             "method",
             "best sparsity (clean acc.)",
             "value [95%]",
@@ -207,6 +209,7 @@ def verdict_section(
                 rows.append(
                     [
                         *([data.name] if several else []),
+                        *([v.label] if mixed else []),
                         v.method,
                         best,
                         value,
