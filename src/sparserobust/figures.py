@@ -84,15 +84,18 @@ def overview(
         roles.append((f"{NORMS['inf']} headline", "inf"))
     if any("2" in h for _, h in runs):
         roles.append((f"{NORMS['2']} headline", "2"))
-    for label in sorted({m for d, _ in runs for m in exact_metrics(d)}):
-        roles.append((label, f"exact:{label}"))
+    for exact in sorted({m for d, _ in runs for m in exact_metrics(d)}):
+        roles.append((exact, f"exact:{exact}"))
     if not any(CLEAN in d.table for d, _ in runs):
         return None
     plt = _pyplot()
     cols = min(len(roles), 4)
-    fig, axes = plt.subplots(1, cols, figsize=(3.3 * cols, 3.2), dpi=90, squeeze=False)
+    rows = math.ceil(len(roles) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.2 * rows), dpi=90, squeeze=False)
+    for ax in list(axes.flat)[len(roles) :]:
+        ax.set_visible(False)
     methods = sorted({m for d, _ in runs for m in d.table.get(CLEAN, {})})
-    for ax, (title, role) in zip(axes[0], roles, strict=False):
+    for ax, (title, role) in zip(axes.flat, roles, strict=False):
         shown: set[str] = set()
         for r, (data, heads) in enumerate(runs):
             if role == "clean":
