@@ -315,7 +315,7 @@ def run(
     "--max-accuracy-drop",
     type=float,
     default=None,
-    help="Clean-accuracy budget of the sweet spot (default: the config's).",
+    help="Clean-accuracy budget of the best sparsity (default: the config's).",
 )
 def report(run_dir: str, max_accuracy_drop: float | None) -> None:
     """(Re)write the markdown/HTML report of RUN_DIR."""
@@ -325,6 +325,33 @@ def report(run_dir: str, max_accuracy_drop: float | None) -> None:
         raise ConfigError(f"--max-accuracy-drop must be in [0,1], got {max_accuracy_drop}")
     path = write_report(run_dir, max_accuracy_drop)
     click.echo(f"report: {path} (and {path.with_suffix('.html')})")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option(
+    "--out",
+    "out_dir",
+    default="compare",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for compare.md, compare.html and overview.png.",
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=float,
+    default=None,
+    help="Clean-accuracy budget of the best sparsity (default: the runs' largest).",
+)
+def compare(run_dirs: tuple[str, ...], out_dir: str, max_accuracy_drop: float | None) -> None:
+    """Put two or more run directories side by side: verdict tables and the overview
+    figure, one colour per run."""
+    from sparserobust.report import write_comparison
+
+    if max_accuracy_drop is not None and not 0 <= max_accuracy_drop <= 1:
+        raise ConfigError(f"--max-accuracy-drop must be in [0,1], got {max_accuracy_drop}")
+    path = write_comparison(list(run_dirs), out_dir, max_accuracy_drop)
+    click.echo(f"comparison: {path} (and {path.with_suffix('.html')})")
 
 
 @cli.command()

@@ -148,10 +148,16 @@ class EvalSettings:
 
 @dataclass(frozen=True)
 class ReportSettings:
-    """Report options: the sweet spot is the sparsity with the best robustness among
-    models whose clean accuracy is within ``max_accuracy_drop`` of the dense model."""
+    """Report options: the verdict's best sparsity is the one with the best headline
+    value among pruned models whose clean accuracy is within ``max_accuracy_drop`` of
+    the dense model. ``headline_linf`` / ``headline_l2`` name the record label (e.g.
+    ``"pgd_linf robust_acc@0.1"``) of each norm's verdict table; None picks the default:
+    the strongest l_inf attack's robust accuracy at its middle epsilon, and the smallest
+    median minimal l2 norm."""
 
     max_accuracy_drop: float = 0.01
+    headline_linf: str | None = field(default=None, metadata=NEW_FIELD)
+    headline_l2: str | None = field(default=None, metadata=NEW_FIELD)
 
 
 @dataclass(frozen=True)
@@ -416,6 +422,10 @@ def validate(config: StudyConfig) -> StudyConfig:
     drop = config.report.max_accuracy_drop
     if not 0 <= drop <= 1:
         raise ConfigError(f"report.max_accuracy_drop: must be in [0,1], got {drop}")
+    for key in ("headline_linf", "headline_l2"):
+        label = getattr(config.report, key)
+        if label is not None and (not isinstance(label, str) or not label.strip()):
+            raise ConfigError(f"report.{key}: must be a stored record label or null, got {label!r}")
     return config
 
 

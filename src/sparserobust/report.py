@@ -1,92 +1,73 @@
-"""Report: robustness-vs-sparsity plots, tables and sweet spots from a results store.
+"""Report: the verdict first, then figures, warnings and every number, from a results store.
 
-Writes ``report.md`` and a self-contained ``report.html`` (plots embedded as
-base64 PNG) plus one PNG per metric into ``RUN_DIR/report/``. Every plot shows
-one line per pruning method, mean over seeds with a 95% t-interval band, and
-clean accuracy alongside. The sweet spot of a method and metric is the sparsity
-with the best (highest) mean robustness among models whose mean clean accuracy
-is within ``max_accuracy_drop`` of the dense model.
+Writes ``report.md`` and a self-contained ``report.html`` (plots embedded as base64
+PNG, opens offline) plus the PNGs into ``RUN_DIR/report/``. The page opens with one
+verdict table per norm (l_inf, l2) built from that norm's headline metric
+(``report.headline_linf``/``headline_l2``, defaults in :mod:`sparserobust.verdict`),
+one generated sentence per method, then the overview figure (small multiples against
+sparsity), the clean-vs-robust trade-off with its Pareto front, security curves from
+stored per-sample minimal norms, the warnings (one line per method and kind, the full
+list folded), the diagnostics figure and, grouped by norm and metric, every number
+with its plot. :func:`write_comparison` puts several run directories side by side
+(``sparserobust compare``).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
+import logging
 import math
 import re
-from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sparserobust.errors import ConfigError, StoreError
 from sparserobust.measurements import Record, records_of
 from sparserobust.pruning.masks import SPARSITY_NOTE
 from sparserobust.store import ResultStore
 from sparserobust.utils import atomic_write
+from sparserobust.verdict import (
+    CLEAN,
+    NORMS,
+    Cell,
+    StudyData,
+    below_text,
+    gather,
+    headlines,
+    interval,
+    num,
+    pct,
+    span,
+    tradeoff_metric,
+    tradeoff_points,
+    verdict_rows,
+    warning_summary,
+)
 
-CLEAN = "clean_accuracy"
-
-
-@dataclass
-class Cell:
-    """Mean and 95% interval of one metric at one (method, sparsity), over seeds."""
-
-    mean: float
-    low: float
-    high: float
-    n: int
-    sparsity: float
-
-
-def interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and two-sided 95% Student-t interval (the mean itself for one value)."""
-    from scipy import stats
-
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return math.nan, math.nan, math.nan
-    n = len(vals)
-    mean = sum(vals) / n
-    if n == 1:
-        return mean, mean, mean
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
+__all__ = [
+    "CLEAN",
+    "Cell",
+    "collect",
+    "interval",
+    "metric_info",
+    "robustness_metrics",
+    "sweet_spots",
+    "write_comparison",
+    "write_report",
+]
+log = logging.getLogger(__name__)
 
 
 def collect(store: ResultStore) -> tuple[dict[str, dict[str, dict[float, Cell]]], list[str]]:
     """``table[metric][method][target_sparsity] -> Cell`` with clean accuracy included,
     and the sorted list of metric labels (the stored records' labels). Dense models
-    (sparsity 0) appear under every method so each curve starts at the dense model."""
-    raw: dict[str, dict[str, dict[float, list[tuple[float, float]]]]] = defaultdict(
-        lambda: defaultdict(lambda: defaultdict(list))
-    )
-    models = store.models()
-    methods = sorted({m.method for m in models if m.method != "dense"}) or ["dense"]
-
-    def add(metric: str, method: str, target: float, value: float, sparsity: float) -> None:
-        targets = methods if method == "dense" else [method]
-        for meth in targets:
-            raw[metric][meth][target].append((value, sparsity))
-
-    for m in models:
-        add(CLEAN, m.method, m.target_sparsity, m.accuracy, m.sparsity)
-    for r in store.results():
-        for rec in records_of(r["numbers"]):
-            add(rec.label, r["method"], r["target_sparsity"], rec.value, r["sparsity"])
-    table: dict[str, dict[str, dict[float, Cell]]] = {}
-    for metric, per_method in raw.items():
-        table[metric] = {}
-        for method, per_target in per_method.items():
-            table[metric][method] = {}
-            for target, pairs in sorted(per_target.items()):
-                mean, lo, hi = interval([p[0] for p in pairs])
-                sp = sum(p[1] for p in pairs) / len(pairs)
-                table[metric][method][target] = Cell(mean, lo, hi, len(pairs), sp)
-    headline = sorted(k for k in table if k != CLEAN)
-    return table, headline
+    (sparsity 0) appear under every method so each curve starts at the dense model.
+    Intervals are Student-t over seeds, as in version 0.1 (the report's own cells, with
+    bootstrap intervals for few seeds, come from :func:`sparserobust.verdict.gather`)."""
+    data = gather(store, bootstrap=False)
+    return data.table, data.metrics
 
 
 def metric_info(store: ResultStore) -> dict[str, Record]:
@@ -146,47 +127,10 @@ def _slug(text: str) -> str:
 
 
 def _plot(metric: str, table: dict[str, dict[str, dict[float, Cell]]]) -> bytes:
-    import matplotlib
+    """One metric's PNG against sparsity (see :func:`sparserobust.figures.metric_plot`)."""
+    from sparserobust.figures import metric_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=90)
-    ax2 = ax.twinx() if metric != CLEAN else None
-    for i, (method, cells) in enumerate(sorted(table[metric].items())):
-        color = f"C{i}"
-        xs = sorted(cells)
-        # x axis: fraction of weights kept, log scale, so 0.99 and 0.998 separate
-        kept = [max(1 - x, 1e-4) for x in xs]
-        means = [cells[x].mean for x in xs]
-        ax.plot(kept, means, marker="o", ms=3, color=color, label=method)
-        ax.fill_between(
-            kept, [cells[x].low for x in xs], [cells[x].high for x in xs], color=color, alpha=0.2
-        )
-        if ax2 is not None and method in table[CLEAN]:
-            clean = table[CLEAN][method]
-            cx = sorted(clean)
-            ax2.plot(
-                [max(1 - x, 1e-4) for x in cx],
-                [clean[x].mean for x in cx],
-                ls=":",
-                color=color,
-                alpha=0.7,
-            )
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set_xlabel("fraction of weights kept (log; sparsity grows to the right)")
-    ax.set_ylabel(metric)
-    if ax2 is not None:
-        ax2.set_ylabel("clean accuracy (dotted)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    ax.set_title(metric, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return metric_plot(metric, table)
 
 
 def _fmt(v: float) -> str:
@@ -196,57 +140,165 @@ def _fmt(v: float) -> str:
 def _cell_text(cell: Cell | None) -> str:
     if cell is None:
         return ""
-    if cell.n > 1:
-        return f"{_fmt(cell.mean)} [{_fmt(cell.low)}, {_fmt(cell.high)}]"
+    if cell.n > 1 or cell.kind == "bootstrap":
+        return f"{_fmt(cell.mean)}{span(cell.low, cell.high)}"
     return _fmt(cell.mean)
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows), ""]
+
+
+def load_study(run_dir: str | Path, name: str = "") -> StudyData:
+    """Read a run directory's store into :class:`~sparserobust.verdict.StudyData`;
+    StoreError (one line) when it is not a run directory."""
+    run = Path(run_dir)
+    if not (run / "results.sqlite").is_file():
+        raise StoreError(
+            f"{run}: not a run directory (no results.sqlite); give a folder "
+            "written by `sparserobust run`"
+        )
+    with ResultStore(run, create=False) as store:
+        return gather(store, name)
+
+
+def verdict_section(
+    runs: list[tuple[StudyData, dict[str, str]]], max_drop: float
+) -> tuple[list[str], list[str]]:
+    """Markdown of the verdict tables (one per norm; one row per method, or per run and
+    method when several runs are given) and the generated sentences."""
+    lines: list[str] = []
+    sentences: list[str] = []
+    several = len(runs) > 1
+    for norm in ("inf", "2"):
+        labels = sorted({h[norm] for _, h in runs if norm in h})
+        if not labels:
+            continue
+        lines += [f"### {NORMS[norm]}: {' / '.join(labels)}", ""]
+        mixed = len(labels) > 1  # runs with different headlines: name each row's
+        header = [
+            *(["run"] if several else []),
+            *(["headline"] if mixed else []),
+            "method",
+            "best sparsity (clean acc.)",
+            "value [95%]",
+            "change from dense [95%]",
+            "verdict",
+            "below dense",
+        ]
+        rows = []
+        said: list[str] = []
+        for data, heads in runs:
+            if norm not in heads:
+                continue
+            for v in verdict_rows(data, heads[norm], max_drop):
+                best = (
+                    "none in budget"
+                    if v.best is None or v.clean is None
+                    else f"{pct(v.best)} ({num(v.clean.mean)})"
+                )
+                value = (
+                    "" if v.cell is None else f"{num(v.cell.mean)}{span(v.cell.low, v.cell.high)}"
+                )
+                d, lo, hi = v.change
+                change = "" if v.best is None else f"{d:+.3f}{span(lo, hi, signed=True)}"
+                rows.append(
+                    [
+                        *([data.name] if several else []),
+                        *([v.label] if mixed else []),
+                        v.method,
+                        best,
+                        value,
+                        change,
+                        v.verdict,
+                        below_text(v),
+                    ]
+                )
+                said.append((f"{data.name}, " if several else "") + v.sentence)
+        lines += _table(header, rows)
+        lines += [*(f"- {s}" for s in said), ""]
+        sentences += said
+    return lines, sentences
 
 
 def write_report(run_dir: str | Path, max_accuracy_drop: float | None = None) -> Path:
     """Write ``report.md``, ``report.html`` and PNG plots into ``RUN_DIR/report``;
     returns the markdown path."""
+    from sparserobust import figures
+
     run = Path(run_dir)
     with ResultStore(run, create=False) as store:
-        config = json.loads(store.get_meta("config") or "{}")
         config_hash = store.get_meta("config_hash") or "?"
         prov = json.loads(store.get_meta("provenance") or "{}")
-        flags = store.results()
-        table, metrics = collect(store)
-        info = metric_info(store)
-        models = store.models()
+        data = gather(store)
+    config = data.config
     if max_accuracy_drop is None:
-        max_accuracy_drop = float(config.get("report", {}).get("max_accuracy_drop", 0.01))
+        max_accuracy_drop = float((config.get("report") or {}).get("max_accuracy_drop", 0.01))
+    heads = headlines(data)
     out = run / "report"
     out.mkdir(parents=True, exist_ok=True)
     images: dict[str, bytes] = {}
-    if models:
-        for metric in [CLEAN, *metrics]:
-            png = _plot(metric, table)
-            name = f"{_slug(metric)}.png"
-            atomic_write(out / name, lambda p, data=png: p.write_bytes(data))  # type: ignore[misc]
-            images[metric] = png
-    spots = sweet_spots(table, robustness_metrics(metrics, info), max_accuracy_drop)
-    warnings = [
-        (r["model_key"], r["measurement"], w) for r in flags for w in r["numbers"].get("flags", [])
-    ]
-    md = _markdown(config, config_hash, prov, table, metrics, spots, warnings, max_accuracy_drop)
-    atomic_write(out / "report.md", lambda p: p.write_text(md))
-    page = _html(md, images)
-    atomic_write(out / "report.html", lambda p: p.write_text(page))
-    return out / "report.md"
 
+    def image(name: str, png: bytes | None) -> str | None:
+        if png is None:
+            return None
+        atomic_write(out / f"{name}.png", lambda p: p.write_bytes(png))
+        images[name] = png
+        return f"![{name}]({name}.png)"
 
-def _markdown(
-    config: dict[str, Any],
-    config_hash: str,
-    prov: dict[str, Any],
-    table: dict[str, dict[str, dict[float, Cell]]],
-    metrics: list[str],
-    spots: list[dict[str, Any]],
-    warnings: list[tuple[str, str, str]],
-    max_drop: float,
-) -> str:
     lines = [
         f"# sparserobust report: {config.get('name', '?')}",
+        "",
+        f"Does sparsity help robustness here, and which sparsity is best? Dataset "
+        f"`{config.get('dataset')}`, model `{config.get('model')}`, seeds {config.get('seeds')}; "
+        f"the best sparsity is chosen among pruned models whose mean clean accuracy is within "
+        f"{max_accuracy_drop:.3g} of the dense model; {data.interval_note()}.",
+        "",
+        "## Verdict",
+        "",
+    ]
+    if data.table.get(CLEAN):
+        verdict, _ = verdict_section([(data, heads)], max_accuracy_drop)
+        lines += verdict or ["No robustness headline is stored yet.", ""]
+        lines += ["## Overview", ""]
+        lines += [image("overview", figures.overview([(data, heads)])) or "", ""]
+        label = tradeoff_metric(data, heads)
+        if label is not None:
+            pts = tradeoff_points(data, label)
+            front = [p for p in pts if p[4]]
+            lines += ["## Trade-off: clean vs robust accuracy", ""]
+            lines += [image("tradeoff", figures.tradeoff(pts, label)) or "", ""]
+            lines.append(
+                "Pareto front (no other model is better in both): "
+                + ", ".join(f"{p[0]} {pct(p[1])}" for p in sorted(front, key=lambda p: p[2]))
+                + "."
+            )
+            lines.append("")
+        if data.distances:
+            lines += [
+                "## Security curves",
+                "",
+                "Robust accuracy against epsilon from the stored per-sample minimal norms "
+                "(mean over seeds; one line per sparsity).",
+                "",
+            ]
+            for source, norm in sorted(data.distances):
+                name = _slug(f"security_{source}_l{norm}")
+                lines += [image(name, figures.security(data, source, norm)) or ""]
+            lines.append("")
+    else:
+        lines += ["No model is stored yet.", ""]
+    lines += _warnings_section(data)
+    diag = figures.diagnostics(data) if data.table.get(CLEAN) else None
+    if diag is not None:
+        lines += ["## Diagnostics", "", "Not robustness: activations, margins, gradient norms.", ""]
+        lines += [image("diagnostics", diag) or "", ""]
+    lines += [
+        "## Details",
         "",
         f"- config hash `{config_hash}`; dataset `{config.get('dataset')}`, model "
         f"`{config.get('model')}`, seeds {config.get('seeds')}",
@@ -254,87 +306,188 @@ def _markdown(
         f"(commit {prov.get('git_commit')}); torch {prov.get('torch')}, numpy "
         f"{prov.get('numpy')}, scipy {prov.get('scipy')}, python {prov.get('python')}",
         f"- {SPARSITY_NOTE}",
-        "- values are means over seeds with a 95% Student-t interval in brackets when "
-        "there is more than one seed; norms are in [0,1] pixel space",
+        f"- values are means over seeds; {data.interval_note()}; norms are in [0,1] pixel space",
         "",
-        "## Sweet spots",
-        "",
-        f"Best mean robustness among models within {max_drop:.3g} clean accuracy of the "
-        "dense model.",
-        "",
-        "| metric | method | sparsity | value | dense value | clean accuracy |",
-        "| --- | --- | --- | --- | --- | --- |",
     ]
-    for s in spots:
-        lines.append(
-            f"| {s['metric']} | {s['method']} | {s['sparsity']:.4g} | {_fmt(s['value'])} | "
-            f"{_fmt(s['dense_value'])} | {_fmt(s['clean_accuracy'])} |"
-        )
-    lines += ["", "## Evaluation warnings", ""]
-    if warnings:
-        lines += [f"- `{k}` {m}: {w}" for k, m, w in warnings]
-    else:
-        lines.append("None raised.")
-    lines += ["", "## Plots", ""]
-    for metric in [CLEAN, *metrics]:
-        if metric in table:
-            lines.append(f"![{metric}]({_slug(metric)}.png)")
-    lines += ["", "## All numbers", ""]
-    for method in sorted(table.get(CLEAN, {})):
-        targets = sorted(table[CLEAN][method])
-        lines += [f"### {method}", ""]
-        header = ["metric", *(f"{t:.4g}" for t in targets)]
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("| " + " | ".join("---" for _ in header) + " |")
-        measured = [
-            "measured sparsity",
-            *(f"{table[CLEAN][method][t].sparsity:.4f}" for t in targets),
+    lines += _details(data, image)
+    md = "\n".join(lines) + "\n"
+    atomic_write(out / "report.md", lambda p: p.write_text(md))
+    page = _html(md, images)
+    atomic_write(out / "report.html", lambda p: p.write_text(page))
+    return out / "report.md"
+
+
+def _warnings_section(data: StudyData) -> list[str]:
+    lines = ["## Evaluation warnings", ""]
+    if not data.flags:
+        return [*lines, "None raised.", ""]
+    lines += [f"- {w}" for w in warning_summary(data)]
+    lines += ["", f"<details><summary>All {len(data.flags)} warnings</summary>", ""]
+    lines += [f"- `{key}` {meas}: {text}" for _, _, key, meas, text in data.flags]
+    return [*lines, "", "</details>", ""]
+
+
+def _details(data: StudyData, image: Any) -> list[str]:
+    """Every number, grouped by norm and then by metric: a method x sparsity table and
+    the metric's plot each."""
+    lines: list[str] = []
+    methods = sorted(data.table.get(CLEAN, {}))
+    targets = sorted({t for m in methods for t in data.table[CLEAN][m]})
+    if methods:
+        lines += ["### Measured sparsity", ""]
+        rows = [
+            [
+                m,
+                *(
+                    f"{data.table[CLEAN][m][t].sparsity:.4f}" if t in data.table[CLEAN][m] else ""
+                    for t in targets
+                ),
+            ]
+            for m in methods
         ]
-        lines.append("| " + " | ".join(measured) + " |")
-        for metric in [CLEAN, *metrics]:
-            cells = table.get(metric, {}).get(method, {})
-            row = [metric, *(_cell_text(cells.get(t)) for t in targets)]
-            lines.append("| " + " | ".join(row) + " |")
-        lines.append("")
-    return "\n".join(lines) + "\n"
+        lines += _table(["method", *(pct(t) for t in targets)], rows)
+    groups: list[tuple[str, list[str]]] = [("Clean accuracy", [CLEAN] if methods else [])]
+    for norm in ("inf", "2"):
+        groups.append((NORMS[norm], [k for k in data.metrics if data.info[k].norm == norm]))
+    groups.append(("No norm", [k for k in data.metrics if data.info[k].norm not in NORMS]))
+    for title, labels in groups:
+        if not labels:
+            continue
+        lines += [f"### {title}", ""]
+        for label in sorted(
+            labels, key=lambda k: (data.info[k].metric if k in data.info else "", k)
+        ):
+            lines += [f"#### {label}", ""]
+            rows = [
+                [m, *(_cell_text(data.table[label].get(m, {}).get(t)) for t in targets)]
+                for m in methods
+            ]
+            lines += _table(["method", *(pct(t) for t in targets)], rows)
+            lines += [image(_slug(label), _plot(label, data.table)) or "", ""]
+    return lines
 
 
-def _html(md: str, images: dict[str, bytes]) -> str:
-    """A self-contained page: the markdown's tables and text, with plots inlined."""
+def write_comparison(
+    run_dirs: list[str | Path], out_dir: str | Path, max_accuracy_drop: float | None = None
+) -> Path:
+    """Put two or more run directories side by side: ``compare.md``, ``compare.html``
+    and ``overview.png`` (one colour per run) in ``out_dir``; returns the markdown path.
+    Each run keeps its own headlines; the accuracy budget is each run's own unless
+    ``max_accuracy_drop`` is given."""
+    from sparserobust import figures
+
+    if len(run_dirs) < 2:
+        raise ConfigError("compare needs two or more run directories")
+    runs = []
+    names: list[str] = []
+    for d in run_dirs:
+        data = load_study(d)
+        if data.name in names:
+            data.name = f"{data.name} ({Path(d).name})"
+        names.append(data.name)
+        runs.append((data, headlines(data)))
+    drops = {float((d.config.get("report") or {}).get("max_accuracy_drop", 0.01)) for d, _ in runs}
+    drop = max_accuracy_drop if max_accuracy_drop is not None else max(drops)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    verdict, _ = verdict_section(runs, drop)
+    lines = [
+        "# sparserobust comparison",
+        "",
+        "Runs: "
+        + "; ".join(
+            f"{d.name} (`{p}`: {d.config.get('dataset')}, {d.config.get('model')}, "
+            f"seeds {d.config.get('seeds')})"
+            for (d, _), p in zip(runs, run_dirs, strict=True)
+        ),
+        "",
+        f"Best sparsity within {drop:.3g} clean accuracy of each run's dense model; "
+        + "; ".join(sorted({d.interval_note() for d, _ in runs}))
+        + ".",
+        "",
+        "## Verdict",
+        "",
+        *verdict,
+        "## Overview",
+        "",
+        "One colour per run; line style and marker per method.",
+        "",
+    ]
+    images: dict[str, bytes] = {}
+    png = figures.overview(runs, compare=True)
+    if png is not None:
+        atomic_write(out / "overview.png", lambda p: p.write_bytes(png))
+        images["overview"] = png
+        lines.append("![overview](overview.png)")
+    md = "\n".join(lines) + "\n"
+    atomic_write(out / "compare.md", lambda p: p.write_text(md))
+    page = _html(md, images, title="sparserobust comparison")
+    atomic_write(out / "compare.html", lambda p: p.write_text(page))
+    log.info("comparison of %d runs written to %s", len(runs), out)
+    return out / "compare.md"
+
+
+_INLINE_CODE = re.compile(r"`([^`]+)`")
+
+
+def _inline(text: str) -> str:
+    return _INLINE_CODE.sub(r"<code>\1</code>", html.escape(text))
+
+
+def _html(md: str, images: dict[str, bytes], title: str = "sparserobust report") -> str:
+    """A self-contained page from the report's markdown: tables (first row a header),
+    headings, lists, <details> blocks, with the plots inlined as base64 PNG."""
     body: list[str] = []
-    in_table = False
+    in_table = in_list = False
     for line in md.splitlines():
         m = re.match(r"!\[(.*)\]\((.*)\)", line)
+        if in_list and not line.startswith("- "):
+            body.append("</ul>")
+            in_list = False
         if line.startswith("| "):
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             if all(set(c) <= {"-"} for c in cells):
                 continue
+            tag = "th" if not in_table else "td"
             if not in_table:
                 body.append("<table>")
                 in_table = True
-            body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            body.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
             continue
         if in_table:
             body.append("</table>")
             in_table = False
         if m and m.group(1) in images:
             data = base64.b64encode(images[m.group(1)]).decode()
-            body.append(f'<img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}">')
+            body.append(
+                f'<img alt="{html.escape(m.group(1))}" class="{_slug(m.group(1)).split("_")[0]}" '
+                f'src="data:image/png;base64,{data}">'
+            )
+        elif line.startswith(("<details>", "</details>")):
+            body.append(line)
         elif line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+            body.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
         elif line.startswith("- "):
-            body.append(f"<li>{html.escape(line[2:])}</li>")
+            if not in_list:
+                body.append("<ul>")
+                in_list = True
+            body.append(f"<li>{_inline(line[2:])}</li>")
         elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
+            body.append(f"<p>{_inline(line)}</p>")
     if in_table:
         body.append("</table>")
+    if in_list:
+        body.append("</ul>")
     style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-        "table{border-collapse:collapse;font-size:12px}td{border:1px solid #ccc;padding:2px 6px}"
-        "img{max-width:48%;margin:4px}"
+        "body{font-family:sans-serif;max-width:1150px;margin:2em auto;line-height:1.35}"
+        "table{border-collapse:collapse;font-size:12px;margin:.5em 0}"
+        "td,th{border:1px solid #ccc;padding:2px 6px}th{background:#f2f2f2;text-align:left}"
+        "img{max-width:48%;margin:4px}img.overview,img.tradeoff,img.diagnostics,"
+        "img.security{max-width:100%}li{font-size:14px}summary{cursor:pointer}"
     )
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>sparserobust report</title>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<link rel='icon' href='data:,'>"
         f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
     )

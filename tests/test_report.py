@@ -1,0 +1,308 @@
+"""The report: verdict rows, Pareto front, warnings summary, intervals, compare, browser."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sparserobust.config import config_from_dict
+from sparserobust.errors import ConfigError
+from sparserobust.measurements import Record
+from sparserobust.pipeline import run_study
+from sparserobust.verdict import (
+    CLEAN,
+    StudyData,
+    headlines,
+    pareto_front,
+    security_curve,
+    verdict_rows,
+    warning_summary,
+)
+
+from .test_pipeline import SMALL
+
+SEEDED = {
+    **SMALL,
+    "eval": {
+        **SMALL["eval"],
+        "attacks": [
+            {"name": "fgsm", "eps": [0.05, 0.1, 0.2]},
+            {"name": "ddn", "norm": "2", "eps": [0.5, 1.0], "steps": 20},
+        ],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two one-seed studies (seeds 0 and 1) with a fixed-epsilon and a minimal-norm attack."""
+    root = tmp_path_factory.mktemp("report")
+    runs = []
+    for seed in (0, 1):
+        run = root / f"s{seed}"
+        run_study(
+            config_from_dict({**SEEDED, "seeds": [seed], "name": f"s{seed}"}), run, progress=False
+        )
+        runs.append(run)
+    return runs[0], runs[1]
+
+
+def _study(rob: dict[float, list[float]], clean: dict[float, list[float]]) -> StudyData:
+    """A hand-made study of one method over three seeds (Student-t intervals)."""
+    from sparserobust.verdict import _cell
+
+    data = StudyData("hand", {}, {}, ["rob"], {})
+    data.info["rob"] = Record("rob", 0.0, "robust_accuracy", "pgd", "inf", 0.1)
+    for label, per in ((CLEAN, clean), ("rob", rob)):
+        for target, vals in per.items():
+            seeds = {s: (v, target, None) for s, v in enumerate(vals)}
+            key = (label, "m", target)
+            data.table.setdefault(label, {}).setdefault("m", {})[target] = _cell(
+                data, key, seeds, clip=True
+            )
+            data.seed_values[key] = dict(enumerate(vals))
+    return data
+
+
+def test_verdict_row_picks_best_sparsity_in_budget_and_its_change() -> None:
+    clean = {0.0: [0.98, 0.98, 0.98], 0.5: [0.975, 0.976, 0.974], 0.9: [0.90, 0.90, 0.90]}
+    rob = {0.0: [0.20, 0.21, 0.19], 0.5: [0.30, 0.32, 0.31], 0.9: [0.60, 0.61, 0.62]}
+    (row,) = verdict_rows(_study(rob, clean), "rob", max_drop=0.01)
+    assert row.best == 0.5  # 0.9 is more robust but 8 points less accurate
+    d, low, high = row.change
+    assert d == pytest.approx(0.11) and 0 < low < d < high  # paired over seeds
+    assert row.verdict == "better than dense" and row.below_from is None
+    assert "50%" in row.sentence and "+0.110" in row.sentence
+    # a larger budget admits 0.9
+    (row,) = verdict_rows(_study(rob, clean), "rob", max_drop=0.1)
+    assert row.best == 0.9
+    # robustness that falls below dense: "worse" at the best level, and where it falls
+    rob = {0.0: [0.50, 0.51, 0.49], 0.5: [0.40, 0.41, 0.39], 0.9: [0.2, 0.21, 0.2]}
+    (row,) = verdict_rows(_study(rob, clean), "rob", max_drop=0.01)
+    assert row.verdict == "worse than dense" and row.below_from == 0.5
+    # no pruned model in budget
+    clean[0.5] = [0.5, 0.5, 0.5]
+    clean[0.9] = [0.5, 0.5, 0.5]
+    (row,) = verdict_rows(_study(rob, clean), "rob", max_drop=0.01)
+    assert row.best is None and "no pruned model" in row.sentence
+
+
+def test_noisy_change_is_no_gain() -> None:
+    clean = {0.0: [0.98] * 3, 0.5: [0.98] * 3}
+    rob = {0.0: [0.2, 0.4, 0.3], 0.5: [0.35, 0.25, 0.33]}
+    (row,) = verdict_rows(_study(rob, clean), "rob", max_drop=0.01)
+    assert row.best == 0.5 and row.verdict == "no gain"
+
+
+def test_pareto_front_on_a_hand_made_table() -> None:
+    pts = [(0.98, 0.2), (0.97, 0.3), (0.96, 0.25), (0.90, 0.5), (0.90, 0.4), (math.nan, 0.9)]
+    assert pareto_front(pts) == [True, True, False, True, False, False]
+    assert pareto_front([(0.5, 0.5), (0.5, 0.5)]) == [True, True]  # ties dominate nothing
+
+
+def test_security_curve_from_minimal_norms() -> None:
+    # misclassified (0), broken at 0.5, never broken (inf): robust at eps > ...
+    d = np.array([0.0, 0.5, math.inf])
+    got = security_curve([d], np.array([0.0, 0.4, 0.6]))
+    assert got.tolist() == pytest.approx([2 / 3, 2 / 3, 1 / 3])
+
+
+def test_warnings_summarised_per_method_and_kind() -> None:
+    data = StudyData("w", {}, {}, [], {})
+    text = "ddn l2: failed on {} of 50 correctly classified points; raise its budget"
+    data.flags = [
+        ("random", 0.98, "s0/random/0.98", "attack:ddn:l2", text.format(3)),
+        ("random", 0.99, "s0/random/0.99", "attack:ddn:l2", text.format(37)),
+        ("random", 0.99, "s1/random/0.99", "attack:ddn:l2", text.format(5)),
+        ("global-magnitude", 0.9, "s0/g/0.9", "checks", "vanishing input gradients on 12%"),
+    ]
+    lines = warning_summary(data)
+    assert len(lines) == 2
+    assert lines[1] == (
+        "random 98%–99%: ddn l2: failed on 3–37 of 50 correctly classified points; "
+        "raise its budget (3 results)"
+    )
+
+
+def test_intervals_with_few_seeds_are_bootstrap_and_clipped(two_runs: tuple[Path, Path]) -> None:
+    from sparserobust.report import load_study
+
+    data = load_study(two_runs[0])
+    heads = headlines(data)
+    # the strongest l_inf attack's robust accuracy at the middle epsilon; l2: median norm
+    assert heads == {"inf": "fgsm_linf robust_acc@0.1", "2": "ddn_l2 median_norm"}
+    for label in (CLEAN, "fgsm_linf robust_acc@0.1", "ddn_l2 robust_acc@0.5"):
+        for cells in data.table[label].values():
+            for cell in cells.values():
+                assert cell.kind == "bootstrap"
+                assert 0 <= cell.low <= cell.high <= 1
+    dense = data.table["ddn_l2 robust_acc@0.5"]["random"][0.0]
+    assert dense.low < dense.mean < dense.high
+    # a diagnostic has no per-image data: no interval, one seed's value
+    relu = data.table["active_relu_fraction (not robustness)"]["random"][0.5]
+    assert relu.kind == "none" and len(relu.values) == 1
+    bad = {**data.config, "report": {"headline_linf": "pgd_linf robust_acc@9"}}
+    data.config = bad
+    with pytest.raises(ConfigError, match="report.headline_linf: no stored record"):
+        headlines(data)
+
+
+def test_report_opens_with_the_verdict(two_runs: tuple[Path, Path]) -> None:
+    md = (two_runs[0] / "report" / "report.md").read_text()
+    sections = [ln for ln in md.splitlines() if ln.startswith("## ")]
+    assert sections[:2] == ["## Verdict", "## Overview"] and sections[-1] == "## Details"
+    first_table = next(ln for ln in md.splitlines() if ln.startswith("| "))
+    assert first_table.startswith("| method | best sparsity")
+    assert md.index("### l_inf") < md.index("### l2") < md.index("## Diagnostics")
+    html = (two_runs[0] / "report" / "report.html").read_text()
+    # one self-contained file: no external source or link
+    assert not re.search(r"""(src|href)=["'](?!data:)""", html)
+    if "## Evaluation warnings\n\nNone raised." not in md:
+        assert html.count("<details>") == 1
+    for name in ("overview", "tradeoff", "security_ddn_l2", "diagnostics"):
+        assert f'alt="{name}"' in html
+
+
+def test_compare_cli(two_runs: tuple[Path, Path], tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from sparserobust.cli import main
+
+    out = tmp_path / "cmp"
+    assert main(["compare", str(two_runs[0]), str(two_runs[1]), "--out", str(out)]) == 0
+    md = (out / "compare.md").read_text()
+    rows = [ln for ln in md.splitlines() if ln.startswith("| s")]
+    assert {r.split("|")[1].strip() for r in rows} == {"s0", "s1"} and len(rows) == 8
+    assert (out / "overview.png").stat().st_size > 1000
+    assert "data:image/png;base64," in (out / "compare.html").read_text()
+    capsys.readouterr()
+    assert main(["compare", str(two_runs[0]), str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a run directory" in err
+    assert main(["compare", str(two_runs[0])]) == 2
+    assert "two or more" in capsys.readouterr().err
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def test_report_in_a_real_browser(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """Headless Chromium opens the HTML report: every image loads, the verdict table is
+    the first table, no console errors; the screenshot is kept in pytest's tmp dir."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no system chromium (apt-get install chromium)")
+    page_path = two_runs[0] / "report" / "report.html"
+    errors: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(page_path.as_uri())
+        page.wait_for_load_state("load")
+        widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+        first = page.eval_on_selector("table", "t => t.rows[0].innerText")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=False)
+        browser.close()
+    assert len(widths) >= 5 and all(w > 0 for w in widths)
+    assert "best sparsity" in first
+    assert errors == []
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def _fake_store(dists: dict[float, list[float]], clean: dict[float, float]):  # type: ignore[no-untyped-def]
+    """A store-like object: one seed of method ``m`` with a DDN l2 result per sparsity."""
+    import json
+    from types import SimpleNamespace
+
+    models = [
+        SimpleNamespace(
+            model_key=f"s0/m/{t}",
+            seed=0,
+            method="dense" if t == 0 else "m",
+            target_sparsity=t,
+            sparsity=t,
+            accuracy=clean[t],
+        )
+        for t in sorted(clean)
+    ]
+    results = []
+    for t, d in dists.items():
+        arr = np.array(d)
+        rec = Record(
+            "ddn_l2 robust_acc@1", float((arr > 1.0).mean()), "robust_accuracy", "ddn", "2", 1.0
+        )
+        results.append(
+            {
+                "model_key": f"s0/m/{t}",
+                "seed": 0,
+                "method": "dense" if t == 0 else "m",
+                "target_sparsity": t,
+                "sparsity": t,
+                "measurement": "attack:ddn:l2",
+                "numbers": {
+                    "records": [rec.to_dict()],
+                    "flags": [],
+                    "summary": {"n": len(d)},
+                    "distances": ["inf" if math.isinf(x) else x for x in d],
+                },
+            }
+        )
+    meta = {"config": json.dumps({"name": "fake", "dataset": "digits"})}
+    return SimpleNamespace(models=lambda: models, results=lambda: results, get_meta=meta.get)
+
+
+def test_verdict_from_a_constructed_store_pairs_images() -> None:
+    from sparserobust.verdict import gather
+
+    dense = [0.0] * 20 + [0.8] * 90 + [1.5] * 90
+    half = [0.0] * 20 + [0.8] * 60 + [1.5] * 120  # 30 points harder to break
+    ninety = [0.0] * 40 + [math.inf] * 160  # very robust, but 10 points less accurate
+    store = _fake_store({0.0: dense, 0.5: half, 0.9: ninety}, {0.0: 0.9, 0.5: 0.9, 0.9: 0.8})
+    data = gather(store)
+    label = "ddn_l2 robust_acc@1"
+    assert headlines(data) == {"2": label}
+    (row,) = verdict_rows(data, label, max_drop=0.01)
+    assert row.best == 0.5 and row.cell is not None and row.cell.mean == pytest.approx(0.6)
+    d, low, high = row.change
+    assert d == pytest.approx(0.15) and 0.05 < low < d < high < 0.25
+    # paired over the same images: narrower than two independent binomials (~0.19 wide)
+    assert high - low < 0.14
+    assert row.verdict == "better than dense" and row.below_from is None
+    # the clean accuracy's bootstrap is the binomial over the 364 digits test images
+    cell = data.table[CLEAN]["m"][0.5]
+    assert cell.kind == "bootstrap" and 0.86 < cell.low < 0.9 < cell.high < 0.94
+
+
+def test_overview_has_a_panel_for_exact_values() -> None:
+    from sparserobust.figures import overview
+
+    def width(png: bytes) -> int:
+        return int.from_bytes(png[16:20], "big")
+
+    clean = {0.0: [0.98] * 3, 0.5: [0.98] * 3}
+    rob = {0.0: [0.2, 0.4, 0.3], 0.5: [0.35, 0.25, 0.33]}
+    data = _study(rob, clean)
+    three = overview([(data, {"inf": "rob"})])
+    data.table["certified_accuracy@0.1"] = data.table["rob"]
+    data.metrics.append("certified_accuracy@0.1")
+    data.info["certified_accuracy@0.1"] = Record("c", 0.0, "certified_accuracy", "ibp", "inf", 0.1)
+    four = overview([(data, {"inf": "rob"})])
+    assert three is not None and four is not None and width(four) > width(three) * 1.2
+
+
+def test_headline_setting_is_validated() -> None:
+    with pytest.raises(ConfigError, match="report.headline_l2"):
+        config_from_dict({**SMALL, "report": {"headline_l2": " "}})
+    cfg = config_from_dict({**SMALL, "report": {"headline_linf": "fgsm_linf robust_acc@0.2"}})
+    assert cfg.config_hash() == config_from_dict(SMALL).config_hash()
