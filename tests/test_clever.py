@@ -47,7 +47,8 @@ def test_linear_model_clever_equals_closed_form(digits: Dataset, digits_linear, 
 
 
 def test_clever_agrees_with_art_clever_u(digits: Dataset, digits_lenet300):
-    """Same model, images, norm, radius, nb_batches=20 x batch_size=50.
+    """Same model, images, norm, radius, nb_batches=20 x batch_size=50, 16 images
+    (with 8, 5 of 8 l_inf pairs fell within 15% on one machine: two at 15.3% and 15.6%).
 
     Both estimates are random (ART resamples batches from one pool, we draw
     fresh batches). Over 20 images x 3 seeds x 2 norms the median relative
@@ -67,7 +68,7 @@ def test_clever_agrees_with_art_clever_u(digits: Dataset, digits_lenet300):
         nb_classes=digits.info.num_classes,
         clip_values=(0.0, 1.0),
     )
-    x = digits.test.x[:8]
+    x = digits.test.x[:16]
     for norm, radius in ((2, 2.0), (np.inf, 0.3)):
         ours = clever_scores(
             digits_lenet300, x, norm=norm, radius=radius, n_batches=20, batch_size=50, seed=0
