@@ -20,7 +20,7 @@ from sparserobust.checkpoint import load_checkpoint
 from sparserobust.cli import main
 from sparserobust.config import config_from_dict, load_config
 from sparserobust.errors import CheckpointError, ConfigError, ModelError, StoreError
-from sparserobust.pipeline import _attach_log, drop_untrusted_models, run_study
+from sparserobust.pipeline import _attach_log, run_study
 from sparserobust.pruning.sweep import _finished
 from sparserobust.store import ResultStore, RunLock, sha256_file
 
@@ -115,6 +115,8 @@ def test_tampered_level_is_recomputed_on_resume(tiny_run: Path, tmp_path: Path, 
 def test_untrusted_parent_takes_its_descendants(tiny_run: Path, tmp_path: Path) -> None:
     """Level 0.9 is pruned from level 0.5: when 0.5 is not trusted, neither is 0.9, and
     both files are removed so the sweep recomputes them; dense stays."""
+    from sparserobust.pipeline import drop_untrusted_models
+
     run = copy_run(tiny_run, tmp_path)
     tamper(run / LEVEL / "magnitude-s0.5000.st", "scale")
     with ResultStore(run) as store:
@@ -127,6 +129,8 @@ def test_untrusted_parent_takes_its_descendants(tiny_run: Path, tmp_path: Path) 
 
 
 def test_intact_run_drops_nothing(tiny_run: Path, tmp_path: Path) -> None:
+    from sparserobust.pipeline import drop_untrusted_models
+
     run = copy_run(tiny_run, tmp_path)
     with ResultStore(run) as store:
         assert drop_untrusted_models(store, run) == []
