@@ -414,3 +414,44 @@ def test_export_and_report_on_a_read_only_run(
     finally:
         for p in [run, *run.rglob("*")]:
             os.chmod(p, 0o755)
+
+
+# --- data and disk ------------------------------------------------------------------
+
+
+def test_labels_outside_the_classes_are_a_data_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MNIST files with a label >= 10 gave a traceback after training (CUDA/CPU index
+    error in the loss); now loading says the files are corrupt."""
+    from sparserobust import data
+    from sparserobust.data import Split
+    from sparserobust.errors import DataError
+
+    x = torch.zeros(4, 1, 28, 28)
+    good, bad = torch.tensor([0, 1, 2, 9]), torch.tensor([0, 1, 12, 3])
+    monkeypatch.setattr(
+        data, "_load_mnist_like", lambda name, root: (Split(x, good), Split(x, bad))
+    )
+    with pytest.raises(DataError, match=r"labels outside 0\.\.9 \(found 0\.\.12\)"):
+        data.load_dataset("mnist")
+
+
+def test_safetensors_write_error_is_one_line_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk or `ulimit -f` surfaced as a raw SafetensorError traceback."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from sparserobust import save_checkpoint
+    from sparserobust.models import build_model
+
+    from .test_checkpoint import META
+
+    def full(tensors: object, path: str, metadata: object = None) -> None:
+        Path(path).write_bytes(b"partial")
+        raise SafetensorError("Error while serializing: IoError(No space left on device)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(StoreError, match="check free space"):
+        save_checkpoint(tmp_path / "m.st", build_model("lenet300", (1, 8, 8), 10), META)
+    assert list(tmp_path.iterdir()) == []

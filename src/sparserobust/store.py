@@ -169,7 +169,20 @@ def open_no_follow(path: Path, flags: int, mode: int = 0o644) -> int:
     return fd
 
 
-_ROW_TYPES = (str, int, str, float, float, int, int, float, str, str, (str, type(None)), float)
+_ROW_TYPES: tuple[type | tuple[type, ...], ...] = (
+    str,
+    int,
+    str,
+    float,
+    float,
+    int,
+    int,
+    float,
+    str,
+    str,
+    (str, type(None)),
+    float,
+)
 
 
 def _model_row(values: tuple[Any, ...], db: Path) -> ModelRow:
