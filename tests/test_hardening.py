@@ -455,3 +455,16 @@ def test_safetensors_write_error_is_one_line_and_leaves_no_file(
     with pytest.raises(StoreError, match="check free space"):
         save_checkpoint(tmp_path / "m.st", build_model("lenet300", (1, 8, 8), 10), META)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_key_with_a_line_break_is_still_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the Hypothesis properties: an unknown key holding a newline made the
+    error two lines ("error: eval.clever.\\n: unknown key ...")."""
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({**TINY, "eval": {"clever": {"\n": None}}})
+    assert "\n" not in str(info.value) and str(info.value).startswith("eval.clever.'\\n'")
+    path = tmp_path / "c.yaml"
+    path.write_text('"a\\nb": 1\n')
+    one_line_error(capsys, main(["run", str(path), "--out", str(tmp_path / "r")]), "unknown key")

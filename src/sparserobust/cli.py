@@ -445,18 +445,23 @@ def compact(checkpoint: str, out: str, as_json: bool) -> None:
     )
 
 
+def one_line(message: str) -> str:
+    """``message`` with line breaks written as ``\\n``: an error is always one line."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into one line and exit code 2."""
     try:
         cli.main(args=argv, prog_name="sparserobust", standalone_mode=False)
     except SparseRobustError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {one_line(str(exc))}", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
         hint = " (see --help)" if isinstance(exc, click.UsageError) else ""
-        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        click.echo(f"error: {one_line(exc.format_message())}{hint}", err=True)
         return exc.exit_code
     except click.Abort:
         click.echo("error: aborted", err=True)

@@ -249,6 +249,13 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _key_text(key: Any) -> str:
+    """A config key as it appears in a message: plain names as they are, anything else
+    (spaces, newlines, control characters) quoted, so a message stays one line."""
+    text = str(key)
+    return text if re.fullmatch(r"[A-Za-z0-9_.-]{1,60}", text) else _short(text)
+
+
 def check_name(name: str) -> str:
     """A study name confined to its run folder: letters, digits, ``.``, ``_``, ``-``,
     starting with a letter or digit, at most 100 characters; ConfigError otherwise."""
@@ -289,7 +296,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         _, item_tp = typing.get_args(tp)
         if item_tp is Any:
             return dict(value)
-        return {k: _coerce(v, item_tp, f"{where}.{k}") for k, v in value.items()}
+        return {k: _coerce(v, item_tp, f"{where}.{_key_text(k)}") for k, v in value.items()}
     if tp is Any:
         return value
     if origin is tuple:
@@ -337,7 +344,8 @@ def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise ConfigError(
-            f"{prefix}{unknown[0]}: unknown key; allowed keys are {', '.join(sorted(fields))}"
+            f"{prefix}{_key_text(unknown[0])}: unknown key; "
+            f"allowed keys are {', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, f in fields.items():
