@@ -468,3 +468,16 @@ def test_key_with_a_line_break_is_still_one_line(
     path = tmp_path / "c.yaml"
     path.write_text('"a\\nb": 1\n')
     one_line_error(capsys, main(["run", str(path), "--out", str(tmp_path / "r")]), "unknown key")
+
+
+def test_run_force_starts_over_and_keeps_other_files(tiny_run: Path, tmp_path: Path) -> None:
+    """`run --force` had no test: it deletes the run's database, checkpoints and report
+    (and nothing else), then recomputes the same numbers."""
+    run = copy_run(tiny_run, tmp_path)
+    before = rows(run)
+    (run / "notes.txt").write_text("mine")
+    with ResultStore(run) as store:  # a result the config does not plan: must be gone
+        store.add_result("s0/dense/0.0000", "extra", {}, {"x": 1}, 0.0, "h", {})
+    run_study(config_from_dict(TINY), run, force=True, progress=False)
+    assert (run / "notes.txt").read_text() == "mine"
+    assert rows(run) == before
