@@ -95,8 +95,8 @@ def _peer_success(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor)
 
 @pytest.mark.parametrize("peer", ["foolbox", "art"])
 def test_pgd_is_at_least_as_strong_as_peer_pgd(digits, digits_lenet300, peer: str) -> None:  # type: ignore[no-untyped-def]
-    """Our PGD against the peers' PGD on the same 360 digits images: its success rate is
-    not lower at any epsilon (up to 1 point of 360 in a hundred), and it breaks at least
+    """Our PGD against the peers' PGD on the same 364 digits images: its success rate is
+    not lower at any epsilon (at most 1 percentage point lower), and it breaks at least
     97% of the points the peer breaks (point by point, not a median: an attack that fails
     on the hard points cannot hide behind the easy ones)."""
     from sparserobust.attacks import PGD
