@@ -30,9 +30,7 @@ FAST = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-NASTY_TEXT = st.text(
-    alphabet=st.sampled_from(list("ab01./\\-_ \x00\n:{}[]'\"é~*")), max_size=30
-)
+NASTY_TEXT = st.text(alphabet=st.sampled_from(list("ab01./\\-_ \x00\n:{}[]'\"é~*")), max_size=30)
 NUMBERS = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=True, allow_infinity=True),
