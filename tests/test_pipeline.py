@@ -462,15 +462,43 @@ def test_flags_catch_masking_non_monotone_and_unconfirmed(digits, digits_lenet30
     assert any("not confirmed" in f for f in flags)
 
 
-def test_flags_reach_the_store_and_report(small_run: Path) -> None:
+def test_flags_reach_the_store_and_report(small_run: Path, tmp_path: Path) -> None:
+    """Every stored flag is listed in the report with its model and measurement. The
+    small study raises none (this test passed as 0 == 0), so two are stored by hand."""
+    import shutil
+
+    from sparserobust.report import write_report
+
     rows = table_rows(small_run / "results.sqlite")
     checks = [json.loads(r[3]) for r in rows["results"] if r[1] == "checks"]
     assert len(checks) == 5 and all(0 <= c["vanishing_share"] <= 1 for c in checks)
-    # every stored flag appears in the report, one line each
-    md = (small_run / "report" / "report.md").read_text()
-    flagged = [json.loads(r[3]).get("flags", []) for r in rows["results"]]
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    planted = {
+        ("s0/random/0.9000", "checks"): "vanishing input gradients on 97% of points",
+        ("s0/dense/0.0000", "attack:fgsm:linf"): "robust accuracy rises with epsilon",
+    }
+    con = sqlite3.connect(run / "results.sqlite")
+    for (key, measurement), flag in planted.items():
+        (numbers,) = con.execute(
+            "SELECT numbers FROM results WHERE model_key=? AND measurement=?", (key, measurement)
+        ).fetchone()
+        data = json.loads(numbers)
+        data["flags"] = [*data.get("flags", []), flag]
+        con.execute(
+            "UPDATE results SET numbers=? WHERE model_key=? AND measurement=?",
+            (json.dumps(data), key, measurement),
+        )
+    con.commit()
+    con.close()
+    md = write_report(run).read_text()
+    for (key, measurement), flag in planted.items():
+        assert f"- `{key}` {measurement}: {flag}" in md
+    flagged = [
+        json.loads(r[3]).get("flags", []) for r in table_rows(run / "results.sqlite")["results"]
+    ]
     total = sum(len(f) for f in flagged)
-    assert md.count("\n- `s0/") == total
+    assert total >= 2 and md.count("\n- `s0/") == total
 
 
 def test_reproduction_tables_script(small_run: Path, tmp_path: Path) -> None:

@@ -64,9 +64,17 @@ def test_after_step_hook_runs_every_step(digits: Dataset) -> None:
 
 
 def test_eval_restores_training_mode(digits: Dataset) -> None:
+    """Every forward pass of the evaluation runs in eval mode, and the training mode is
+    restored after (the old test passed when eval mode was never set)."""
     model = build_model("linear", digits.info.input_shape, 10).train()
+    seen: list[bool] = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(m.training))
     evaluate_accuracy(model, digits.test)
-    assert model.training
+    assert seen and not any(seen)
+    assert model.training and all(m.training for m in model.modules())
+    model.eval()
+    evaluate_accuracy(model, digits.test)
+    assert not model.training
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sparserobust.checkpoint import load_checkpoint, save_checkpoint
+import torch
+
+from sparserobust.checkpoint import check_model_finite, load_checkpoint, save_checkpoint
 from sparserobust.data import load_dataset
-from sparserobust.errors import CheckpointError, ConfigError
+from sparserobust.errors import CheckpointError, ConfigError, ModelError
 from sparserobust.models import build_model, model_spec
 from sparserobust.pruning import SPARSITY_NOTE, sparsity_report
 from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
@@ -63,6 +65,15 @@ def train_reference(
     return meta
 
 
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model``'s logits for ``x`` in eval mode (on the model's device)."""
+    from sparserobust.utils import eval_mode, forward, model_device
+
+    with eval_mode(model):
+        return forward(model, x.to(model_device(model)))
+
+
 def check_input_shape(meta: dict[str, Any], shape: tuple[int, ...], path: object) -> None:
     """CheckpointError when a checkpoint's input shape differs from its dataset's."""
     if tuple(meta["input_shape"]) != tuple(shape):
@@ -86,12 +97,20 @@ def evaluate_checkpoint(
     data = load_dataset(meta["dataset"], data_dir)
     check_input_shape(meta, data.info.input_shape, path)
     test = data.test.head(limit)
+    check_model_finite(model, path)
+    accuracy = evaluate_accuracy(model, test)
+    logits = predict_logits(model, test.x[:256])
+    if not bool(torch.isfinite(logits).all()):
+        raise ModelError(
+            f"{path}: the model's logits are NaN or inf (a diverged model, or a zero "
+            "normalisation std): its accuracy means nothing; re-create the checkpoint"
+        )
     report = sparsity_report(model)
     return {
         "checkpoint": str(path),
         "model": meta["model"],
         "dataset": meta["dataset"],
-        "accuracy": evaluate_accuracy(model, test),
+        "accuracy": accuracy,
         "n": len(test),
         "sparsity": report.sparsity,
         "pruned_weights": report.pruned,

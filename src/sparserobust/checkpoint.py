@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from sparserobust.errors import CheckpointError
+from sparserobust.errors import CheckpointError, StoreError
 from sparserobust.models import build_model
 from sparserobust.utils import atomic_write
 
@@ -51,6 +51,7 @@ def save_checkpoint(
     mean and std (what :func:`load_checkpoint` needs to rebuild the model); any
     other JSON-serialisable entries are kept. Returns the path written.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     missing = [k for k in REQUIRED_META if k not in metadata]
@@ -69,14 +70,17 @@ def save_checkpoint(
     except TypeError as exc:
         raise CheckpointError(f"checkpoint metadata is not JSON-serialisable: {exc}") from None
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    return atomic_write(
-        path,
-        lambda tmp: save_file(
-            tensors,
-            str(tmp),
-            metadata={HEADER_KEY: header},
-        ),
-    )
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata={HEADER_KEY: header})
+        except SafetensorError as exc:  # disk full, file size limit: never a traceback
+            raise StoreError(
+                f"cannot write checkpoint {path} ({str(exc).splitlines()[0][:120]}): "
+                "check free space and permissions, then re-run (finished work is kept)"
+            ) from None
+
+    return atomic_write(path, write)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -144,6 +148,12 @@ def apply_masks_from_state(model: nn.Module, state: dict[str, torch.Tensor]) -> 
                 f"checkpoint has a mask for {key} but the model has no such parameter: "
                 "it was saved from another architecture"
             )
+        expected = tuple(getattr(module, param).shape)
+        if tuple(value.shape) != expected:
+            raise CheckpointError(
+                f"checkpoint mask {key} has shape {tuple(value.shape)} but the layer's "
+                f"{param} has shape {expected}: the file is damaged; re-create it"
+            )
         if prune.is_pruned(module) and hasattr(module, param + "_mask"):
             continue
         prune.custom_from_mask(module, param, torch.ones_like(value))
@@ -188,6 +198,37 @@ def load_checkpoint(
     _refresh_pruned_weights(model)
     model.eval()
     return model, meta
+
+
+def check_finite_tensors(tensors: dict[str, torch.Tensor], where: object) -> None:
+    """CheckpointError unless every float tensor is finite and every ``*_mask`` holds
+    only 0 and 1 (what a damaged, diverged or hand-edited checkpoint fails)."""
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(
+                f"{where}: tensor {key} holds NaN or inf values (the model diverged or the "
+                "file was damaged): re-create it with a lower learning rate"
+            )
+        if key.endswith("_mask") and not bool(((value == 0) | (value == 1)).all()):
+            raise CheckpointError(
+                f"{where}: mask {key} holds values other than 0 and 1: re-create it"
+            )
+
+
+def check_model_finite(model: nn.Module, where: object) -> None:
+    """CheckpointError when any parameter or buffer of ``model`` is NaN or inf."""
+    check_finite_tensors(dict(model.state_dict()), where)
+
+
+def verify_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load checkpoint ``path`` fully and check it: it rebuilds its model, its masks
+    fit their layers, every weight is finite and every mask is 0/1. Returns its
+    metadata; raises :class:`CheckpointError` (one line) otherwise."""
+    tensors, meta = _open(path)
+    check_finite_tensors(tensors, path)
+    model, _ = load_checkpoint(path)
+    del model
+    return meta
 
 
 def _refresh_pruned_weights(model: nn.Module) -> None:

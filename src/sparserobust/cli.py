@@ -12,6 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -317,13 +318,22 @@ def run(
     default=None,
     help="Clean-accuracy budget of the best sparsity (default: the config's).",
 )
-def report(run_dir: str, max_accuracy_drop: float | None) -> None:
+@click.option(
+    "--out",
+    "out_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Folder for the report (default RUN_DIR/report; use it for a read-only run).",
+)
+def report(run_dir: str, max_accuracy_drop: float | None, out_dir: str | None) -> None:
     """(Re)write the markdown/HTML report of RUN_DIR."""
     from sparserobust.report import write_report
 
-    if max_accuracy_drop is not None and not 0 <= max_accuracy_drop <= 1:
+    if max_accuracy_drop is not None and not (
+        math.isfinite(max_accuracy_drop) and 0 <= max_accuracy_drop <= 1
+    ):
         raise ConfigError(f"--max-accuracy-drop must be in [0,1], got {max_accuracy_drop}")
-    path = write_report(run_dir, max_accuracy_drop)
+    path = write_report(run_dir, max_accuracy_drop, out_dir)
     click.echo(f"report: {path} (and {path.with_suffix('.html')})")
 
 
@@ -376,6 +386,10 @@ def export(run_dir: str, csv_path: str | None, json_path: str | None) -> None:
 
     if csv_path is None and json_path is None:
         raise ConfigError("give --csv FILE and/or --json FILE")
+    if csv_path is not None and json_path is not None:
+        same = Path(csv_path).parent.resolve() / Path(csv_path).name
+        if same == Path(json_path).parent.resolve() / Path(json_path).name:
+            raise ConfigError("--csv and --json name the same file: give two different paths")
     if csv_path is not None:
         click.echo(f"wrote {export_csv(run_dir, csv_path)} rows to {csv_path}")
     if json_path is not None:
@@ -458,18 +472,23 @@ def compact(checkpoint: str, out: str, as_json: bool) -> None:
     )
 
 
+def one_line(message: str) -> str:
+    """``message`` with line breaks written as ``\\n``: an error is always one line."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into one line and exit code 2."""
     try:
         cli.main(args=argv, prog_name="sparserobust", standalone_mode=False)
     except SparseRobustError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {one_line(str(exc))}", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
         hint = " (see --help)" if isinstance(exc, click.UsageError) else ""
-        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        click.echo(f"error: {one_line(exc.format_message())}{hint}", err=True)
         return exc.exit_code
     except click.Abort:
         click.echo("error: aborted", err=True)

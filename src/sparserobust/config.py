@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -234,6 +235,44 @@ def _plain(value: Any) -> Any:
     return value
 
 
+MAX_INT = 2**63 - 1
+"""No integer setting may exceed this (SQLite's and torch's int64)."""
+MAX_FLOAT = 1e12
+"""No number in a config is this large; each setting has its own, tighter range."""
+MAX_DEPTH = 32
+"""How deeply a config's mappings and lists may nest."""
+MAX_NODES = 100_000
+"""How many values (after YAML aliases are expanded) a config may hold."""
+SEED_LIMIT = 2**32
+"""Seeds are in [0, 2**32): numpy's seed range."""
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+"""A study name: it names the folder ``runs/<name>-<hash>``, so no path separators."""
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` cut to 60 characters (a one-line error for any input)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "a huge integer"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _key_text(key: Any) -> str:
+    """A config key as it appears in a message: plain names as they are, anything else
+    (spaces, newlines, control characters) quoted, so a message stays one line."""
+    text = str(key)
+    return text if re.fullmatch(r"[A-Za-z0-9_.-]{1,60}", text) else _short(text)
+
+
+def check_name(name: str) -> str:
+    """A study name confined to its run folder: letters, digits, ``.``, ``_``, ``-``,
+    starting with a letter or digit, at most 100 characters; ConfigError otherwise."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(
+            f"name: {_short(name)} is not a valid study name: use letters, digits, '.', '_' "
+            "and '-' (at most 100, starting with a letter or digit); it names runs/<name>-<hash>"
+        )
+    return name
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -263,7 +302,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         _, item_tp = typing.get_args(tp)
         if item_tp is Any:
             return dict(value)
-        return {k: _coerce(v, item_tp, f"{where}.{k}") for k, v in value.items()}
+        return {k: _coerce(v, item_tp, f"{where}.{_key_text(k)}") for k, v in value.items()}
     if tp is Any:
         return value
     if origin is tuple:
@@ -279,17 +318,27 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {_short(value)}")
+        if abs(value) > MAX_INT:
+            raise ConfigError(f"{where}: {_short(value)} is far too large: give a sane value")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"{where}: expected a number, got {_short(value)}")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number) or abs(number) > MAX_FLOAT:
+            raise ConfigError(
+                f"{where}: expected a finite number of sane size, got {_short(value)}"
+            )
+        return number
     if tp is str:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
+        if "\x00" in str(value):
+            raise ConfigError(f"{where}: contains a NUL character: remove it")
         return str(value)
     raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover
 
@@ -301,7 +350,8 @@ def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise ConfigError(
-            f"{prefix}{unknown[0]}: unknown key; allowed keys are {', '.join(sorted(fields))}"
+            f"{prefix}{_key_text(unknown[0])}: unknown key; "
+            f"allowed keys are {', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, f in fields.items():
@@ -325,11 +375,28 @@ def build_settings(cls: Any, data: Any, where: str) -> Any:
     return _build(cls, data, where)
 
 
-def _check_positive(value: float | int | None, where: str, allow_zero: bool = False) -> None:
+def _check_positive(
+    value: float | int | None,
+    where: str,
+    allow_zero: bool = False,
+    maximum: float | None = None,
+) -> None:
+    """ConfigError unless ``value`` is None or in ``(0, maximum]`` (``[0, maximum]``
+    with ``allow_zero``)."""
     if value is None:
         return
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{where}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{where}: must be at most {maximum:g}, got {_short(value)}")
+
+
+MAX_EPOCHS = 10_000
+MAX_COUNT = 1_000_000
+"""Largest number of images, steps, batch size etc. a config may ask for."""
+MAX_LR = 10.0
+MAX_EPS = {"inf": 1.0, "2": 100.0}
+"""Largest epsilon per norm, in [0,1] pixel space (l2: above any image's diameter here)."""
 
 
 def validate(config: StudyConfig) -> StudyConfig:
@@ -346,15 +413,19 @@ def validate(config: StudyConfig) -> StudyConfig:
         raise ConfigError(
             f"model: unknown model {config.model!r}; choose one of {', '.join(model_names())}"
         )
+    check_name(config.name)
     if not config.seeds:
         raise ConfigError("seeds: give at least one seed")
+    for i, seed in enumerate(config.seeds):
+        if not 0 <= seed < SEED_LIMIT:
+            raise ConfigError(f"seeds[{i}]: must be in [0, 2**32), got {_short(seed)}")
     if len(set(config.seeds)) != len(config.seeds):
         raise ConfigError("seeds: duplicate seeds")
     t = config.train
-    _check_positive(t.epochs, "train.epochs", allow_zero=True)
-    _check_positive(t.lr, "train.lr")
-    _check_positive(t.batch_size, "train.batch_size")
-    _check_positive(t.weight_decay, "train.weight_decay", allow_zero=True)
+    _check_positive(t.epochs, "train.epochs", allow_zero=True, maximum=MAX_EPOCHS)
+    _check_positive(t.lr, "train.lr", maximum=MAX_LR)
+    _check_positive(t.batch_size, "train.batch_size", maximum=MAX_COUNT)
+    _check_positive(t.weight_decay, "train.weight_decay", allow_zero=True, maximum=1.0)
     p = config.pruning
     from sparserobust.pruning.registry import method_names
 
@@ -374,11 +445,11 @@ def validate(config: StudyConfig) -> StudyConfig:
             )
         p.method_settings(m)
     check_sparsities(p.sparsities, "pruning.sparsities")
-    _check_positive(p.retrain_epochs, "pruning.retrain_epochs", allow_zero=True)
-    _check_positive(p.retrain_lr, "pruning.retrain_lr")
+    _check_positive(p.retrain_epochs, "pruning.retrain_epochs", allow_zero=True, maximum=MAX_EPOCHS)
+    _check_positive(p.retrain_lr, "pruning.retrain_lr", maximum=MAX_LR)
     e = config.eval
-    _check_positive(e.n, "eval.n")
-    _check_positive(e.batch_size, "eval.batch_size")
+    _check_positive(e.n, "eval.n", maximum=MAX_COUNT)
+    _check_positive(e.batch_size, "eval.batch_size", maximum=MAX_COUNT)
     from sparserobust.attacks.registry import attack_names, is_fixed_epsilon
 
     for i, a in enumerate(e.attacks):
@@ -390,12 +461,12 @@ def validate(config: StudyConfig) -> StudyConfig:
         if a.norm is not None and a.norm not in ("inf", "2"):
             raise ConfigError(f"{key}.norm: must be inf or 2, got {a.norm!r}")
         for j, eps in enumerate(a.eps):
-            _check_positive(eps, f"{key}.eps[{j}]")
+            _check_positive(eps, f"{key}.eps[{j}]", maximum=MAX_EPS[attack_norm(a)])
         if is_fixed_epsilon(a.name) and not a.eps:
             raise ConfigError(f"{key}.eps: {a.name} needs at least one epsilon")
-        _check_positive(a.steps, f"{key}.steps")
-        _check_positive(a.restarts, f"{key}.restarts")
-        _check_positive(a.search_steps, f"{key}.search_steps")
+        _check_positive(a.steps, f"{key}.steps", maximum=MAX_COUNT)
+        _check_positive(a.restarts, f"{key}.restarts", maximum=MAX_COUNT)
+        _check_positive(a.search_steps, f"{key}.search_steps", maximum=MAX_COUNT)
         _check_attack_builds(a, key)
     _check_measurements(e)
     for i, mask in enumerate(e.masking):
@@ -405,17 +476,17 @@ def validate(config: StudyConfig) -> StudyConfig:
         if not mask.eps:
             raise ConfigError(f"{key}.eps: give at least one epsilon")
         for j, eps in enumerate(mask.eps):
-            _check_positive(eps, f"{key}.eps[{j}]")
-        _check_positive(mask.n, f"{key}.n")
-        _check_positive(mask.steps, f"{key}.steps")
+            _check_positive(eps, f"{key}.eps[{j}]", maximum=MAX_EPS[mask.norm])
+        _check_positive(mask.n, f"{key}.n", maximum=MAX_COUNT)
+        _check_positive(mask.steps, f"{key}.steps", maximum=MAX_COUNT)
         if not mask.against:
             raise ConfigError(f"{key}.against: name at least one gradient attack of eval.attacks")
         masking_references(e, mask, key)
     c = e.clever
-    _check_positive(c.n, "eval.clever.n", allow_zero=True)
-    _check_positive(c.n_batches, "eval.clever.n_batches")
-    _check_positive(c.batch_size, "eval.clever.batch_size")
-    _check_positive(c.radius, "eval.clever.radius")
+    _check_positive(c.n, "eval.clever.n", allow_zero=True, maximum=MAX_COUNT)
+    _check_positive(c.n_batches, "eval.clever.n_batches", maximum=MAX_COUNT)
+    _check_positive(c.batch_size, "eval.clever.batch_size", maximum=MAX_COUNT)
+    _check_positive(c.radius, "eval.clever.radius", maximum=MAX_EPS["2"])
     for i, norm in enumerate(c.norms):
         if norm not in ("inf", "2"):
             raise ConfigError(f"eval.clever.norms[{i}]: must be inf or 2, got {norm!r}")
@@ -543,6 +614,10 @@ def _check_measurements(e: EvalSettings) -> None:
         m.validate(build_settings(m.settings_type, block, where), e, where)
 
 
+MAX_SPARSITY = 0.9999
+"""Sparsity levels are named with 4 decimals; a larger one would read as 1.0000."""
+
+
 def check_sparsities(values: typing.Sequence[float], where: str = "sparsity") -> tuple[float, ...]:
     """Validate a list of sparsity levels: non-empty, each in [0,1), no duplicates."""
     if len(values) == 0:
@@ -550,6 +625,11 @@ def check_sparsities(values: typing.Sequence[float], where: str = "sparsity") ->
     for i, s in enumerate(values):
         if not (0 <= s < 1):
             raise ConfigError(f"{where}[{i}]: sparsity must be in [0,1), got {s}")
+        if s > MAX_SPARSITY:
+            raise ConfigError(
+                f"{where}[{i}]: sparsity {s} rounds to 1.0000 (every weight removed): "
+                f"give at most {MAX_SPARSITY}"
+            )
     if len(set(values)) != len(values):
         dup = next(s for s in values if list(values).count(s) > 1)
         raise ConfigError(f"{where}: duplicate sparsity level {dup}")
@@ -560,6 +640,7 @@ def config_from_dict(data: dict[str, Any]) -> StudyConfig:
     """Build and validate a :class:`StudyConfig` from a plain mapping."""
     if not isinstance(data, dict):
         raise ConfigError("the config must be a YAML mapping of keys to values")
+    check_shape(data)
     return validate(_build(StudyConfig, data, ""))
 
 
@@ -569,7 +650,13 @@ def load_config(path: str | os.PathLike[str]) -> StudyConfig:
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist: check the path")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{p} nests too deeply: flatten it (at most {MAX_DEPTH} levels)"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -578,7 +665,51 @@ def load_config(path: str | os.PathLike[str]) -> StudyConfig:
         raise ConfigError(f"cannot read config {p}: {exc}") from None
     if data is None:
         raise ConfigError(f"config file {p} is empty: see configs/ for examples")
+    check_shape(data, str(p))
     return config_from_dict(data)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader that refuses a mapping with a key given twice (plain YAML
+    keeps the last one silently)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:
+                    raise ConfigError(
+                        f"line {key_node.start_mark.line + 1}: a key must be a name"
+                    ) from None
+                if duplicate:
+                    raise ConfigError(
+                        f"line {key_node.start_mark.line + 1}: key {_short(key)} is given "
+                        "twice: keep one"
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+def check_shape(data: Any, where: str = "config") -> None:
+    """ConfigError when ``data`` nests deeper than :data:`MAX_DEPTH` or holds more
+    than :data:`MAX_NODES` values (YAML aliases counted as often as they are used)."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    count = 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{where} nests too deeply: flatten it (at most {MAX_DEPTH} levels)")
+        if count > MAX_NODES:
+            raise ConfigError(f"{where} holds more than {MAX_NODES} values: shorten it")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def quick_config() -> StudyConfig:

@@ -289,5 +289,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> D
                 f"{name} images have shape {tuple(split.x.shape[1:])}, expected "
                 f"{info.input_shape}: the data files look corrupt"
             )
+        if len(split.y) and (int(split.y.min()) < 0 or int(split.y.max()) >= info.num_classes):
+            raise DataError(
+                f"{name} labels outside 0..{info.num_classes - 1} (found {int(split.y.min())}.."
+                f"{int(split.y.max())}): the data files look corrupt; replace them"
+            )
     log.info("loaded %s: %d train, %d test", name, len(train), len(test))
     return Dataset(info, train, test)

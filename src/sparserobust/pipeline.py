@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -26,18 +27,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparserobust.checkpoint import load_checkpoint
+from sparserobust.checkpoint import load_checkpoint, verify_checkpoint
 from sparserobust.config import AttackSettings, EvalSettings, StudyConfig, check_sparsities
 from sparserobust.data import Split, resolve_data_dir
 from sparserobust.engine.executors import EXECUTOR_NAMES, Executor, make_executor
 from sparserobust.engine.plan import Resources, Task, plan
 from sparserobust.engine.scheduler import run_tasks
 from sparserobust.engine.tasks import dense_rel, model_key, study_data
-from sparserobust.errors import ConfigError, StoreError
+from sparserobust.errors import CheckpointError, ConfigError, StoreError
 from sparserobust.measurements import Cell, plan_cells, records_of, timed_run_cell
 from sparserobust.pruning import sparsity_report
 from sparserobust.pruning.sweep import prune_model
-from sparserobust.store import ModelRow, ResultStore, RunLock, provenance, sha256_file
+from sparserobust.store import (
+    ModelRow,
+    ResultStore,
+    RunLock,
+    open_no_follow,
+    provenance,
+    sha256_file,
+)
 from sparserobust.training import evaluate_accuracy
 from sparserobust.utils import resolve_device
 
@@ -82,8 +90,62 @@ def _brief(numbers: dict[str, Any]) -> str:
 
 
 def default_run_dir(config: StudyConfig) -> Path:
-    """``runs/<name>-<config hash>``."""
+    """``runs/<name>-<config hash>``; the name may not leave ``runs/``."""
+    from sparserobust.config import check_name
+
+    check_name(config.name)
     return Path("runs") / f"{config.name}-{config.config_hash()}"
+
+
+def drop_untrusted_models(store: ResultStore, run_dir: Path) -> list[str]:
+    """Forget every model whose checkpoint is not intact, and everything built on it.
+
+    A model row is trusted only when its file exists, has the SHA-256 stored with the
+    row, loads, fits its architecture (mask shapes) and holds finite weights. An
+    untrusted row, its results and the rows of every model derived from it (pruned
+    levels name their parent file; the dense model is every sweep's root) are deleted
+    in one transaction, and their checkpoint files removed, so planning recomputes
+    them. Returns the deleted model keys."""
+    rows = store.models()
+    bad: set[str] = set()
+    for row in rows:
+        path = run_dir / row.checkpoint
+        why = None
+        if not path.is_file():
+            why = "missing"
+        elif sha256_file(path) != row.checkpoint_sha256:
+            why = "its SHA-256 does not match the database"
+        else:
+            try:
+                verify_checkpoint(path)
+            except CheckpointError as exc:
+                why = str(exc)
+        if why is not None:
+            log.warning("not trusting model %s (%s): recomputing it", row.model_key, why)
+            bad.add(row.model_key)
+    by_file = {(r.seed, r.method, Path(r.checkpoint).name): r.model_key for r in rows}
+    dense = {r.seed: r.model_key for r in rows if r.method == "dense"}
+
+    def parent_key(r: ModelRow) -> str | None:
+        if r.method == "dense":
+            return None
+        if r.parent in (None, "dense.st"):
+            return dense.get(r.seed)
+        return by_file.get((r.seed, r.method, str(r.parent)))
+
+    changed = True
+    while changed:
+        changed = False
+        for r in rows:
+            if r.model_key not in bad and parent_key(r) in bad:
+                log.warning("not trusting model %s: built on an untrusted one", r.model_key)
+                bad.add(r.model_key)
+                changed = True
+    doomed = [r for r in rows if r.model_key in bad]
+    store.delete_models([r.model_key for r in doomed])
+    for r in doomed:
+        (run_dir / r.checkpoint).unlink(missing_ok=True)
+    return [r.model_key for r in doomed]
 
 
 class StudyRecorder:
@@ -186,7 +248,9 @@ class StudyRecorder:
 
 
 def _attach_log(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "run.log")
+    """Append the study's log to ``run_dir/run.log`` (never through a symbolic link)."""
+    fd = open_no_follow(run_dir / "run.log", os.O_WRONLY | os.O_APPEND)
+    handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8"))
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("sparserobust")
@@ -194,6 +258,18 @@ def _attach_log(run_dir: Path) -> logging.Handler:
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
     return handler
+
+
+def _check_force_target(run: Path) -> None:
+    """Refuse ``--force`` on a folder that holds files but is not a run directory: it
+    only ever deletes a run's own database, checkpoints and report."""
+    if not (run / "results.sqlite").is_file():
+        others = [p.name for p in run.iterdir() if p.name not in (".lock", "run.log")]
+        if others:
+            raise StoreError(
+                f"--force: {run} is not a sparserobust run directory (no results.sqlite; "
+                f"it holds {others[0]!r}): choose the run directory with --out"
+            )
 
 
 def task_resources(device: torch.device) -> Resources:
@@ -233,6 +309,7 @@ def run_study(
     start = time.perf_counter()
     with RunLock(run):
         if force:
+            _check_force_target(run)
             for name in ("results.sqlite", "results.sqlite-wal", "results.sqlite-shm"):
                 (run / name).unlink(missing_ok=True)
             shutil.rmtree(run / "checkpoints", ignore_errors=True)
@@ -242,7 +319,15 @@ def run_study(
         handler = _attach_log(run)
         try:
             device = resolve_device(config.device)
-            study_data(config)  # a data error stops the study here, before any worker starts
+            data = study_data(config)  # a data error stops the study here, before any worker
+            if config.eval.n > len(data.test):
+                log.warning(
+                    "eval.n is %d but %s has only %d test images: measuring all %d",
+                    config.eval.n,
+                    config.dataset,
+                    len(data.test),
+                    len(data.test),
+                )
             pool = make_executor(kind, jobs, address)
             try:
                 report, n_models, n_results = _run_on(pool, config, run, device, progress)
@@ -288,6 +373,7 @@ def _run_on(
         recorder = StudyRecorder(config, run, store, prov)
         recorder.check_config()
         log.info("study %s (config %s) in %s on %s", config.name, recorder.hash, run, device)
+        drop_untrusted_models(store, run)
         tasks = plan(config, store, task_resources(device))
         log.info("%d tasks to run on the %s executor", len(tasks), pool.name)
         run_tasks(tasks, pool, worker_config, worker_run, recorder.done, progress=progress)

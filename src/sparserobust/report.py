@@ -145,6 +145,70 @@ def _cell_text(cell: Cell | None) -> str:
     return _fmt(cell.mean)
 
 
+def completeness(config: dict[str, Any], store: ResultStore) -> tuple[int, int, int, int]:
+    """(models stored, models planned, results stored, results planned) of the study
+    ``config`` (its stored dict); planned counts are 0 when the config cannot be read."""
+    from sparserobust.config import config_from_dict
+    from sparserobust.engine.tasks import model_key
+    from sparserobust.errors import SparseRobustError
+    from sparserobust.measurements import plan_cells
+    from sparserobust.store import params_hash
+
+    models = {m.model_key for m in store.models()}
+    results = {
+        (r["model_key"], r["measurement"], params_hash(r["params"])) for r in store.results()
+    }
+    try:
+        study = config_from_dict(config)
+    except SparseRobustError:
+        return len(models), 0, len(results), 0
+    want_models: set[str] = set()
+    want_results: set[tuple[str, str, str]] = set()
+    for seed in study.seeds:
+        keys = [model_key(seed, "dense", 0.0)] + [
+            model_key(seed, m, t) for m in study.pruning.methods for t in study.pruning.sparsities
+        ]
+        want_models.update(keys)
+        for cell in plan_cells(study.eval, seed):
+            want_results.update((k, cell.key, params_hash(cell.params)) for k in keys)
+    return (
+        len(models & want_models),
+        len(want_models),
+        len(results & want_results),
+        len(want_results),
+    )
+
+
+def data_warnings(store: ResultStore) -> list[tuple[str, str, str]]:
+    """Stored numbers that cannot be right (a fraction outside [0,1], a sparsity that
+    disagrees with its counts): a damaged or hand-edited database."""
+    out: list[tuple[str, str, str]] = []
+    for m in store.models():
+        if not 0.0 <= m.accuracy <= 1.0:
+            out.append((m.model_key, "models", f"clean accuracy {m.accuracy} is outside [0,1]"))
+        if m.total_weights <= 0 or abs(m.sparsity - m.pruned_weights / m.total_weights) > 1e-6:
+            out.append(
+                (m.model_key, "models", f"sparsity {m.sparsity} disagrees with its weight counts")
+            )
+    for r in store.results():
+        for rec in records_of(r["numbers"]):
+            if rec.metric in FRACTION_METRICS and not (
+                math.isnan(rec.value) or 0.0 <= rec.value <= 1.0
+            ):
+                out.append(
+                    (
+                        r["model_key"],
+                        r["measurement"],
+                        f"{rec.label} = {rec.value} not in [0,1]",
+                    )
+                )
+    return out
+
+
+FRACTION_METRICS = ("robust_accuracy", "active_relu_fraction", "vanishing_share")
+"""Record metrics that are fractions in [0,1]."""
+
+
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
 
@@ -162,7 +226,7 @@ def load_study(run_dir: str | Path, name: str = "") -> StudyData:
             f"{run}: not a run directory (no results.sqlite); give a folder "
             "written by `sparserobust run`"
         )
-    with ResultStore(run, create=False) as store:
+    with ResultStore(run, readonly=True) as store:
         return gather(store, name)
 
 
@@ -225,22 +289,38 @@ def verdict_section(
     return lines, sentences
 
 
-def write_report(run_dir: str | Path, max_accuracy_drop: float | None = None) -> Path:
-    """Write ``report.md``, ``report.html`` and PNG plots into ``RUN_DIR/report``;
-    returns the markdown path."""
+def write_report(
+    run_dir: str | Path,
+    max_accuracy_drop: float | None = None,
+    out_dir: str | Path | None = None,
+) -> Path:
+    """Write ``report.md``, ``report.html`` and PNG plots into ``out_dir`` (default
+    ``RUN_DIR/report``), reading the database without writing to it (a read-only run
+    directory works with ``out_dir`` elsewhere); returns the markdown path. A run
+    that has not finished is labelled incomplete at the top."""
     from sparserobust import figures
 
     run = Path(run_dir)
-    with ResultStore(run, create=False) as store:
+    with ResultStore(run, readonly=True) as store:
         config_hash = store.get_meta("config_hash") or "?"
         prov = json.loads(store.get_meta("provenance") or "{}")
         data = gather(store)
+        done = completeness(json.loads(store.get_meta("config") or "{}"), store)
+        bad_data = data_warnings(store)
     config = data.config
     if max_accuracy_drop is None:
         max_accuracy_drop = float((config.get("report") or {}).get("max_accuracy_drop", 0.01))
     heads = headlines(data)
-    out = run / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir) if out_dir is not None else run / "report"
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise StoreError(f"{out} exists and is not a folder: move it away and re-run the report")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the report folder {out} ({exc.strerror}): "
+            "give a writable one with --out"
+        ) from None
     images: dict[str, bytes] = {}
 
     def image(name: str, png: bytes | None) -> str | None:
@@ -258,9 +338,15 @@ def write_report(run_dir: str | Path, max_accuracy_drop: float | None = None) ->
         f"the best sparsity is chosen among pruned models whose mean clean accuracy is within "
         f"{max_accuracy_drop:.3g} of the dense model; {data.interval_note()}.",
         "",
-        "## Verdict",
-        "",
     ]
+    if done[0] < done[1] or done[2] < done[3]:
+        lines += [
+            f"**Incomplete run**: {done[0]} of {done[1]} models and {done[2]} of {done[3]} "
+            "measurements are stored; the verdict covers only those. Re-run "
+            "`sparserobust run` with the same config to finish it.",
+            "",
+        ]
+    lines += ["## Verdict", ""]
     if data.table.get(CLEAN):
         verdict, _ = verdict_section([(data, heads)], max_accuracy_drop)
         lines += verdict or ["No robustness headline is stored yet.", ""]
@@ -293,6 +379,10 @@ def write_report(run_dir: str | Path, max_accuracy_drop: float | None = None) ->
     else:
         lines += ["No model is stored yet.", ""]
     lines += _warnings_section(data)
+    if bad_data:
+        lines += ["Numbers that cannot be right (a damaged or hand-edited database):", ""]
+        lines += [f"- `{key}` {where}: {what}" for key, where, what in bad_data]
+        lines.append("")
     diag = figures.diagnostics(data) if data.table.get(CLEAN) else None
     if diag is not None:
         lines += ["## Diagnostics", "", "Not robustness: activations, margins, gradient norms.", ""]

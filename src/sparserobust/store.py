@@ -18,13 +18,16 @@ later run would trust. A run directory is held by one process at a time
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import platform
 import sqlite3
+import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -148,6 +151,56 @@ class ModelRow:
     seconds: float
 
 
+def open_no_follow(path: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` of a run-directory file (created if missing) that never follows a
+    symbolic link and refuses anything but a regular file; returns the descriptor."""
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreError(
+                f"{path} is a symbolic link: sparserobust never writes through links; "
+                "remove it and re-run"
+            ) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreError(f"{path} is not a regular file: remove it and re-run")
+    return fd
+
+
+_ROW_TYPES: tuple[type | tuple[type, ...], ...] = (
+    str,
+    int,
+    str,
+    float,
+    float,
+    int,
+    int,
+    float,
+    str,
+    str,
+    (str, type(None)),
+    float,
+)
+
+
+def _model_row(values: tuple[Any, ...], db: Path) -> ModelRow:
+    """A :class:`ModelRow` from a database row; StoreError when a cell holds the wrong
+    type (a damaged or hand-edited database)."""
+    for value, kind, f in zip(values, _ROW_TYPES, dataclasses.fields(ModelRow), strict=True):
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise StoreError(
+                f"{db}: models.{f.name} of {values[0]!r} holds {value!r}, not a "
+                f"{getattr(kind, '__name__', 'value')}: the database is damaged; "
+                "re-run the study with --force"
+            )
+    return ModelRow(*values)
+
+
 class RunLock:
     """Exclusive lock on a run directory: a second process refuses with a clear error."""
 
@@ -158,7 +211,9 @@ class RunLock:
     def __enter__(self) -> RunLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a+")  # noqa: SIM115 - held for the run's life
+            self._fh = os.fdopen(open_no_follow(self.path, os.O_RDWR), "r+")
+        except StoreError:
+            raise
         except OSError as exc:
             raise StoreError(
                 f"cannot use run directory {self.path.parent} ({exc.strerror}): "
@@ -187,14 +242,20 @@ class RunLock:
 class ResultStore:
     """The SQLite results database of one run directory."""
 
-    def __init__(self, run_dir: str | os.PathLike[str], *, create: bool = True) -> None:
+    def __init__(
+        self, run_dir: str | os.PathLike[str], *, create: bool = True, readonly: bool = False
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / DB_NAME
-        if not create and not self.path.is_file():
+        self.readonly = readonly
+        if (readonly or not create) and not self.path.is_file():
             raise StoreError(
                 f"{self.run_dir} holds no results database ({DB_NAME}): "
                 "give the run directory that `sparserobust run` wrote"
             )
+        if readonly:
+            self.conn = self._connect_readonly()
+            return
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(self.path, timeout=DB_TIMEOUT, isolation_level=None)
@@ -220,6 +281,47 @@ class ResultStore:
                 f"{self.path} has schema {version}, this sparserobust writes {SCHEMA_VERSION}: "
                 "use a new run directory"
             )
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """Open the database without writing anything (export, report: a read-only run
+        directory works). Falls back to ``immutable`` when SQLite cannot create the WAL
+        index beside a read-only database; refuses a database that holds no study."""
+        uri = self.path.resolve().as_uri()
+        conn: sqlite3.Connection | None = None
+        last = sqlite3.OperationalError("unable to open database file")
+        for query in ("?mode=ro", "?mode=ro&immutable=1"):
+            try:
+                conn = sqlite3.connect(uri + query, uri=True, timeout=DB_TIMEOUT)
+                tables = {
+                    r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                }
+                break
+            except sqlite3.OperationalError as exc:
+                if conn is not None:
+                    conn.close()
+                conn = None
+                last = exc
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(
+                    f"{self.path} is not a sparserobust results database ({exc}): "
+                    "give the run directory that `sparserobust run` wrote"
+                ) from None
+        if conn is None:
+            raise StoreError(self._explain(last))
+        if not {"meta", "models", "results"} <= tables:
+            conn.close()
+            raise StoreError(
+                f"{self.path} holds no sparserobust study (tables missing; was its -wal file "
+                "deleted?): re-run the study"
+            )
+        row = conn.execute("SELECT value FROM meta WHERE key='config_hash'").fetchone()
+        if row is None:
+            conn.close()
+            raise StoreError(
+                f"{self.path} holds no study record (was its -wal file deleted, or the run "
+                "never started?): re-run the study"
+            )
+        return conn
 
     def _explain(self, exc: sqlite3.OperationalError) -> str:
         text = str(exc)
@@ -281,7 +383,7 @@ class ResultStore:
         ).fetchone()
         if row is None:
             return None
-        model = ModelRow(*row)
+        model = _model_row(row, self.path)
         path = self.run_dir / model.checkpoint
         if not path.is_file() or sha256_file(path) != model.checkpoint_sha256:
             return None
@@ -293,7 +395,7 @@ class ResultStore:
             "total_weights, accuracy, checkpoint, checkpoint_sha256, parent, seconds "
             "FROM models ORDER BY seed, method, target_sparsity"
         ).fetchall()
-        return [ModelRow(*r) for r in rows]
+        return [_model_row(r, self.path) for r in rows]
 
     # --- results --------------------------------------------------------------
     def has_result(self, model_key: str, measurement: str, params: dict[str, Any]) -> bool:
@@ -330,6 +432,16 @@ class ResultStore:
                 ),
             )
 
+    def delete_models(self, keys: list[str]) -> None:
+        """Forget the models ``keys`` and every result measured on them, in one
+        transaction (a checkpoint that is no longer trusted is recomputed)."""
+        if not keys:
+            return
+        marks = ",".join("?" * len(keys))
+        with self._transaction() as c:
+            c.execute(f"DELETE FROM results WHERE model_key IN ({marks})", keys)
+            c.execute(f"DELETE FROM models WHERE model_key IN ({marks})", keys)
+
     def results(self) -> list[dict[str, Any]]:
         """Every result row joined with its model, numbers decoded."""
         rows = self.conn.execute(
@@ -340,6 +452,13 @@ class ResultStore:
         ).fetchall()
         out = []
         for r in rows:
+            try:
+                params, numbers, prov = json.loads(r[7]), json.loads(r[8]), json.loads(r[11])
+            except (TypeError, ValueError):
+                raise StoreError(
+                    f"{self.path}: the result {r[6]} of model {r[0]} is corrupt (not JSON): "
+                    "delete that row or re-run with --force"
+                ) from None
             out.append(
                 {
                     "model_key": r[0],
@@ -349,11 +468,11 @@ class ResultStore:
                     "sparsity": r[4],
                     "clean_accuracy": r[5],
                     "measurement": r[6],
-                    "params": json.loads(r[7]),
-                    "numbers": json.loads(r[8]),
+                    "params": params,
+                    "numbers": numbers,
                     "seconds": r[9],
                     "config_hash": r[10],
-                    "provenance": json.loads(r[11]),
+                    "provenance": prov,
                 }
             )
         return out

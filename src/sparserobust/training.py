@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from sparserobust.attacks.base import expand_like, loss_and_grad, lp_norms, project
 from sparserobust.attacks.pgd import random_start
 from sparserobust.data import Split
-from sparserobust.errors import ConfigError
+from sparserobust.errors import ConfigError, ModelError
 from sparserobust.utils import eval_mode, model_device, predict, seed_everything
 
 log = logging.getLogger(__name__)
@@ -309,6 +309,13 @@ def train_model(
             else:
                 assert adv_gen is not None
                 loss = adversarial_loss(model, xb, yb, adv, adv_gen)
+            value = float(loss.item())
+            if not math.isfinite(value):
+                bar.close()
+                raise ModelError(
+                    f"{desc}: training diverged at step {step + 1} (loss {value}): "
+                    "lower the learning rate"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -316,11 +323,16 @@ def train_model(
             step += 1
             if after_step is not None:
                 after_step(step, model)
-            running += loss.item()
+            running += value
             bar.update(1)
         bar.set_postfix(epoch=epoch + 1, loss=f"{running / steps_per_epoch:.4f}")
         log.debug("%s epoch %d loss %.4f", desc, epoch + 1, running / steps_per_epoch)
     bar.close()
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise ModelError(
+            f"{desc}: training diverged (NaN or inf in {bad[0]}): lower the learning rate"
+        )
     log.info("%s: %d epochs in %.1fs", desc, config.epochs, time.perf_counter() - start)
     return model
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from sparserobust.errors import StoreError
 from sparserobust.utils import eval_mode, forward, model_device
 
 if TYPE_CHECKING:
@@ -61,6 +62,17 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Record:
+        """The record back from :meth:`to_dict`; StoreError for a damaged one."""
+        try:
+            return cls._from_dict(data)
+        except (TypeError, ValueError, KeyError, AttributeError):
+            raise StoreError(
+                f"a stored record is damaged ({str(data)[:80]}): delete its result row or "
+                "re-run the study with --force"
+            ) from None
+
+    @classmethod
+    def _from_dict(cls, data: Mapping[str, Any]) -> Record:
         value = data.get("value")
         num = math.nan if value is None else float(value)
         eps = data.get("eps")

@@ -37,9 +37,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sparserobust.checkpoint import apply_masks_from_state, read_metadata, save_checkpoint
+from sparserobust.checkpoint import (
+    apply_masks_from_state,
+    check_model_finite,
+    read_metadata,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from sparserobust.data import Split
-from sparserobust.errors import CheckpointError, ConfigError
+from sparserobust.errors import CheckpointError, ConfigError, ModelError
 from sparserobust.pruning.dns import DNSConfig, TrainFn, dns_prune
 from sparserobust.pruning.hydra import HydraSettings, hydra_prune
 from sparserobust.pruning.masks import (
@@ -76,6 +82,11 @@ def validate_targets(targets: Sequence[float]) -> list[float]:
     if not values:
         raise ConfigError("no sparsity targets given: pass e.g. --sparsity 0.5,0.9,0.99")
     names = [checkpoint_name("x", v) for v in values]
+    full = [v for v, n in zip(values, names, strict=True) if n.endswith("s1.0000.st")]
+    if full:
+        raise ConfigError(
+            f"sparsity {full[0]} rounds to 1.0000 (every weight removed): give at most 0.9999"
+        )
     if len(set(names)) != len(names):
         dupes = sorted({v for v, n in zip(values, names, strict=True) if names.count(n) > 1})
         raise ConfigError(f"duplicate sparsity targets {dupes}: give each level once")
@@ -263,6 +274,12 @@ def _finished(path: Path, signature: dict[str, Any], target_path: list[float]) -
             f"{path} belongs to a sweep with other settings: use another --out folder "
             "or delete that file"
         )
+    try:  # the metadata can match while the tensors were damaged or edited
+        verify_checkpoint(path)
+    except CheckpointError as exc:
+        log.warning("not resuming from %s (%s); recomputing it", path, exc)
+        path.unlink(missing_ok=True)
+        return False
     return True
 
 
@@ -379,6 +396,7 @@ def sparsity_sweep(
             target_path=levels[: i + 1] if chain else levels[i : i + 1],
             sparsity_note=SPARSITY_NOTE,
         )
+        _check_not_diverged(work, method, levels[i])
         if out is not None:
             meta = {**dict(metadata or {}), **level_meta}
             save_checkpoint(paths[i], work, meta)
@@ -400,6 +418,17 @@ def sparsity_sweep(
         )
     bar.close()
     return records
+
+
+def _check_not_diverged(model: nn.Module, method: str, target: float) -> None:
+    """ModelError when pruning or retraining left NaN/inf weights: never saved as a level."""
+    try:
+        check_model_finite(model, f"{method} level {target:.4f}")
+    except CheckpointError:
+        raise ModelError(
+            f"{method} level {target:.4f} diverged (NaN or inf weights after pruning and "
+            "retraining): lower the retraining learning rate"
+        ) from None
 
 
 def _prune_level(
