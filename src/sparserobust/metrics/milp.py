@@ -618,8 +618,8 @@ def _decide(
                 )
                 res.margin_upper = solve.best_obj
                 return
-        if solve.dual > 0:
-            proven.append(solve.dual)
+        if solve.dual > 0 and status in (hs.kOptimal, hs.kInterrupt):
+            proven.append(solve.dual)  # a proof only from a run that ended normally
             continue
         if status == hs.kTimeLimit or time.perf_counter() > deadline:
             res.status, res.detail = "timeout", f"class {j} unresolved"
@@ -732,15 +732,28 @@ class DistanceResult:
 
 
 def _push_out(
-    model: nn.Module, x0: torch.Tensor, cand: torch.Tensor, y: int
+    model: nn.Module, x0: torch.Tensor, cand: torch.Tensor, y: int, j: int
 ) -> tuple[torch.Tensor, float] | None:
-    """A checked adversarial near the boundary point ``cand``: scale ``cand - x0``
-    by ``1 + s`` for growing ``s``; returns ``(x, l_inf distance)`` or None."""
-    d = cand.to(x0.dtype) - x0
+    """A checked adversarial next to the boundary point ``cand`` (where ``f_j = f_y``).
+
+    Tries, for growing steps ``s``, the ray ``x0 + (1 + s)(cand - x0)`` and a signed
+    gradient step of ``f_j - f_y`` of size ``s`` (l_inf radius grown by ``s``), both
+    clipped to [0,1]. Returns ``(x, l_inf distance)`` or None.
+    """
+    cand = cand.to(x0.dtype)
+    d = cand - x0
+    radius = float(d.abs().max())
+    xg = cand.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(xg.unsqueeze(0))[0]
+        (grad,) = torch.autograd.grad(logits[j] - logits[y], xg)
     for s in (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2):
-        x = (x0 + (1 + s) * d).clamp(0, 1)
-        if _is_adversarial(model, x, y):
-            return x, float((x.double() - x0.double()).abs().max())
+        ray = (x0 + (1 + s) * d).clamp(0, 1)
+        lo, hi = (x0 - radius - s).clamp(0, 1), (x0 + radius + s).clamp(0, 1)
+        step = torch.minimum(torch.maximum(cand + s * grad.sign(), lo), hi)
+        for x in (ray, step):
+            if _is_adversarial(model, x, y):
+                return x, float((x.double() - x0.double()).abs().max())
     return None
 
 
@@ -831,7 +844,7 @@ def _distance_classes(
             if math.isfinite(obj) and obj <= cutoff:
                 sol = np.array(m.h.getSolution().col_value, dtype=float)
                 cand = _input_from(built, sol, x0.shape).to(x0.device)
-                pushed = _push_out(model, x0, cand, y)
+                pushed = _push_out(model, x0, cand, y, int(j))
                 if pushed is not None and (res.upper is None or pushed[1] < res.upper):
                     res.counterexample, res.upper = pushed[0].cpu(), pushed[1]
                     cutoff = min(cutoff, pushed[1])
