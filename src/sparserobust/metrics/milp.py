@@ -1020,8 +1020,8 @@ def _exact_entry(
             checked = _check_counterexample(model, x[i], adv, yi, eps)
             if checked is not None:
                 by = "clean" if not bool(pgd.clean_correct[i]) else "attack"
-                secs = attack_seconds + time.perf_counter() - t0
-                results.append(ExactResult(i, eps, "counterexample", by, secs,
+                point_s = attack_seconds + time.perf_counter() - t0
+                results.append(ExactResult(i, eps, "counterexample", by, point_s,
                                            counterexample=checked.cpu()))  # fmt: skip
                 continue
         r = verify_exact(model, x[i : i + 1], y[i : i + 1], epsilon=eps, time_limit=time_limit,
