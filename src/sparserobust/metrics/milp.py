@@ -182,8 +182,8 @@ def _stages(layers: Sequence[Layer]) -> list[_Stage]:
 
 
 class _Model:
-    """A HiGHS model grown layer by layer; ``expr`` maps the current layer's values
-    to columns: ``values = E @ cols + e0``."""
+    """A HiGHS model grown layer by layer. A layer's values are kept as sparse
+    expressions over the columns: ``values = E @ cols + e0``."""
 
     def __init__(self) -> None:
         import highspy
@@ -350,7 +350,6 @@ def _relu_constraints(
     keep = (lo >= 0) & used  # stable active: y = z, substituted
     u_idx = np.nonzero(unstable)[0]
     k = len(u_idx)
-    nc = m.ncols
     y = m.add_cols(np.zeros(k), hi[u_idx])
     d = m.add_cols(np.zeros(k), np.ones(k))
     m.binaries.append(d)
@@ -362,7 +361,6 @@ def _relu_constraints(
     m.add_rows(iy - ez, ez0, inf)  # y >= z
     m.add_rows(iy - idd.multiply(hi[u_idx][:, None]).tocsr(), -inf, np.zeros(k))  # y <= u d
     m.add_rows(iy - ez - idd.multiply(lo[u_idx][:, None]).tocsr(), -inf, ez0 - lo[u_idx])
-    del nc
     # new expressions: active rows kept, unstable rows -> y, the rest 0
     e_keep = sp.diags(keep.astype(float)) @ m.widen(e)
     e_new = e_keep + sp.csr_matrix((np.ones(k), (u_idx, y)), shape=(n, m.ncols))
@@ -481,16 +479,18 @@ def _check_counterexample(
 
 
 class _Solve:
-    """One class's MILP run with early stops: at a clear counterexample or a proof."""
+    """One class's MILP run with early stops: at a clear counterexample, at a proof,
+    or at the point's wall-clock ``deadline`` (HiGHS's own time limit can overrun)."""
 
-    def __init__(self, built: _Built, const: float, cex_tol: float) -> None:
-        self.const, self.cex_tol = const, cex_tol
+    def __init__(self, built: _Built, const: float, cex_tol: float, deadline: float) -> None:
+        self.const, self.cex_tol, self.deadline = const, cex_tol, deadline
         self.best_obj = math.inf
         self.best_sol: np.ndarray | None = None
         self.dual = -math.inf
         h = built.model.h
         h.cbMipImprovingSolution.subscribe(self._improving)
         h.cbMipInterrupt.subscribe(self._interrupt)
+        h.cbSimplexInterrupt.subscribe(self._late)
 
     # HiGHS keeps the interrupt flag between runs: set it explicitly on every call.
     def _improving(self, e: Any) -> None:
@@ -502,7 +502,18 @@ class _Solve:
 
     def _interrupt(self, e: Any) -> None:
         self.dual = max(self.dual, float(e.data_out.mip_dual_bound) + self.const)
-        e.interrupt(bool(self.dual > 0 or self.best_obj < -self.cex_tol))
+        late = time.perf_counter() > self.deadline
+        e.interrupt(bool(self.dual > 0 or self.best_obj < -self.cex_tol or late))
+
+    def _late(self, e: Any) -> None:
+        e.interrupt(bool(time.perf_counter() > self.deadline))
+
+    @staticmethod
+    def clear(h: Any) -> None:
+        """Unsubscribe every callback of a run."""
+        h.cbMipImprovingSolution.clear()
+        h.cbMipInterrupt.clear()
+        h.cbSimplexInterrupt.clear()
 
 
 def _input_from(built: _Built, sol: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
@@ -570,7 +581,6 @@ def _decide(
     hs = m.hp.HighsModelStatus
     order = [j for j in np.argsort(crown_margins) if j != y and crown_margins[j] <= 0]
     lower = float(np.min(crown_margins[np.isfinite(crown_margins)]))
-    lower = min(lower, math.inf)
     proven: list[float] = [float(crown_margins[j]) for j in range(len(crown_margins))
                            if j != y and crown_margins[j] > 0]  # fmt: skip
     upper = math.inf
@@ -585,12 +595,11 @@ def _decide(
         m.h.setOptionValue("mip_rel_gap", 0.0)
         m.h.setOptionValue("mip_abs_gap", 1e-7)
         m.h.setOptionValue("time_limit", m.h.getRunTime() + remaining)
-        solve = _Solve(built, const, cex_tol)
+        solve = _Solve(built, const, cex_tol, deadline)
         try:
             m.h.run()
         finally:
-            m.h.cbMipImprovingSolution.clear()
-            m.h.cbMipInterrupt.clear()
+            _Solve.clear(m.h)
         status = m.h.getModelStatus()
         info = m.h.getInfo()
         if status == hs.kOptimal:
