@@ -40,7 +40,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,7 @@ __all__ = [
     "NetworkBounds",
     "certified_radius",
     "certify",
+    "forward_layers",
     "network_bounds",
     "parse_network",
 ]
@@ -651,7 +652,6 @@ class NetworkBounds:
     pre: dict[int, tuple[torch.Tensor, torch.Tensor]]
     margins: torch.Tensor
     unstable: torch.Tensor
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def _prepare(
