@@ -190,6 +190,9 @@ class _Model:
 
         self.hp = highspy
         self.h = _new_highs()
+        # Our own reductions leave HiGHS's presolve nothing to remove (measured on
+        # LeNet-300), but it took up to 10 s, uninterruptible; off, LPs also warm-start.
+        self.h.setOptionValue("presolve", "off")
         self.ncols = 0
         self.binaries: list[np.ndarray] = []
 
@@ -244,12 +247,10 @@ def _lp_tighten(
     """
     lo, hi = lo.copy(), hi.copy()
     optimal = m.hp.HighsModelStatus.kOptimal
-    m.h.setOptionValue("presolve", "off")  # keep the basis: each LP warm-starts
     for i in rows:
         for sense_min in (True, False):
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
-                m.h.setOptionValue("presolve", "choose")
                 return lo, hi, False
             m.h.setOptionValue("time_limit", m.h.getRunTime() + remaining)
             if (sense_min and lo[i] >= 0) or (not sense_min and hi[i] <= 0):
@@ -264,7 +265,6 @@ def _lp_tighten(
                 lo[i] = max(lo[i], v - slack)
             else:
                 hi[i] = min(hi[i], v + slack)
-    m.h.setOptionValue("presolve", "choose")
     return lo, hi, True
 
 
@@ -320,6 +320,13 @@ def _build(
             e0 = st.matrix @ e0 + st.offset
             continue
         lo, hi = (v.reshape(-1).astype(np.float64) for v in pre[st.index])
+        n_out = lo.size if st.kind == "relu" else math.prod(st.layer.out_shape)  # type: ignore[union-attr]
+        used = _next_reads(stages, k, n_out)  # over this layer's outputs
+        if st.kind == "relu":
+            e, e0 = _materialise(m, e, e0, lo, hi, used & (hi > 0))
+        else:  # a max-pool input matters when its window is read
+            assert st.layer is not None
+            e, e0 = _materialise(m, e, e0, lo, hi, _window_inputs(st.layer, used))
         if tighten and not (exact_first and first_nonlinear) and st.kind == "relu":
             todo = np.nonzero((lo < 0) & (hi > 0))[0]
             # nearest to stable first: the neurons LP tightening most likely decides
@@ -329,7 +336,6 @@ def _build(
             lo, hi, done = _lp_tighten(m, m.widen(e), e0, lo, hi, todo, lp_end)
             lp_complete &= done
         first_nonlinear = False
-        used = _next_reads(stages, k, lo.size)
         if st.kind == "relu":
             unstable = (lo < 0) & (hi > 0)
             unstable_lp += int(unstable.sum())
@@ -340,6 +346,38 @@ def _build(
             e, e0 = _maxpool_constraints(m, m.widen(e), e0, lo, hi, st.layer, used)
     return _Built(m, m.widen(e), e0, cols, input_index, lo_in.copy(), unstable_lp, lp_complete,
                   sum(len(b) for b in m.binaries))  # fmt: skip
+
+
+def _materialise(
+    m: _Model, e: sp.csr_matrix, e0: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+    keep: np.ndarray,
+) -> tuple[sp.csr_matrix, np.ndarray]:  # fmt: skip
+    """Pre-activations ``z = E v + e0`` of the rows ``keep`` as new columns (bounds
+    ``[lo, hi]``, widened by 1e-7 against rounding) tied by equality rows.
+
+    Later constraints then read one column per neuron instead of its whole
+    expression, which keeps the model as sparse as the weights (substituting
+    expressions would multiply the layers' matrices out). Other rows become 0.
+    """
+    idx = np.nonzero(keep)[0]
+    k = len(idx)
+    pad = 1e-7 * (1 + np.abs(lo[idx])), 1e-7 * (1 + np.abs(hi[idx]))
+    z = m.add_cols(lo[idx] - pad[0], hi[idx] + pad[1])
+    ident = sp.csr_matrix((np.ones(k), (np.arange(k), z)), shape=(k, m.ncols))
+    m.add_rows(m.widen(e[idx]) - ident, -e0[idx], -e0[idx])  # E v - z = -e0
+    n = lo.size
+    return sp.csr_matrix((np.ones(k), (idx, z)), shape=(n, m.ncols)), np.zeros(n)
+
+
+def _window_inputs(layer: Layer, used: np.ndarray) -> np.ndarray:
+    """Bool over a max-pool layer's inputs: those in some window whose output is read."""
+    c, h, w = layer.in_shape
+    idx = _window_index(layer, torch.device("cpu")).numpy()  # (K, L)
+    out = np.zeros(c * h * w, dtype=bool)
+    used = used.reshape(c, -1)
+    for ch in range(c):
+        out[ch * h * w + idx[:, used[ch]].reshape(-1)] = True
+    return out
 
 
 def _relu_constraints(
