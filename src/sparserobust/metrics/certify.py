@@ -67,6 +67,7 @@ __all__ = [
 
 METHODS = ("ibp", "crown")
 _L2_LAMBDA_GRID = tuple(2.0**k for k in range(-4, 5))
+_ROW_BUDGET = 2**26  # coefficients per backward pass (512 MiB in float64)
 
 
 @dataclass
@@ -567,11 +568,19 @@ def _tighten(
     order = torch.argsort(cand.to(torch.int8), dim=1, descending=True, stable=True)
     idx = order[:, :kmax]
     valid = torch.arange(kmax, device=lo.device).unsqueeze(0) < counts.unsqueeze(1)
-    a, bias, nxt = _start_rows(layers, i - 1, idx, lo.dtype)
-    both_a = torch.cat([a, -a], 1)
-    both_b = torch.cat([bias, -bias], 1)
-    res = _crown_lower(layers, nxt, both_a, both_b, pre, inp)
-    new_lo, new_hi = res[:, :kmax], -res[:, kmax:]
+    # rows in chunks: the widest layer on the way back holds 2 * chunk rows per point
+    widest = max(math.prod(layer.in_shape) for layer in layers[:i])
+    chunk = max(1, _ROW_BUDGET // (2 * lo.shape[0] * widest))
+    lows, highs = [], []
+    for r in range(0, kmax, chunk):
+        a, bias, nxt = _start_rows(layers, i - 1, idx[:, r : r + chunk], lo.dtype)
+        k = a.shape[1]
+        res = _crown_lower(
+            layers, nxt, torch.cat([a, -a], 1), torch.cat([bias, -bias], 1), pre, inp
+        )
+        lows.append(res[:, :k])
+        highs.append(-res[:, k:])
+    new_lo, new_hi = torch.cat(lows, 1), torch.cat(highs, 1)
     flo, fhi = lo.flatten(1).clone(), hi.flatten(1).clone()
     old_lo, old_hi = flo.gather(1, idx), fhi.gather(1, idx)
     new_lo = torch.where(valid, torch.maximum(old_lo, new_lo), old_lo)
