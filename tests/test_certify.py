@@ -1,0 +1,194 @@
+"""IBP and CROWN: the parsed network computes the model, bounds are sound against
+sampling and PGD, exact where the closed form is known, and zeros make them cheaper."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sparserobust.attacks import get_attack
+from sparserobust.errors import ConfigError, ModelError
+from sparserobust.metrics.certify import (
+    certified_radius,
+    certify,
+    forward_layers,
+    network_bounds,
+    parse_network,
+)
+from sparserobust.models import Normalize, build_model
+from sparserobust.pruning.sweep import prune_model
+
+
+def small_nets() -> list[tuple[str, nn.Sequential]]:
+    """Random nets covering every op: MLP, conv + maxpool (overlapping too), padding."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(
+        Normalize([0.3], [0.4]), nn.Flatten(), nn.Linear(16, 12), nn.ReLU(),
+        nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3),
+    )  # fmt: skip
+    conv = nn.Sequential(
+        Normalize([0.3], [0.4]), nn.Conv2d(1, 3, 2), nn.ReLU(),
+        nn.Conv2d(3, 4, 2, stride=1, padding=1), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(16, 6), nn.ReLU(), nn.Linear(6, 3),
+    )  # fmt: skip
+    pool = nn.Sequential(
+        Normalize([0.3], [0.4]), nn.Conv2d(1, 3, 2), nn.MaxPool2d(2, stride=1),
+        nn.Conv2d(3, 4, 2), nn.Flatten(), nn.Linear(4, 3),
+    )  # fmt: skip
+    return [("mlp", mlp.eval()), ("conv", conv.eval()), ("pool", pool.eval())]
+
+
+def margins_at(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``f_y - f_j`` at ``x`` ``(N, K)`` in float64, inf at ``j = y``."""
+    with torch.no_grad():
+        logits = model(x).double()
+    m = logits.gather(1, y.view(-1, 1)) - logits
+    return m.scatter(1, y.view(-1, 1), math.inf)
+
+
+def samples_in_set(x: torch.Tensor, eps: float, norm: str, gen: torch.Generator) -> torch.Tensor:
+    """Random points of the l_p ball around ``x`` clipped to [0,1]: corners for l_inf."""
+    if norm == "inf":
+        d = torch.randint(0, 2, x.shape, generator=gen).float() * 2 - 1
+        d = d * eps * torch.rand(x.shape[0], 1, 1, 1, generator=gen).sqrt()
+    else:
+        d = torch.randn(x.shape, generator=gen)
+        d = d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * eps
+    return (x + d).clamp(0, 1)
+
+
+def test_parsed_layers_compute_the_model() -> None:
+    torch.manual_seed(1)
+    bn = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(),
+                       nn.Flatten(), nn.Linear(2 * 16 * 16, 3))  # fmt: skip
+    bn[1].running_mean.uniform_(-1, 1)
+    bn[1].running_var.uniform_(0.5, 2)
+    models = [
+        build_model("lenet300", (1, 8, 8), 10, (0.3,), (0.4,)),
+        build_model("lenet5", (1, 16, 16), 10, (0.3,), (0.4,)),
+        build_model("linear", (1, 8, 8), 10, (0.3,), (0.4,)),
+        bn,
+    ]
+    for model in models:
+        model.eval()
+        shape = (1, 16, 16) if model in models[1::2] else (1, 8, 8)
+        x = torch.rand(4, *shape)
+        layers = parse_network(model, shape)
+        if model is models[0]:  # Normalize folded into the first Linear layer
+            assert [layer.kind for layer in layers][:2] == ["flatten", "linear"]
+        with torch.no_grad():
+            assert torch.allclose(forward_layers(layers, x.double()).float(), model(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_bounds_are_sound_on_random_nets(norm: str) -> None:
+    """Every lower bound sits below the margin at 300 points of the threat set."""
+    gen = torch.Generator().manual_seed(0)
+    for _, net in small_nets():
+        x = torch.rand(6, 1, 4, 4, generator=gen)
+        y = net(x).argmax(1)
+        for eps in (0.05, 0.2):
+            crown = certify(net, x, y, epsilon=eps, norm=norm, method="crown")
+            ibp = certify(net, x, y, epsilon=eps, norm=norm, method="ibp")
+            worst = margins_at(net, x, y)
+            for _ in range(300):
+                worst = torch.minimum(worst, margins_at(net, samples_in_set(x, eps, norm, gen), y))
+            finite = torch.isfinite(worst)
+            assert bool((crown.margins[finite] <= worst[finite] + 1e-9).all())
+            assert bool((ibp.margins[finite] <= worst[finite] + 1e-9).all())
+            # intermediate bounds only get tighter than intervals
+            assert bool((crown.unstable <= crown.unstable_ibp).all())
+
+
+def test_intermediate_bounds_contain_the_activations() -> None:
+    gen = torch.Generator().manual_seed(3)
+    for _, net in small_nets():
+        x = torch.rand(4, 1, 4, 4, generator=gen)
+        b = network_bounds(net, x, epsilon=0.1, norm="inf", method="crown")
+        for _ in range(100):
+            h = samples_in_set(x, 0.1, "inf", gen).double()
+            for i, layer in enumerate(b.layers):
+                if i in b.pre:
+                    lo, hi = b.pre[i]
+                    assert bool((h >= lo - 1e-9).all() and (h <= hi + 1e-9).all())
+                h = forward_layers([layer], h)
+
+
+def test_crown_is_exact_on_the_linear_model(digits_linear: nn.Module) -> None:
+    """Linear model, box not binding: min margin = m - eps ||w_y - w_j||_q exactly."""
+    gen = torch.Generator().manual_seed(0)
+    x = 0.3 + 0.4 * torch.rand(20, 1, 8, 8, generator=gen)
+    y = digits_linear(x).argmax(1)
+    lin = digits_linear[-1]
+    w = lin.weight.double() / digits_linear[0].std.double().flatten()
+    diff = w[y].unsqueeze(1) - w.unsqueeze(0)  # (N, K, D)
+    base = margins_at(digits_linear, x, y)
+    for norm, q, eps in (("inf", 1, 0.05), ("2", 2, 0.5)):
+        want = base - eps * diff.norm(p=q, dim=2)
+        got = certify(digits_linear, x, y, epsilon=eps, norm=norm, method="crown").margins
+        finite = torch.isfinite(want)
+        assert torch.allclose(got[finite], want[finite], atol=1e-4)
+
+
+def test_no_attack_breaks_a_certified_point(digits, digits_lenet300: nn.Module) -> None:
+    x, y = digits.test.x[:150], digits.test.y[:150]
+    for norm, eps in (("inf", 0.03), ("2", 0.3)):
+        crown = certify(digits_lenet300, x, y, epsilon=eps, norm=norm, method="crown")
+        ibp = certify(digits_lenet300, x, y, epsilon=eps, norm=norm, method="ibp")
+        assert crown.certified.sum() >= ibp.certified.sum()
+        assert 0.3 < crown.accuracy < 1.0  # a test that can see both outcomes
+        pgd = get_attack("pgd", norm, steps=50, restarts=2)
+        res = pgd.run(digits_lenet300, x, y, epsilons=[eps], seed=0)
+        broken = res.success[0]
+        assert broken.any()
+        assert not bool((broken & crown.certified).any())
+        assert not bool((broken & ibp.certified).any())
+        # the margin at the attack's end point is above the bound
+        at_adv = margins_at(digits_lenet300, res.x_adv[0], y)
+        finite = torch.isfinite(at_adv)
+        assert bool((crown.margins[finite] <= at_adv[finite] + 1e-5).all())
+
+
+def test_pruning_makes_bounds_cheaper(digits, digits_lenet300: nn.Module) -> None:
+    """Exact zeros: fewer unstable ReLUs under both methods (at the same epsilon)."""
+    import copy
+
+    pruned = copy.deepcopy(digits_lenet300)
+    prune_model(pruned, "magnitude", 0.9)
+    pruned.eval()
+    x, y = digits.test.x[:100], digits.test.y[:100]
+    layers = parse_network(pruned, (1, 8, 8))
+    with torch.no_grad():  # bounds read the effective (masked) weights
+        assert torch.allclose(forward_layers(layers, x.double()).float(), pruned(x), atol=1e-4)
+    dense = certify(digits_lenet300, x, y, epsilon=0.05, method="crown")
+    sparse = certify(pruned, x, y, epsilon=0.05, method="crown")
+    for ibp in (False, True):
+        mean_sparse = sparse.unstable_relus(ibp=ibp).float().mean()
+        assert mean_sparse < dense.unstable_relus(ibp=ibp).float().mean()
+
+
+def test_certified_radius_brackets(digits, digits_lenet300: nn.Module) -> None:
+    x, y = digits.test.x[:20], digits.test.y[:20]
+    r = certified_radius(digits_lenet300, x, y, norm="inf", tol=1e-3, max_epsilon=0.3)
+    ok = certify(digits_lenet300, x, y, epsilon=r, method="crown").certified
+    correct = digits_lenet300(x).argmax(1) == y
+    assert bool(ok[r > 0].all())
+    above = certify(digits_lenet300, x, y, epsilon=r + 2e-3, method="crown").certified
+    assert not bool(above[correct & (r < 0.3)].any())
+
+
+def test_bad_inputs_raise_one_line_errors(digits_lenet300: nn.Module) -> None:
+    x, y = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+    with pytest.raises(ConfigError):
+        certify(digits_lenet300, x, y, epsilon=-0.1)
+    with pytest.raises(ConfigError):
+        certify(digits_lenet300, x, y, epsilon=0.1, method="zonotope")
+    with pytest.raises(ConfigError):
+        certify(digits_lenet300, x, y, epsilon=0.1, norm="l3")
+    with pytest.raises(ModelError):
+        certify(nn.Sequential(nn.Flatten(), nn.Linear(64, 3), nn.Tanh()), x, y, epsilon=0.1)
+    with pytest.raises(ModelError):
+        certify(build_model("resnet32", (3, 8, 8), 10), torch.rand(2, 3, 8, 8), y, epsilon=0.1)

@@ -1,0 +1,291 @@
+"""Exact verification: agrees with exhaustive ReLU-pattern enumeration on tiny nets,
+matches the linear closed form, never reports an unchecked counterexample, never
+counts a failure as verified, and brackets certified <= exact <= attacked."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linprog
+from torch import nn
+
+import sparserobust.metrics.milp as milp
+from sparserobust.errors import ConfigError
+from sparserobust.metrics.bounds import local_bounds
+from sparserobust.metrics.certify import certified_radius, certify
+from sparserobust.metrics.milp import minimal_distance, verify_exact, verify_points
+from sparserobust.models import Normalize
+
+
+def tiny_net(sizes: tuple[int, ...], seed: int) -> nn.Sequential:
+    """A random fully connected ReLU net on inputs of shape (1, 1, sizes[0]) whose
+    first-layer kinks cross the unit box, so decision boundaries lie inside it."""
+    gen = torch.Generator().manual_seed(seed)
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        lin = nn.Linear(a, b)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(b, a, generator=gen) * (4.0 if i == 0 else 1.0))
+            if i == 0:
+                centre = torch.rand(b, a, generator=gen)
+                lin.bias.copy_(-(lin.weight * centre).sum(1))
+            else:
+                lin.bias.copy_(torch.randn(b, generator=gen) * 0.5)
+        layers.append(lin)
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers).eval()
+
+
+def pattern_pieces(net: nn.Sequential):
+    """For every ReLU on/off pattern: (constraints A x <= c, logits = L x + l)."""
+    lins = [m for m in net if isinstance(m, nn.Linear)]
+    ws = [(m.weight.detach().double().numpy(), m.bias.detach().double().numpy()) for m in lins]
+    hidden = [w.shape[0] for w, _ in ws[:-1]]
+    d = ws[0][0].shape[1]
+    for pattern in itertools.product((0.0, 1.0), repeat=sum(hidden)):
+        a_rows, c_rows = [], []
+        mx, cx = np.eye(d), np.zeros(d)
+        start = 0
+        for (w, b), n in zip(ws[:-1], hidden, strict=True):
+            p = np.array(pattern[start : start + n])
+            start += n
+            zm, zc = w @ mx, w @ cx + b
+            sign = np.where(p > 0, -1.0, 1.0)  # active: -z <= 0, inactive: z <= 0
+            a_rows.append(sign[:, None] * zm)
+            c_rows.append(-sign * zc)
+            mx, cx = p[:, None] * zm, p * zc
+        w, b = ws[-1]
+        yield np.vstack(a_rows), np.concatenate(c_rows), w @ mx, w @ cx + b
+
+
+def enum_min_margin(net: nn.Sequential, x0: np.ndarray, y: int, eps: float) -> float:
+    """min over the l_inf ball (in [0,1]) of min_j f_y - f_j, by LP per pattern."""
+    bounds = [(max(v - eps, 0.0), min(v + eps, 1.0)) for v in x0]
+    best = math.inf
+    for a, c, lm, lc in pattern_pieces(net):
+        for j in range(lm.shape[0]):
+            if j == y:
+                continue
+            res = linprog(lm[y] - lm[j], A_ub=a, b_ub=c, bounds=bounds, method="highs")
+            if res.status == 0:
+                best = min(best, res.fun + lc[y] - lc[j])
+    return best
+
+
+def enum_min_distance(net: nn.Sequential, x0: np.ndarray, y: int) -> float:
+    """Smallest l_inf distance (inside [0,1]) to a point where some j scores >= y."""
+    d = len(x0)
+    best = math.inf
+    for a, c, lm, lc in pattern_pieces(net):
+        for j in range(lm.shape[0]):
+            if j == y:
+                continue
+            rows = [np.hstack([a, np.zeros((a.shape[0], 1))])]
+            rhs = [c]
+            rows.append(np.hstack([lm[y] - lm[j], [0.0]])[None])  # f_y - f_j <= 0
+            rhs.append(np.array([lc[j] - lc[y]]))
+            rows.append(np.hstack([np.eye(d), -np.ones((d, 1))]))  # x - t <= x0
+            rhs.append(x0)
+            rows.append(np.hstack([-np.eye(d), -np.ones((d, 1))]))  # -x - t <= -x0
+            rhs.append(-x0)
+            cost = np.zeros(d + 1)
+            cost[-1] = 1.0
+            res = linprog(cost, A_ub=np.vstack(rows), b_ub=np.concatenate(rhs),
+                          bounds=[(0, 1)] * d + [(0, None)], method="highs")  # fmt: skip
+            if res.status == 0:
+                best = min(best, res.fun)
+    return best
+
+
+def tiny_cases():
+    gen = torch.Generator().manual_seed(0)
+    for sizes, seed in (((2, 4, 3), 0), ((2, 3, 3, 3), 1), ((2, 6, 3), 2)):
+        net = tiny_net(sizes, seed)
+        x = torch.rand(6, 1, 1, 2, generator=gen)
+        y = net(x).argmax(1)
+        yield net, x, y
+
+
+def test_milp_agrees_with_pattern_enumeration() -> None:
+    by_milp: set[str] = set()
+    for net, x, y in tiny_cases():
+        deep = sum(isinstance(m, nn.ReLU) for m in net) > 1
+        for eps, tighten in itertools.product((0.1, 0.2), (False, True) if deep else (False,)):
+            # LP tightening only acts on ReLU layers after the first
+            results = verify_exact(net, x, y, epsilon=eps, time_limit=10, tighten=tighten)
+            for i, r in enumerate(results):
+                truth = enum_min_margin(net, x[i].flatten().double().numpy(), int(y[i]), eps)
+                if abs(truth) < 1e-4:
+                    continue  # on the boundary: either answer is within tolerance
+                if r.by == "milp":
+                    by_milp.add(r.status)
+                assert r.status == ("verified" if truth > 0 else "counterexample"), (truth, r)
+                if r.status == "verified":
+                    assert r.margin_lower is not None and r.margin_lower <= truth + 1e-6
+                else:
+                    xa = r.counterexample
+                    assert xa is not None
+                    assert float((xa - x[i]).abs().max()) <= eps + 1e-6
+                    assert bool((xa >= 0).all() and (xa <= 1).all())
+                    assert int(net(xa.unsqueeze(0)).argmax(1)) != int(y[i])
+    # the MILP itself proved and refuted points, not only the CROWN shortcut
+    assert by_milp == {"verified", "counterexample"}
+
+
+def test_exact_distance_and_crown_radius_against_enumeration() -> None:
+    exact_count = total = 0
+    for net, x, y in tiny_cases():
+        exact = minimal_distance(net, x, y, radius=0.6, time_limit=10, tol=1e-3)
+        crown = certified_radius(net, x, y, norm="inf", tol=1e-4, max_epsilon=0.6)
+        for i, r in enumerate(exact):
+            truth = enum_min_distance(net, x[i].flatten().double().numpy(), int(y[i]))
+            assert float(crown[i]) <= truth + 1e-6  # CROWN never certifies past the truth
+            if math.isinf(truth) or truth > 0.6:
+                assert r.status == "beyond" and r.lower == pytest.approx(0.6)
+                continue
+            total += 1
+            assert r.lower <= truth + 1e-6  # the proven lower end is sound
+            if r.status != "exact":
+                # a tie point (f_j = f_y at a kink, nowhere strictly beyond) cannot be
+                # confirmed by a forward pass: reported as such, never as exact
+                assert r.status == "error" and "forward-pass" in r.detail
+                assert r.lower == pytest.approx(truth, abs=1e-6)
+                continue
+            exact_count += 1
+            assert r.upper is not None and truth <= r.upper + 1e-6
+            assert r.upper - r.lower <= 1e-3
+            assert float(crown[i]) <= r.upper
+            xa = r.counterexample
+            assert xa is not None and int(net(xa.unsqueeze(0)).argmax(1)) != int(y[i])
+            assert float((xa - x[i]).abs().max()) == pytest.approx(r.upper, abs=1e-6)
+    assert exact_count >= 0.8 * total and total >= 8
+
+
+def test_exact_distance_matches_the_linear_closed_form(digits_linear: nn.Module) -> None:
+    """Softmax regression, box not binding: d = min_j (f_y - f_j) / ||w_y - w_j||_1."""
+    gen = torch.Generator().manual_seed(0)
+    x = 0.3 + 0.4 * torch.rand(8, 1, 8, 8, generator=gen)
+    y = digits_linear(x).argmax(1)
+    closed = local_bounds(digits_linear, x, y, norm="inf").ratio
+    assert float(closed.max()) < 0.3  # the box cannot bind
+    results = minimal_distance(digits_linear, x, y, radius=0.3, tol=1e-4)
+    for r, d in zip(results, closed.tolist(), strict=True):
+        assert r.status == "exact"
+        assert r.lower == pytest.approx(d, abs=1e-6)
+        assert r.upper is not None and d <= r.upper <= d + 1e-4
+
+
+def test_maxpool_net_is_sound_against_crown_and_pgd() -> None:
+    """Conv + overlapping max-pool: CROWN-certified => verified; verified => PGD fails."""
+    from sparserobust.attacks import get_attack
+
+    torch.manual_seed(4)
+    net = nn.Sequential(
+        Normalize([0.5], [0.3]), nn.Conv2d(1, 2, 2), nn.MaxPool2d(2, stride=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8, 3),
+    ).eval()  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(12, 1, 4, 4, generator=gen)
+    y = net(x).argmax(1)
+    eps = 0.08
+    results = verify_exact(net, x, y, epsilon=eps, time_limit=10)
+    crown = certify(net, x, y, epsilon=eps, method="crown").certified
+    pgd = get_attack("pgd", "inf", steps=100, restarts=3).run(net, x, y, epsilons=[eps], seed=0)
+    statuses = [r.status for r in results]
+    assert set(statuses) <= {"verified", "counterexample"}
+    assert "verified" in statuses and "counterexample" in statuses
+    for i, r in enumerate(results):
+        if bool(crown[i]):
+            assert r.status == "verified"
+        if bool(pgd.success[0, i]):
+            assert r.status == "counterexample"
+        if r.status == "counterexample":
+            xa = r.counterexample
+            assert xa is not None and float((xa - x[i]).abs().max()) <= eps + 1e-6
+            assert int(net(xa.unsqueeze(0)).argmax(1)) != int(y[i])
+
+
+def milp_case(status: str):
+    """A tiny net, points and epsilon where the MILP itself decides some point as ``status``."""
+    for net, x, y in tiny_cases():
+        for eps in (0.1, 0.2, 0.3):
+            results = verify_exact(net, x, y, epsilon=eps, time_limit=10)
+            if any(r.status == status and r.by == "milp" for r in results):
+                return net, x, y, eps, results
+    raise AssertionError(f"no tiny case has a MILP-decided {status}")
+
+
+def test_unconfirmed_counterexamples_are_not_reported(monkeypatch) -> None:
+    """If our forward pass disagrees with the solver, the point is an error, not broken."""
+    net, x, y, eps, honest = milp_case("counterexample")
+    monkeypatch.setattr(milp, "_is_adversarial", lambda *a, **k: False)
+    for r_honest, r in zip(honest, verify_exact(net, x, y, epsilon=eps, time_limit=10),
+                           strict=True):  # fmt: skip
+        assert r.status != "counterexample"
+        if r_honest.status == "counterexample":
+            assert r.status == "error" and "forward-pass check" in r.detail
+
+
+def test_solver_failure_is_a_status_never_verified(monkeypatch) -> None:
+    net, x, y, eps, _ = milp_case("verified")
+    real = milp._new_highs
+
+    class Broken:
+        def __init__(self) -> None:
+            self._h = real()
+
+        def __getattr__(self, name: str):
+            return getattr(self._h, name)
+
+        def getModelStatus(self):  # noqa: N802 - highspy's name
+            return self._h.getModelStatus().__class__.kSolveError
+
+    monkeypatch.setattr(milp, "_new_highs", Broken)
+    results = verify_exact(net, x, y, epsilon=eps, time_limit=10)
+    assert any(r.by == "milp" for r in results)
+    for r in results:  # a checked counterexample stands; nothing is verified by the MILP
+        assert r.by != "milp" or r.status in ("error", "counterexample")
+    assert any(r.by == "milp" and r.status == "error" for r in results)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("solver crashed")
+
+    monkeypatch.setattr(milp, "_decide", boom)
+    results = verify_exact(net, x, y, epsilon=eps, time_limit=10)
+    assert all(r.status == "error" for r in results if r.by == "milp")
+
+
+def test_timeout_is_reported(digits, digits_lenet300: nn.Module) -> None:
+    x, y = digits.test.x[:40], digits.test.y[:40]
+    crown = certify(digits_lenet300, x, y, epsilon=0.08, method="crown")
+    hard = [i for i in range(40) if bool(crown.clean_correct[i]) and not bool(crown.certified[i])]
+    i = hard[0]
+    (r,) = verify_exact(digits_lenet300, x[i : i + 1], y[i : i + 1], epsilon=0.08, time_limit=0.3)
+    assert r.status in ("timeout", "counterexample")
+    if r.status == "timeout":
+        assert r.seconds < 5.0
+        assert r.margin_lower is None
+
+
+def test_verify_points_brackets(digits, digits_lenet300: nn.Module) -> None:
+    x, y = digits.test.x[:60], digits.test.y[:60]
+    rec = verify_points(digits_lenet300, x, y, epsilons=[0.02, 0.05], n_exact=8, time_limit=3)
+    json.dumps(rec)  # JSON-able
+    for entry in rec["epsilons"]:
+        assert entry["ibp_accuracy"] <= entry["crown_accuracy"]
+        ex = entry["exact"]
+        assert ex["n"] == 8 == sum(ex[s] for s in milp.STATUSES)
+        assert len(ex["points"]) == 8
+        assert ex["crown_accuracy"] <= ex["robust_accuracy"] <= ex["robust_accuracy_upper"]
+        assert ex["robust_accuracy_upper"] <= ex["pgd_accuracy"] + 1e-9
+        assert entry["unstable_relus_crown_mean"] <= entry["unstable_relus_ibp_mean"]
+    with pytest.raises(ConfigError):
+        verify_points(digits_lenet300, x, y, epsilons=[0.5], norm="2", n_exact=2)
+    with pytest.raises(ConfigError):
+        verify_exact(digits_lenet300, x[:1], y[:1], epsilon=0.1, time_limit=0)
