@@ -409,7 +409,7 @@ def test_export_and_report_on_a_read_only_run(
     try:
         assert codes == [0, 0], capsys.readouterr().err
         assert (out / "a.csv").read_text().count("\n") > 3
-        assert "Sweet spots" in (out / "rep" / "report.md").read_text()
+        assert "## Verdict" in (out / "rep" / "report.md").read_text()
         assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
     finally:
         for p in [run, *run.rglob("*")]:

@@ -184,6 +184,9 @@ EVAL = {
     "activations": {},
     "bounds": {},
     "structure": {"measurements": {"structure": {}}},
+    "verify": {
+        "measurements": {"verify": {"epsilons": [0.01, 0.05], "n_exact": 3, "time_limit": 5}}
+    },
 }
 """Per registered measurement: an eval block that switches it on."""
 
@@ -211,6 +214,11 @@ BAD = {
         {"measurements": {"structure": {"no_such_setting": 1}}},
         "eval.measurements.structure.no_such_setting: unknown key",
     ),
+    "verify": (
+        "eval",
+        {"measurements": {"verify": {"epsilons": [0.1], "norm": "2", "n_exact": 5}}},
+        "eval.measurements.verify.n_exact: exact verification is l_inf only",
+    ),
 }
 
 
@@ -230,7 +238,9 @@ def test_every_measurement_plans_and_runs_typed_records(name: str) -> None:
         out = run_cell(model, x, y, cell, batch_size=8)
         records = records_of(out)
         assert records and all(isinstance(r, Record) for r in records)
-        assert out == run_cell(model, x, y, cell, batch_size=8)  # seeded: repeatable
+        again = run_cell(model, x, y, cell, batch_size=8)
+        out.pop("solve_time", None), again.pop("solve_time", None)  # wall times
+        assert out == again  # seeded: the numbers repeat
         labels = [r.label for r in records]
         assert len(set(labels)) == len(labels)
         for r in records:
@@ -373,3 +383,37 @@ def test_adversarial_training_reaches_dense_training_and_every_retraining(
         hydra, tmp_path, 0, "hydra", tasks.study_data(hydra), tiny_model(), False
     )
     assert seen["hydra"].score_epochs == 2
+
+
+def test_verify_records_read_as_a_bracket() -> None:
+    """certified (IBP <= CROWN) <= exact <= attacked, per epsilon, on the same points."""
+    from sparserobust.measurements import values_of
+
+    spec = {"epsilons": [0.02, 0.1], "n_exact": 12, "time_limit": 10}
+    cfg = config_from_dict(
+        {
+            **BASE,
+            "eval": {
+                "n": 12,
+                "attacks": [{"name": "pgd", "eps": [0.02, 0.1], "steps": 50}],
+                "measurements": {"verify": spec},
+            },
+        }
+    )
+    x, y = tiny_data()
+    model = tiny_model()
+    values: dict[str, float] = {}
+    for cell in plan_cells(cfg.eval, 0):
+        if cell.measurement in ("verify", "attack"):
+            values.update(values_of(run_cell(model, x, y, cell)))
+    for eps in ("0.02", "0.1"):
+        ibp = values[f"verify_linf certified_acc ibp@{eps}"]
+        crown = values[f"verify_linf certified_acc crown@{eps}"]
+        exact = values[f"verify_linf exact robust_acc@{eps}"]
+        upper = values[f"verify_linf exact robust_acc upper@{eps} (not robustness)"]
+        pgd = values[f"pgd_linf robust_acc@{eps}"]
+        assert ibp <= crown <= exact <= upper <= pgd
+    assert (
+        values["verify_linf certified_acc crown@0.1"]
+        < values["verify_linf certified_acc crown@0.02"]
+    )

@@ -29,6 +29,7 @@ from sparserobust.measurements.checks import GradientCheck
 from sparserobust.measurements.clever import CleverMeasurement
 from sparserobust.measurements.masking import MaskingMeasurement
 from sparserobust.measurements.structure import StructureMeasurement
+from sparserobust.measurements.verify import VerifyMeasurement
 
 if TYPE_CHECKING:
     from sparserobust.config import EvalSettings
@@ -43,6 +44,7 @@ MEASUREMENTS: dict[str, Measurement] = {
         ActivationsMeasurement(),
         BoundsMeasurement(),
         StructureMeasurement(),
+        VerifyMeasurement(),
     )
 }
 
