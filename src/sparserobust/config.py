@@ -586,11 +586,10 @@ def _check_attack_builds(a: AttackSettings, key: str) -> None:
     from sparserobust.attacks.registry import attack_settings
     from sparserobust.errors import AttackError
 
-    typed = build_settings(attack_settings(a.name), a.params, f"{key}.params")
+    build_settings(attack_settings(a.name), a.params, f"{key}.params")  # names, types
     for field_name, arg in _SHORTCUTS:
         if getattr(a, field_name) is not None and arg in a.params:
             raise ConfigError(f"{key}.params.{arg}: also set by {key}.{field_name}; set it once")
-    del typed
     try:
         get_attack(a.name, a.norm, **attack_params(a))
     except AttackError as exc:

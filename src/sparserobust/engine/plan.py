@@ -15,7 +15,6 @@ from typing import Any
 
 from sparserobust.config import StudyConfig
 from sparserobust.engine.tasks import (
-    dense_rel,
     model_key,
     task_dense,
     task_measure,
@@ -135,4 +134,4 @@ def plan(config: StudyConfig, store: ResultStore, resources: Resources | None = 
     return tasks
 
 
-__all__ = ["Resources", "Task", "dense_rel", "plan"]
+__all__ = ["Resources", "Task", "plan"]
