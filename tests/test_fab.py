@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from sparserobust.attacks import FAB, DeepFool, FABTargeted, get_attack
+from sparserobust.attacks import FAB, DeepFool, FABTargeted, fab, get_attack
 from sparserobust.attacks.fab import box_hyperplane_step
 from sparserobust.errors import AttackError
 from sparserobust.metrics import median_norm, robust_accuracy
@@ -30,8 +30,11 @@ def _bisection_step(t: torch.Tensor, w: torch.Tensor, c: torch.Tensor, p: float)
     return torch.minimum(torch.maximum(hi[:, None] * v, -t), 1 - t)
 
 
+@pytest.mark.parametrize("newton_steps", [12, 1, 0])
 @pytest.mark.parametrize("p", [2.0, INF])
-def test_box_hyperplane_step_is_exact(p: float) -> None:
+def test_box_hyperplane_step_is_exact(p: float, newton_steps: int, monkeypatch) -> None:
+    # 12: Newton's method solves every row; 1: most rows fall back to sorting; 0: all do
+    monkeypatch.setattr(fab, "_NEWTON_STEPS", newton_steps)
     gen = torch.Generator().manual_seed(0)
     n, d = 300, 40
     t = torch.rand(n, d, generator=gen)
@@ -95,3 +98,18 @@ def test_bad_settings_raise() -> None:
     for bad in ({"steps": 0}, {"eta": 0.5}, {"beta": 1.0}, {"alpha_max": 2.0}):
         with pytest.raises(AttackError):
             FAB(**bad)
+
+
+@pytest.mark.parametrize("norm", [INF, 2.0])
+def test_fab_t_all_targets_at_once_breaks_the_same_points(
+    digits, digits_lenet300, norm, monkeypatch
+):
+    """One start per target from the clean input has no randomness, so running the 9
+    targets together breaks exactly the points the one-target-at-a-time loop breaks."""
+    x, y = digits.test.x[:150], digits.test.y[:150]
+    eps = 0.12 if norm == INF else 0.8
+    together = FABTargeted(norm, steps=30).run(digits_lenet300, x, y, epsilons=[eps])
+    monkeypatch.setattr(fab, "_ROWS", 1)  # one target per run
+    alone = FABTargeted(norm, steps=30).run(digits_lenet300, x, y, epsilons=[eps])
+    assert 0 < int(together.success.sum()) < int(together.clean_correct.sum())
+    assert torch.equal(together.success, alone.success)

@@ -210,3 +210,32 @@ def test_registry_and_config() -> None:
     )
     a = cfg.eval.attacks[0]
     assert get_attack(a.name, a.norm, **attack_params(a)).steps == 1000
+
+
+def test_incremental_first_layer_gives_the_plain_forward_result(
+    digits, digits_lenet300, monkeypatch
+):
+    """l_inf proposals update the first Linear layer from the changed window only; the
+    search must take the same path as with full forward passes, pruned model included."""
+    import copy
+
+    from torch.nn.utils import prune
+
+    from sparserobust.attacks import square
+
+    pruned = copy.deepcopy(digits_lenet300)
+    prune.l1_unstructured(pruned[2], "weight", amount=0.9)
+    x, y = digits.test.x[:120], digits.test.y[:120]
+    for model in (digits_lenet300, pruned):
+        assert square.AffineHead.of(model, square.as_image(x)) is not None
+        monkeypatch.setattr(square, "INCREMENTAL", True)
+        fast = Square(norm=INF, steps=300).run(model, x, y, epsilons=[0.05, 0.1], seed=3)
+        monkeypatch.setattr(square, "INCREMENTAL", False)
+        plain = Square(norm=INF, steps=300).run(model, x, y, epsilons=[0.05, 0.1], seed=3)
+        assert 0 < int(fast.success.sum()) < fast.success.numel()
+        assert torch.equal(fast.success, plain.success)
+        torch.testing.assert_close(fast.x_adv, plain.x_adv, rtol=0, atol=1e-6)
+    conv = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(72, 10)
+    )
+    assert square.AffineHead.of(conv, square.as_image(x)) is None

@@ -22,6 +22,7 @@ from torch import nn
 
 from sparserobust.attacks.base import INF, SAFETY_MARGIN, FixedEpsilonAttack, lp_norms, parse_norm
 from sparserobust.errors import AttackError
+from sparserobust.models.common import Normalize
 from sparserobust.utils import forward
 
 _SCHEDULE_BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -30,6 +31,80 @@ _SCHEDULE_BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 _STOP_MARGIN = 2 * SAFETY_MARGIN
 """A point leaves the working batch once the best other class beats the label by this
 (twice the margin the driver demands, so that batch-dependent rounding cannot undo it)."""
+
+
+INCREMENTAL = True
+"""l_inf proposals change one window of the input; where the model starts with an affine
+layer (``[Normalize,] Flatten, Linear``), its pre-activations are updated from that
+window's columns instead of recomputed (:class:`AffineHead`). Tests switch it off to
+compare with the plain forward pass."""
+
+_REFRESH = 100
+"""Iterations between exact recomputations of the incrementally updated pre-activations."""
+
+
+class AffineHead:
+    """The leading affine part ``h(x) = W (x - mean) / std + b`` of an ``nn.Sequential``
+    model that starts with ``[Normalize,] Flatten(start_dim=1), Linear`` on image inputs
+    ``(N, C, H, W)``, and the rest of the model as ``tail``.
+
+    ``h(x')`` for an ``x'`` that differs from ``x`` only inside a window costs the
+    window's columns of ``W`` instead of all of them (:meth:`update`). The pre-activations
+    are the same function of the input as the model's own; only the summation order
+    differs (float rounding).
+    """
+
+    def __init__(self, model: nn.Sequential, index: int, norm: Normalize | None) -> None:
+        self.linear: nn.Linear = model[index]
+        self.tail = model[index + 1 :]
+        self.model = model
+        self.norm = norm
+
+    @classmethod
+    def of(cls, model: nn.Module, x: torch.Tensor) -> AffineHead | None:
+        """The head of ``model`` for inputs like ``x``, or None where the model does not
+        start that way (or carries hooks that could change its forward pass)."""
+        if not isinstance(model, nn.Sequential) or x.ndim != 4 or model._forward_hooks:
+            return None
+        if model._forward_pre_hooks:
+            return None
+        norm = None
+        for i, m in enumerate(model):
+            if isinstance(m, Normalize) and norm is None and i == 0:
+                norm = m
+            elif isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
+                continue
+            elif isinstance(m, nn.Linear) and i > 0 and isinstance(model[i - 1], nn.Flatten):
+                return cls(model, i, norm) if m.in_features == x[0].numel() else None
+            else:
+                return None
+        return None
+
+    def _scaled(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.norm is None else (x - self.norm.mean) / self.norm.std
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """``h(x)`` ``(N, out)``, computed in full."""
+        return self.linear(self._scaled(x).flatten(1))
+
+    def update(
+        self, h: torch.Tensor, x_win: torch.Tensor, new_win: torch.Tensor, win: tuple, shape: tuple
+    ) -> torch.Tensor:
+        """``h(x')`` from ``h = h(x)`` where ``x'`` equals ``x`` except that the window
+        ``win`` of ``x`` (values ``x_win``) holds ``new_win``."""
+        _, c, hh, ww = shape
+        rows = torch.arange(hh, device=h.device)[win[2]]
+        cols = torch.arange(ww, device=h.device)[win[3]]
+        chans = torch.arange(c, device=h.device)
+        flat = (chans[:, None, None] * hh + rows[None, :, None]) * ww + cols[None, None, :]
+        delta = new_win - x_win
+        if self.norm is not None:
+            delta = delta / self.norm.std
+        weight = self.linear.weight[:, flat.flatten()]
+        return h + delta.flatten(1) @ weight.t()
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.tail(h)
 
 
 def p_schedule(p_init: float, it: int, steps: int, rescale: bool = True) -> float:
@@ -212,7 +287,9 @@ class Square(FixedEpsilonAttack):
 
         linf = self.norm == INF
         best = self._init_linf(img, eps, gen) if linf else self._init_l2(img, eps, gen)
-        loss = loss_of(best, labels)
+        loss = loss_of(best, labels)  # (a full forward pass also runs the pruning hooks)
+        fast = AffineHead.of(model, img) if linf and INCREMENTAL else None
+        h = fast.head(best) if fast is not None else None
         for it in range(self.steps - 1):
             idx = (loss >= -_STOP_MARGIN).nonzero().flatten()
             if idx.numel() == 0:
@@ -221,13 +298,21 @@ class Square(FixedEpsilonAttack):
             everyone = idx.numel() == loss.numel()
             xi, bi = (img, best) if everyone else (img[idx], best[idx])
             if linf:
-                cand = self._propose_linf(xi, bi, eps, p, gen)
+                cand, win = self._propose_linf(xi, bi, eps, p, gen)
             else:
                 cand = self._propose_l2(xi, bi, eps, p, gen)
-            new = loss_of(cand, labels[idx])
+            if fast is not None and h is not None:
+                if it % _REFRESH == _REFRESH - 1:  # bound the rounding drift
+                    h = fast.head(best)
+                h_new = fast.update(h[idx], bi[win], cand[win], win, tuple(img.shape))
+                new = margin(fast.logits(h_new), labels[idx], targeted)
+            else:
+                new = loss_of(cand, labels[idx])
             better = new < loss[idx]
             loss[idx[better]] = new[better]
             best[idx[better]] = cand[better]
+            if h is not None:
+                h[idx[better]] = h_new[better]
         return best.reshape(shape), loss
 
     # -- l_inf ---------------------------------------------------------------------------
@@ -240,9 +325,10 @@ class Square(FixedEpsilonAttack):
     @staticmethod
     def _propose_linf(
         img: torch.Tensor, best: torch.Tensor, eps: float, p: float, gen: torch.Generator
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, tuple[slice, slice, slice, slice]]:
         """Set one random window to ``x + s * eps``, one random sign ``s`` per sample
-        and channel, redrawing the signs (up to 3 times) where that changes nothing."""
+        and channel, redrawing the signs (up to 3 times) where that changes nothing.
+        Returns the candidates and the window's index."""
         b, c, h, w = img.shape
         sh, sw = window_shape(p * h * w, h, w)
         win = _window(h, w, sh, sw, gen, img.device)
@@ -258,7 +344,7 @@ class Square(FixedEpsilonAttack):
             new[rows] = (x_win[rows] + eps * sign).clamp(0.0, 1.0)
         cand = best.clone()
         cand[win] = new
-        return cand
+        return cand, win
 
     # -- l2 ------------------------------------------------------------------------------
 
