@@ -281,8 +281,9 @@ def test_records_are_read_from_results_of_version_0_1() -> None:
 HASHES_0_1 = {
     "cifar10_resnet32.yaml": ("f6eab7a559a15560", "9994eb2668b0becd"),
     "cifar10_vgg.yaml": ("e4865d3c06938d39", "9994eb2668b0becd"),
-    "mnist_lenet300.yaml": ("ea38deee19cadc6c", "ddbe31d302acd34a"),
-    "mnist_lenet5.yaml": ("0e63ad5945d10501", "ddbe31d302acd34a"),
+    # changed on purpose since (issue 12: AutoAttack headline, CLEVER opt-in): see below
+    # "mnist_lenet300.yaml": ("ea38deee19cadc6c", "ddbe31d302acd34a"),
+    # "mnist_lenet5.yaml": ("0e63ad5945d10501", "ddbe31d302acd34a"),
     "mnist_lenet5_cpu.yaml": ("092158b5cf565d89", "27cf32bf102e9970"),
     "mnist_lenet5_cpu_s12.yaml": ("f1f5935d61f5ebb4", "27cf32bf102e9970"),
     "mnist_lenet5_subset.yaml": ("81e5ba838043117c", "ddbe31d302acd34a"),
@@ -294,6 +295,16 @@ HASHES_0_1 = {
 for seed 1 (what a re-run looks up in the store)."""
 
 
+HASHES_NOW = {
+    "mnist_lenet300.yaml": ("8933f6b062d8a381", "90b9822ce199717a"),
+    "mnist_lenet5.yaml": ("19524b6337a345c6", "90b9822ce199717a"),
+}
+"""Configs whose study changed on purpose after version 0.1, pinned at their new values:
+the two LeNet studies gained AutoAttack at eps 0.05/0.1/0.2 as their l_inf headline and
+dropped CLEVER (opt-in now). Every result they share with 0.1 (PGD, DeepFool, C&W, DDN,
+the masking check, activations, bounds) keeps its identity: only the config hash moved."""
+
+
 def _cells_digest(config: Any) -> str:
     ids = [f"{c.key}|{params_hash(c.params)}" for c in plan_cells(config.eval, 1)]
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
@@ -302,7 +313,7 @@ def _cells_digest(config: Any) -> str:
 @pytest.mark.parametrize("path", sorted(glob.glob(str(ROOT / "configs" / "*.yaml"))))
 def test_committed_configs_keep_their_hash_and_result_identities(path: str) -> None:
     config = load_config(path)
-    expected = HASHES_0_1.get(Path(path).name)
+    expected = HASHES_0_1.get(Path(path).name) or HASHES_NOW.get(Path(path).name)
     if expected is None:
         pytest.skip(f"{Path(path).name} is newer than version 0.1")
     assert (config.config_hash(), _cells_digest(config)) == expected
