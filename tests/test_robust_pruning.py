@@ -404,3 +404,64 @@ def test_structured_steps_follow_the_unit_share_not_weight_sparsity() -> None:
     magnitude_prune(model, 0.9)
     prune_model(model, "structured", 0.5, steps=2)
     assert removed(model) == {"2": 150, "4": 50}
+
+
+def test_per_method_grids_reach_the_sweeps_and_the_report(tmp_path: Path) -> None:
+    """``pruning.grids`` gives a method its own levels (structured: shares of units);
+    the others keep ``sparsities``. The study builds exactly those models, and the
+    report counts the run as complete."""
+    import yaml
+
+    from sparserobust.report import completeness
+    from sparserobust.store import ResultStore
+
+    cfg = {
+        "name": "grids",
+        "dataset": "digits",
+        "model": "lenet300",
+        "train": {"epochs": 2},
+        "pruning": {
+            "methods": ["magnitude", "structured"],
+            "sparsities": [0.5, 0.8],
+            "grids": {"structured": [0.25]},
+            "retrain_epochs": 1,
+        },
+        "eval": {"n": 40, "attacks": [{"name": "fgsm", "norm": "inf", "eps": [0.1]}]},
+    }
+    path = tmp_path / "grids.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(run), "--no-progress"]) == 0
+    with ResultStore(run, create=False) as store:
+        keys = sorted(m.model_key for m in store.models())
+        done = completeness(json.loads(store.get_meta("config") or "{}"), store)
+    assert keys == [
+        "s0/dense/0.0000",
+        "s0/magnitude/0.5000",
+        "s0/magnitude/0.8000",
+        "s0/structured/0.2500",
+    ]
+    models, want_models, results, want_results = done
+    assert models == want_models == 4 and results == want_results > 0
+
+
+@pytest.mark.parametrize(
+    ("grids", "message"),
+    [
+        ({"dns": [0.5]}, "pruning.grids.dns: 'dns' is not among pruning.methods"),
+        ({"structured": [1.5]}, "pruning.grids.structured[0]: sparsity must be in [0,1)"),
+        ({"structured": []}, "pruning.grids.structured: give at least one sparsity level"),
+    ],
+)
+def test_bad_grids_are_one_line_config_errors(grids: dict, message: str) -> None:
+    from sparserobust.config import config_from_dict
+
+    cfg = {
+        "name": "g",
+        "dataset": "digits",
+        "model": "lenet300",
+        "pruning": {"methods": ["magnitude", "structured"], "grids": grids},
+    }
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(cfg)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)

@@ -62,6 +62,8 @@ class PruningSettings:
     (:func:`sparserobust.pruning.registry.pruning_method`). ``adversarial`` makes the
     retraining and fine-tuning of every method adversarial (default: ``train.adversarial``),
     e.g. adversarial fine-tuning of a naturally trained model, to compare with HYDRA.
+    ``grids`` maps a method name to its own sparsity levels instead of ``sparsities``
+    (e.g. ``structured: [0.5, 0.75, 0.9]``, levels in the method's own unit).
     """
 
     methods: tuple[str, ...] = ("global-magnitude", "random")
@@ -71,6 +73,11 @@ class PruningSettings:
     iterative: bool = True
     params: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=NEW_FIELD)
     adversarial: AdversarialTraining | None = field(default=None, metadata=NEW_FIELD)
+    grids: dict[str, tuple[float, ...]] = field(default_factory=dict, metadata=NEW_FIELD)
+
+    def grid(self, method: str) -> tuple[float, ...]:
+        """The sparsity levels of ``method``: its entry in ``grids``, else ``sparsities``."""
+        return tuple(self.grids.get(method, self.sparsities))
 
     def method_settings(self, method: str) -> Any:
         """The settings dataclass instance of pruning ``method`` (its defaults where
@@ -445,6 +452,13 @@ def validate(config: StudyConfig) -> StudyConfig:
             )
         p.method_settings(m)
     check_sparsities(p.sparsities, "pruning.sparsities")
+    for m, levels in p.grids.items():
+        if m not in p.methods:
+            raise ConfigError(
+                f"pruning.grids.{m}: {m!r} is not among pruning.methods "
+                f"({', '.join(p.methods)}): add it there or remove its grid"
+            )
+        check_sparsities(levels, f"pruning.grids.{m}")
     _check_positive(p.retrain_epochs, "pruning.retrain_epochs", allow_zero=True, maximum=MAX_EPOCHS)
     _check_positive(p.retrain_lr, "pruning.retrain_lr", maximum=MAX_LR)
     e = config.eval

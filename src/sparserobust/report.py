@@ -166,7 +166,7 @@ def completeness(config: dict[str, Any], store: ResultStore) -> tuple[int, int, 
     want_results: set[tuple[str, str, str]] = set()
     for seed in study.seeds:
         keys = [model_key(seed, "dense", 0.0)] + [
-            model_key(seed, m, t) for m in study.pruning.methods for t in study.pruning.sparsities
+            model_key(seed, m, t) for m in study.pruning.methods for t in study.pruning.grid(m)
         ]
         want_models.update(keys)
         for cell in plan_cells(study.eval, seed):

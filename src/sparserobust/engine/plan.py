@@ -103,7 +103,6 @@ def plan(config: StudyConfig, store: ResultStore, resources: Resources | None = 
                 )
             )
 
-    targets = config.pruning.sparsities
     for seed in config.seeds:
         dense_key = model_key(seed, "dense", 0.0)
         dense_deps: tuple[str, ...] = ()
@@ -113,7 +112,7 @@ def plan(config: StudyConfig, store: ResultStore, resources: Resources | None = 
             tasks.append(Task(dense_id, "dense", seed, task_dense, _const((seed,)), seed, (), res))
         measures(seed, dense_key, dense_deps)
         for method in config.pruning.methods:
-            keys = [model_key(seed, method, t) for t in targets]
+            keys = [model_key(seed, method, t) for t in config.pruning.grid(method)]
             registered = {k for k in keys if store.get_model(k) is not None}
             sweep_id = f"sweep:s{seed}:{method}"
             if len(registered) < len(keys):

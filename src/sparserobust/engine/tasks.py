@@ -127,7 +127,7 @@ def sweep_checkpoints(
     return sparsity_sweep(
         copy.deepcopy(dense),
         method,
-        list(p.sparsities),
+        list(p.grid(method)),
         train=data.train,
         test=data.test,
         retrain=retrain,
