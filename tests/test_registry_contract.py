@@ -300,6 +300,7 @@ HASHES_NOW = {
     "mnist_lenet5.yaml": ("19524b6337a345c6", "90b9822ce199717a"),
     "mnist_lenet300_at.yaml": ("8e63ebf11e0475a3", "62bde8ba04f452ca"),
     "mnist_lenet5_at.yaml": ("d16a6b1db8c08bcf", "04baf85b1b262d97"),
+    "mnist_lenet300_verify.yaml": ("5981633f547ec00b", "40de80839986010e"),
 }
 """Configs that changed on purpose after version 0.1, or are newer, pinned at their
 current values. The two LeNet studies gained AutoAttack at eps 0.05/0.1/0.2 as their
