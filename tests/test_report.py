@@ -306,3 +306,84 @@ def test_headline_setting_is_validated() -> None:
         config_from_dict({**SMALL, "report": {"headline_l2": " "}})
     cfg = config_from_dict({**SMALL, "report": {"headline_linf": "fgsm_linf robust_acc@0.2"}})
     assert cfg.config_hash() == config_from_dict(SMALL).config_hash()
+
+
+def _bracket_study(values: dict[str, float], config: dict | None = None) -> StudyData:
+    """One model ("m" at 0.9) with the verify records at eps 0.05 and two attacks."""
+    from sparserobust.verdict import Cell
+
+    metrics = {
+        "ibp": "certified_accuracy_ibp",
+        "crown": "certified_accuracy_crown",
+        "exact": "exact_robust_accuracy",
+        "upper": "exact_robust_accuracy_upper",
+        "pgd": "robust_accuracy",
+        "aa": "robust_accuracy",
+    }
+    data = StudyData("b", config or {}, {}, list(values), {})
+    for label, v in values.items():
+        source = "verify" if label in ("ibp", "crown", "exact", "upper") else label
+        data.info[label] = Record(label, v, metrics[label], source, "inf", 0.05)
+        data.table[label] = {"m": {0.9: Cell(v, math.nan, math.nan, 1, 0.9)}}
+    return data
+
+
+def test_brackets_pick_the_strongest_attack_and_catch_unsound_bounds() -> None:
+    from sparserobust.verdict import brackets
+
+    same = {"eval": {"n": 50, "measurements": {"verify": {"n_exact": 50}}}}
+    good = {"ibp": 0.2, "crown": 0.5, "exact": 0.6, "upper": 0.7, "pgd": 0.8, "aa": 0.65}
+    (row,) = brackets(_bracket_study(good, same))[("inf", 0.05)]
+    assert (row.ibp, row.crown, row.exact, row.exact_upper) == (0.2, 0.5, 0.6, 0.7)
+    assert (row.attacked, row.attack) == (0.65, "aa")  # the lower of the two attacks
+    assert row.broken is None  # an attack below "exact upper" is fine (timeouts)
+    for bad, text in [
+        ({"crown": 0.61}, "CROWN 0.610 > exact 0.600"),
+        ({"ibp": 0.62}, "IBP 0.620 > exact 0.600"),
+        ({"aa": 0.55}, "exact 0.600 > aa 0.550"),
+        ({"exact": math.nan, "aa": 0.45}, "CROWN 0.500 > aa 0.450"),
+    ]:
+        (row,) = brackets(_bracket_study({**good, **bad}, same))[("inf", 0.05)]
+        assert row.broken == text
+    # exact on fewer points than the attacks: no verdict on the inequalities
+    fewer = {"eval": {"n": 50, "measurements": {"verify": {"n_exact": 20}}}}
+    (row,) = brackets(_bracket_study({**good, "aa": 0.55}, fewer))[("inf", 0.05)]
+    assert row.broken is None
+
+
+def test_verify_study_report_reads_as_a_bracket(tmp_path: Path) -> None:
+    """A real study with the verify measurement and two attacks on the same points:
+    each report line holds the stored numbers, and they are ordered."""
+    from sparserobust.report import write_report
+    from sparserobust.store import ResultStore
+    from sparserobust.verdict import brackets, gather
+
+    cfg = {
+        **SMALL,
+        "name": "bracket",
+        "pruning": {**SMALL["pruning"], "methods": ["global-magnitude"], "sparsities": [0.9]},
+        "eval": {
+            **SMALL["eval"],
+            "n": 30,
+            "attacks": [
+                {"name": "pgd", "eps": [0.02, 0.05], "steps": 20},
+                {"name": "fgsm", "eps": [0.02, 0.05]},
+            ],
+            "measurements": {"verify": {"epsilons": [0.02, 0.05], "n_exact": 30, "time_limit": 1}},
+        },
+    }
+    run = tmp_path / "run"
+    run_study(config_from_dict(cfg), run, progress=False)
+    with ResultStore(run, readonly=True) as store:
+        table = brackets(gather(store))
+    assert sorted(table) == [("inf", 0.02), ("inf", 0.05)]
+    md = write_report(run).read_text()
+    assert "## Certified, exact and attacked robust accuracy" in md
+    assert "a bug" not in md and "| dense | " in md
+    for rows in table.values():
+        assert [(r.method, r.sparsity) for r in rows] == [("dense", 0.0), ("global-magnitude", 0.9)]
+        for r in rows:
+            assert r.broken is None and r.attack in ("pgd_linf", "fgsm_linf")
+            assert max(r.ibp, r.crown) <= r.exact + 1e-6 and r.exact <= r.attacked + 1e-6
+            line = f"{r.ibp:.3f} <= {r.crown:.3f} <= "
+            assert line in md

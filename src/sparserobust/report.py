@@ -34,11 +34,13 @@ from sparserobust.verdict import (
     Cell,
     StudyData,
     below_text,
+    brackets,
     gather,
     headlines,
     interval,
     num,
     pct,
+    same_points,
     span,
     tradeoff_metric,
     tradeoff_points,
@@ -378,6 +380,7 @@ def write_report(
             lines.append("")
     else:
         lines += ["No model is stored yet.", ""]
+    lines += _bracket_section(data)
     lines += _warnings_section(data)
     if bad_data:
         lines += ["Numbers that cannot be right (a damaged or hand-edited database):", ""]
@@ -405,6 +408,40 @@ def write_report(
     page = _html(md, images)
     atomic_write(out / "report.html", lambda p: p.write_text(page))
     return out / "report.md"
+
+
+def _bracket_section(data: StudyData) -> list[str]:
+    """Per verified epsilon, each model's certified <= exact <= attacked line."""
+    table = brackets(data)
+    if not table:
+        return []
+    lines = [
+        "## Certified, exact and attacked robust accuracy",
+        "",
+        "Per model (mean over seeds): certified (IBP, CROWN) <= exact (MILP; a range where "
+        "points timed out, counted as not robust and as robust) <= attacked (the strongest "
+        "attack at that epsilon).",
+        "",
+    ]
+    if not same_points(data.config):
+        lines += [
+            "The exact and certified values are not on the same points as the attacks "
+            "(verify `n`/`n_exact` differ from `eval.n`): compare them with care.",
+            "",
+        ]
+    for (norm, eps), rows in table.items():
+        lines += [f"### {NORMS[norm]}, eps {eps:g}", ""]
+        body = []
+        for b in rows:
+            exact = num(b.exact)
+            if math.isfinite(b.exact_upper) and b.exact_upper > b.exact:
+                exact = f"{num(b.exact)}-{num(b.exact_upper)}"
+            line = f"{num(b.ibp)} <= {num(b.crown)} <= {exact} <= {num(b.attacked)}"
+            name = "dense" if b.method == "dense" else f"{b.method} {pct(b.sparsity)}"
+            body.append([name, line, b.attack or "-", f"**{b.broken}: a bug**" if b.broken else ""])
+        lines += _table(["model", "IBP <= CROWN <= exact <= attacked", "attack", "check"], body)
+        lines.append("")
+    return lines
 
 
 def _warnings_section(data: StudyData) -> list[str]:
