@@ -488,3 +488,134 @@ def test_sweep_refuses_a_folder_pruned_from_another_model(
     # the very same starting model resumes without recomputing
     (record,) = sparsity_sweep(copy.deepcopy(digits_lenet300), "magnitude", [0.5], **kwargs)
     assert record["resumed"]
+
+
+def test_prune_checkpoint_passes_its_settings_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prune_checkpoint is glue: what it hands to sparsity_sweep, load_dataset and
+    resolve_device, defaults and explicit values alike (mutation testing found the CLI
+    test passes every argument, so defaults and pass-throughs went unchecked)."""
+    import sparserobust.data
+    import sparserobust.utils
+    from sparserobust.models import model_spec
+    from sparserobust.pruning.structured import StructuredSettings
+    from sparserobust.training import AdversarialTraining
+
+    model = build_model("lenet300", (1, 8, 8), 10, [0.305], [0.3779])
+    dense = save_checkpoint(tmp_path / "dense.st", model, digits_meta())
+    calls: list[tuple[str, tuple, dict]] = []
+
+    def spy(name: str, result: object):
+        def fn(*args: object, **kwargs: object) -> object:
+            calls.append((name, args, kwargs))
+            return result(*args, **kwargs) if callable(result) else result
+
+        return fn
+
+    real_device = sparserobust.utils.resolve_device
+    monkeypatch.setattr(sweep_module, "sparsity_sweep", spy("sweep", ["records"]))
+    monkeypatch.setattr(sparserobust.data, "load_dataset", spy("data", "DATA"))
+    monkeypatch.setattr(sparserobust.utils, "resolve_device", spy("device", real_device))
+    monkeypatch.setattr(sweep_module.torch, "manual_seed", spy("seed", None))
+
+    class Split:
+        train, test = "TRAIN", "TEST"
+
+    monkeypatch.setattr(sparserobust.data, "load_dataset", spy("data", Split()))
+    spec = model_spec("lenet300")
+
+    # defaults
+    out = sweep_module.prune_checkpoint(dense, "magnitude", [0.5, 0.2], out_dir=tmp_path / "o")
+    assert out == ["records"]
+    by_name = {name: (args, kwargs) for name, args, kwargs in calls}
+    assert by_name["device"] == (("auto",), {})
+    assert by_name["data"] == (("digits", None), {})
+    assert by_name["seed"] == ((0,), {})
+    args, kwargs = by_name["sweep"]
+    assert args[1:] == ("magnitude", [0.2, 0.5])
+    assert kwargs == {
+        "train": "TRAIN",
+        "test": "TEST",
+        "retrain": TrainConfig(
+            epochs=1,
+            lr=spec.lr,
+            batch_size=spec.batch_size,
+            weight_decay=spec.weight_decay,
+            seed=0,
+            adversarial=None,
+        ),
+        "steps_per_level": 1,
+        "seed": 0,
+        "dns": None,
+        "hydra": None,
+        "structured": None,
+        "chain": True,
+        "out_dir": tmp_path / "o",
+        "metadata": read_metadata(dense),
+        "parent": "dense.st",
+        "progress": True,
+    }
+
+    # every setting given
+    calls.clear()
+    settings = {
+        "dns": DNSConfig(),
+        "hydra": HydraSettings(),
+        "structured": StructuredSettings(),
+    }
+    adversarial = AdversarialTraining(method="pgd", eps=0.1, steps=2)
+    sweep_module.prune_checkpoint(
+        dense,
+        "dns",
+        [0.3],
+        out_dir=tmp_path / "p",
+        data_dir=tmp_path / "data",
+        retrain_epochs=3,
+        lr=0.123,
+        batch_size=17,
+        weight_decay=0.5,
+        steps_per_level=4,
+        seed=9,
+        adversarial=adversarial,
+        chain=False,
+        device="cpu",
+        progress=False,
+        **settings,
+    )
+    by_name = {name: (args, kwargs) for name, args, kwargs in calls}
+    assert by_name["device"] == (("cpu",), {})
+    assert by_name["data"] == (("digits", tmp_path / "data"), {})
+    assert by_name["seed"] == ((9,), {})
+    kwargs = by_name["sweep"][1]
+    assert kwargs["retrain"] == TrainConfig(
+        epochs=3, lr=0.123, batch_size=17, weight_decay=0.5, seed=9, adversarial=adversarial
+    )
+    assert (kwargs["steps_per_level"], kwargs["seed"], kwargs["chain"], kwargs["progress"]) == (
+        4,
+        9,
+        False,
+        False,
+    )
+    assert all(kwargs[k] is v for k, v in settings.items())
+
+    # weight decay 0 is a value, not "use the default"; no retraining passes None
+    calls.clear()
+    sweep_module.prune_checkpoint(
+        dense, "random", [0.3], out_dir=tmp_path / "q", retrain_epochs=0, weight_decay=0.0
+    )
+    assert calls[-1][2]["retrain"] is None
+    calls.clear()
+    sweep_module.prune_checkpoint(dense, "random", [0.3], out_dir=tmp_path / "q", weight_decay=0.0)
+    assert calls[-1][2]["retrain"].weight_decay == 0.0
+
+    # only a negative epoch count is an error, and 0 only for the methods that train
+    with pytest.raises(ConfigError, match="--retrain-epochs must be >= 0"):
+        sweep_module.prune_checkpoint(
+            dense, "magnitude", [0.3], out_dir=tmp_path, retrain_epochs=-1
+        )
+    for method in ("dns", "hydra"):
+        with pytest.raises(ConfigError, match="prunes while it trains"):
+            sweep_module.prune_checkpoint(dense, method, [0.3], out_dir=tmp_path, retrain_epochs=0)
+    for method in ("dns", "hydra", "magnitude"):
+        sweep_module.prune_checkpoint(dense, method, [0.3], out_dir=tmp_path, retrain_epochs=1)

@@ -404,3 +404,92 @@ def test_structured_steps_follow_the_unit_share_not_weight_sparsity() -> None:
     magnitude_prune(model, 0.9)
     prune_model(model, "structured", 0.5, steps=2)
     assert removed(model) == {"2": 150, "4": 50}
+
+
+def test_structured_helpers_on_edge_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit kinds, the bias the forward pass uses, layers without bias, float64 models,
+    a model with nothing to remove, and compact_checkpoint's self-check and record
+    (each found unchecked by mutation testing, docs/testing.md)."""
+    from sparserobust.pruning import structured as structured_module
+    from sparserobust.pruning.structured import compact_checkpoint, effective_bias
+
+    net = lenet("lenet5")
+    assert [u.kind for u in unit_counts(net)] == ["channels", "channels", "neurons"]
+    # only the classifier: no unit can go, and the share removed is 0, not 0/0
+    assert structured_fraction(nn.Sequential(nn.Flatten(), nn.Linear(4, 2))) == 0.0
+    assert unit_counts(nn.Sequential(nn.Flatten(), nn.Linear(4, 2))) == []
+
+    # the masked bias is bias_orig * bias_mask even before a forward pass refreshes .bias
+    model = lenet("lenet300", (1, 8, 8))
+    structured_prune(model, 0.5)
+    layer = model[2]
+    gone = layer.bias_mask == 0
+    with torch.no_grad():
+        layer.bias_orig.fill_(2.0)
+    assert torch.equal(effective_bias(layer), torch.where(gone, 0.0, 2.0))
+    assert effective_bias(nn.Linear(3, 2, bias=False)) is None
+
+    # layers without bias, in float64, compact exactly and keep their dtype
+    torch.manual_seed(0)
+    nobias = nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 6, bias=False), nn.ReLU(), nn.Linear(6, 3, bias=False)
+    ).double()
+    structured_prune(nobias, 0.5)
+    small = compact(nobias)
+    x = torch.rand(5, 1, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        assert small(x).dtype == torch.float64
+        assert torch.allclose(small(x), nobias(x), atol=1e-12, rtol=0)
+    assert all(p.dtype == torch.float64 for p in small.parameters())
+
+    # a report without a compact form has no compact FLOPs
+    bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 2))
+    record = structured_report(bn, (1, 8, 8)).as_dict()
+    assert record["flops_compact"] is None and record["flops_dense"] == 2 * record["macs_dense"]
+
+    # compact_checkpoint: the record names both files; an existing other file is replaced
+    pruned = lenet("lenet300", (1, 8, 8))
+    with torch.no_grad():
+        pruned[6].weight.mul_(1000.0)  # logits of order 100: the self-check allows 1e-2
+    structured_prune(pruned, 0.5)
+    src, dst = tmp_path / "s.st", tmp_path / "c.st"
+    save_checkpoint(src, pruned, digits_meta())
+    dst.write_text("old")
+    out = compact_checkpoint(src, dst)
+    assert (out["path"], out["source"]) == (str(dst), str(src))
+    assert out["max_logit_difference"] < 1e-4
+    assert load_checkpoint(dst)[1]["compact"]["source"] == "s.st"
+
+    # the self-check: off by 1 is an error, off by 5e-4 (< 1e-4 x logit scale) is not
+    real_compact = structured_module.compact
+
+    def off_by(delta: float):
+        def fn(model: nn.Module) -> nn.Sequential:
+            small = real_compact(model)
+            with torch.no_grad():
+                small[-1].bias.add_(delta)
+            return small
+
+        return fn
+
+    monkeypatch.setattr(structured_module, "compact", off_by(1.0))
+    with pytest.raises(ModelError, match="cannot be compacted exactly"):
+        compact_checkpoint(src, tmp_path / "d.st")
+    monkeypatch.setattr(structured_module, "compact", off_by(5e-4))
+    assert compact_checkpoint(src, tmp_path / "e.st")["max_logit_difference"] > 4e-4
+
+
+def test_apply_masks_round_trip_and_unknown_layers() -> None:
+    from sparserobust.pruning.masks import apply_masks
+
+    source = lenet("lenet300", (1, 8, 8))
+    magnitude_prune(source, 0.7)
+    masks = get_masks(source)
+    target = lenet("lenet300", (1, 8, 8))
+    apply_masks(target, masks)
+    assert all(torch.equal(get_masks(target)[n], m) for n, m in masks.items())
+    assert sparsity_report(target).pruned == sparsity_report(source).pruned
+    with pytest.raises(
+        ConfigError, match=r"unknown layers \['9'\]: the model has \['2', '4', '6'\]"
+    ):
+        apply_masks(target, {"9": masks["2"]})
