@@ -619,3 +619,104 @@ def test_prune_checkpoint_passes_its_settings_through(
             sweep_module.prune_checkpoint(dense, method, [0.3], out_dir=tmp_path, retrain_epochs=0)
     for method in ("dns", "hydra", "magnitude"):
         sweep_module.prune_checkpoint(dense, method, [0.3], out_dir=tmp_path, retrain_epochs=1)
+
+
+def test_dns_counts_allocations_and_dns_prune_schedule() -> None:
+    """dns_counts: "layer" is the layer-wise count, "global" one |W| threshold; dns_prune
+    starts its ramp from the current pruned counts and takes DNSConfig() by default."""
+    from sparserobust.pruning.dns import dns_counts, dns_prune
+    from sparserobust.pruning.magnitude import global_counts, layer_counts
+
+    model = tiny_cnn()
+    with torch.no_grad():
+        model[0].weight.mul_(100.0)  # the conv's |W| all above the linear's
+    assert dns_counts(model, 0.5, "layer") == layer_counts(model, 0.5) == {"0": 14, "3": 540}
+    scores = {n: dense_weight(m).abs() for n, m in prunable_layers(model)}
+    assert dns_counts(model, 0.5, "global") == global_counts(model, 0.5, scores)
+    assert dns_counts(model, 0.5, "global") == {"0": 0, "3": 554}
+
+    # ramp over 4 of 8 steps (DNSConfig().ramp = 0.5) from 0 pruned to the target: after
+    # step 1 the scheduled count is 1 - (3/4)^3 = 58% of the way
+    seen: list[dict[str, int]] = []
+
+    def train(net: nn.Module, after_step) -> None:  # noqa: ANN001
+        seen.append(after_step.scheduled(1))  # after_step is the SurgeryHook
+        after_step(1, net)
+
+    report = dns_prune(model, 0.5, train, steps=8)
+    assert report.pruned == 554
+    assert seen == [{"0": 0, "3": round(554 * (1 - 0.75**3))}]  # 320
+
+    # an already masked layer keeps its mask as the starting point
+    model = tiny_cnn()
+    set_weight_mask(model[3], (torch.arange(1080) >= 100).float().reshape(10, 108))
+    seen.clear()
+    dns_prune(model, 0.5, train, steps=8, config=DNSConfig(allocation="layer"))
+    assert seen[0]["3"] == round(100 + (540 - 100) * (1 - 0.75**3))
+
+
+def test_prune_model_hands_dns_and_hydra_their_settings(
+    digits: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The glue between prune_model and dns_prune / hydra_prune: seeds, fine-tuning,
+    step counts (spies; the training itself is tested above and in test_robust_pruning)."""
+    calls: list[tuple[str, tuple, dict]] = []
+    real_train_fn = sweep_module._train_fn
+
+    def spy_train_fn(*args: object):  # noqa: ANN202
+        calls.append(("train_fn", args, {}))
+        return real_train_fn(*args)
+
+    def spy(name: str):  # noqa: ANN202
+        def fn(*args: object, **kwargs: object) -> str:
+            calls.append((name, args, kwargs))
+            return name
+
+        return fn
+
+    monkeypatch.setattr(sweep_module, "_train_fn", spy_train_fn)
+    monkeypatch.setattr(sweep_module, "dns_prune", spy("dns"))
+    monkeypatch.setattr(sweep_module, "hydra_prune", spy("hydra"))
+    model = tiny_cnn()
+    retrain = TrainConfig(epochs=2, batch_size=100, seed=3)
+    steps = 2 * math.ceil(len(digits.train) / 100)
+
+    dns = DNSConfig(finetune_epochs=1)
+    assert prune_model(model, "dns", 0.5, train=digits.train, retrain=retrain, seed=5, dns=dns)
+    (_, a1, _), (_, a2, _), (_, args, kwargs) = calls
+    assert a1 == (retrain, digits.train, 5, False, "dns 0.5000")
+    ft = TrainConfig(epochs=1, batch_size=100, seed=3)
+    assert a2 == (ft, digits.train, 5 + 7919, False, "dns finetune")
+    assert args[:2] == (model, 0.5) and callable(args[2])
+    assert kwargs["steps"] == steps and kwargs["config"] is dns and kwargs["seed"] == 5
+    assert callable(kwargs["finetune"])
+
+    calls.clear()  # no fine-tuning epochs: no fine-tuning; progress is passed on
+    prune_model(
+        model,
+        "dns",
+        0.5,
+        train=digits.train,
+        retrain=retrain,
+        dns=DNSConfig(finetune_epochs=0),
+        progress=True,
+    )
+    assert [c[0] for c in calls] == ["train_fn", "dns"]
+    assert calls[0][1][3] is True and calls[1][2]["finetune"] is None
+    assert calls[1][2]["config"] == DNSConfig(finetune_epochs=0)
+
+    calls.clear()  # a callable trainer: the step count comes from dns_steps (0 if not given)
+    prune_model(model, "dns", 0.5, retrain=lambda m, hook: None, dns_steps=37)
+    assert calls[-1][2]["steps"] == 37 and calls[-1][2]["finetune"] is None
+    assert calls[-1][2]["config"] == DNSConfig()
+    prune_model(model, "dns", 0.5, retrain=lambda m, hook: None)
+    assert calls[-1][2]["steps"] == 0
+
+    calls.clear()  # hydra: k = 1 - sparsity, the run seed added to the recipe's
+    hydra = HydraSettings()
+    prune_model(
+        model, "hydra", 0.7, train=digits.train, retrain=retrain, seed=5, hydra=hydra, progress=True
+    )
+    (_, args, kwargs) = calls[-1]
+    assert args == (model, pytest.approx(0.3), digits.train, TrainConfig(2, 100, seed=8), hydra)
+    assert kwargs == {"progress": True}
