@@ -720,3 +720,40 @@ def test_prune_model_hands_dns_and_hydra_their_settings(
     (_, args, kwargs) = calls[-1]
     assert args == (model, pytest.approx(0.3), digits.train, TrainConfig(2, 100, seed=8), hydra)
     assert kwargs == {"progress": True}
+
+
+def test_surgery_hook_schedule_probability_and_counters() -> None:
+    """SurgeryHook's cubic ramp, its update probability and its counters in closed form."""
+    from sparserobust.pruning.dns import _kth_smallest
+
+    model = nn.Sequential(nn.Linear(10, 10, bias=False))
+    set_weight_mask(model[0], torch.ones(10, 10))
+    config = DNSConfig(gamma=0.5, power=2.0)
+    hook = SurgeryHook(model, {"0": 10}, {"0": 90}, config, ramp_steps=4, seed=0)
+    assert (hook.updates, hook.spliced) == (0, 0)
+    # start + (target - start) * (1 - (1 - step/4)^3), rounded
+    assert [hook.scheduled(s)["0"] for s in range(6)] == [10, 56, 80, 89, 90, 90]
+    assert [hook.probability(s) for s in range(5)] == [1.0] * 5
+    assert hook.probability(6) == pytest.approx((1 + 0.5 * 6) ** -2.0)
+    no_ramp = SurgeryHook(model, {"0": 10}, {"0": 90}, config, ramp_steps=0, seed=0)
+    assert no_ramp.scheduled(0) == {"0": 90} and no_ramp.probability(1) == 1 / 2.25
+    hook.update({"0": 30})
+    assert hook.updates == 1 and int((model[0].weight_mask == 0).sum()) <= 30
+
+    # the draws come from the hook's own generator: same seed, same updates, whatever
+    # the global RNG does
+    def updates(global_seed: int) -> list[int]:
+        torch.manual_seed(global_seed)
+        h = SurgeryHook(model, {"0": 0}, {"0": 50}, config, ramp_steps=0, seed=7)
+        seen = []
+        for step in range(1, 40):
+            torch.rand(3)
+            h(step, model)
+            seen.append(h.updates)
+        return seen
+
+    assert updates(0) == updates(1) == updates(2)
+
+    assert _kth_smallest(torch.tensor([3.0, 1.0, 2.0]), 0) == -math.inf
+    assert _kth_smallest(torch.tensor([3.0, 1.0, 2.0]), 2) == 2.0
+    assert _kth_smallest(torch.tensor([3.0, 1.0, 2.0]), 5) == 3.0
