@@ -325,3 +325,25 @@ def test_bad_inputs_raise_attack_error(digits, digits_lenet300) -> None:
     for fn, pattern in cases:
         with pytest.raises(AttackError, match=pattern):
             fn()
+
+
+def test_attack_checkpoint_defaults_and_pass_through(tmp_path) -> None:  # noqa: ANN001
+    """attack_checkpoint: the norm reaches the attack, a fixed-epsilon attack without
+    epsilons gets the dataset's default grid, n=None takes the whole test split."""
+    from sparserobust.attacks.api import DEFAULT_EPSILONS, attack_checkpoint
+    from sparserobust.checkpoint import save_checkpoint
+    from sparserobust.errors import ConfigError
+    from sparserobust.models import build_model
+    from tests.test_pruning import digits_meta
+
+    torch.manual_seed(0)
+    model = build_model("lenet300", (1, 8, 8), 10, [0.305], [0.3779])
+    path = save_checkpoint(tmp_path / "d.st", model, digits_meta())
+    out = attack_checkpoint(path, "pgd", norm="2", n=20, params={"steps": 2})
+    assert (out["attack"], out["norm"], out["n"]) == ("pgd", "l2", 20)
+    assert out["epsilons"] == list(DEFAULT_EPSILONS[("*", 2.0)]) == [0.5, 1.0, 2.0]
+    assert (out["checkpoint"], out["model"], out["dataset"]) == (str(path), "lenet300", "digits")
+    out = attack_checkpoint(path, "pgd", epsilons=[0.01], n=None, params={"steps": 1})
+    assert (out["norm"], out["n"], out["epsilons"]) == ("linf", 364, [0.01])
+    with pytest.raises(ConfigError, match="--n must be >= 1, got 0"):
+        attack_checkpoint(path, "pgd", n=0)
