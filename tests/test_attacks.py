@@ -347,3 +347,29 @@ def test_attack_checkpoint_defaults_and_pass_through(tmp_path) -> None:  # noqa:
     assert (out["norm"], out["n"], out["epsilons"]) == ("linf", 364, [0.01])
     with pytest.raises(ConfigError, match="--n must be >= 1, got 0"):
         attack_checkpoint(path, "pgd", n=0)
+
+
+def test_cw_settings_last_search_and_warm_start() -> None:
+    """C&W's documented defaults and checks; with 10 or more searches the last one uses
+    the upper bound (1e10 where nothing was found yet, as foolbox); warm_start=False
+    restarts every search from x."""
+    from sparserobust.attacks.cw import CarliniWagnerL2
+
+    cw = CarliniWagnerL2()
+    assert (cw.binary_search_steps, cw.steps, cw.stepsize, cw.confidence) == (9, 1000, 0.01, 0)
+    assert (cw.initial_const, cw.abort_early, cw.warm_start) == (1e-3, True, True)
+    for bad in ({"stepsize": 0}, {"initial_const": 0}, {"confidence": -1}, {"steps": 0}):
+        with pytest.raises(AttackError, match="C&W needs"):
+            CarliniWagnerL2(**bad)
+
+    model, x, y = linear_problem(n=8)
+    # a constant of 1e-12 x 10^8 is still far too small for 20 steps to cross the
+    # boundary; only the last search's jump to 1e10 does it
+    tiny = {"steps": 20, "stepsize": 0.05, "initial_const": 1e-12, "abort_early": False}
+    assert not bool(CarliniWagnerL2(binary_search_steps=9, **tiny).run(model, x, y).success.any())
+    assert bool(CarliniWagnerL2(binary_search_steps=10, **tiny).run(model, x, y).success.all())
+
+    settings = {"binary_search_steps": 3, "steps": 30, "initial_const": 1.0}
+    warm = CarliniWagnerL2(**settings).run(model, x, y)
+    cold = CarliniWagnerL2(warm_start=False, **settings).run(model, x, y)
+    assert not torch.equal(warm.x_adv, cold.x_adv)
