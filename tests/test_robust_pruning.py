@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from sparserobust.pruning import (
     sparsity_report,
     sparsity_sweep,
 )
+from sparserobust.pruning.dns import DNSConfig
 from sparserobust.pruning.hydra import HydraSettings, apply_score_masks, hydra_counts, hydra_prune
 from sparserobust.pruning.masks import dense_weight, set_weight_mask
 from sparserobust.pruning.structured import (
@@ -493,3 +495,61 @@ def test_apply_masks_round_trip_and_unknown_layers() -> None:
         ConfigError, match=r"unknown layers \['9'\]: the model has \['2', '4', '6'\]"
     ):
         apply_masks(target, {"9": masks["2"]})
+
+
+def test_hydra_prune_stage_configs(digits: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What hydra_prune hands to its two training stages (train_model replaced by a spy,
+    so the stages cost nothing): score settings, the loss, fine-tuning epochs and seed."""
+    from sparserobust.pruning import hydra as hydra_module
+
+    stages: list[tuple[TrainConfig, dict]] = []
+    monkeypatch.setattr(
+        hydra_module, "train_model", lambda m, t, cfg, **kw: stages.append((cfg, kw))
+    )
+    recipe = TrainConfig(epochs=3, lr=0.02, seed=4, adversarial=PGD_AT)
+    hydra_prune(lenet("lenet300", (1, 8, 8)), 0.5, digits.train, recipe, progress=True)
+    (score, kw1), (ft, kw2) = stages
+    assert score == TrainConfig(
+        epochs=10, lr=0.1, weight_decay=1e-4, seed=4, adversarial=PGD_AT
+    )  # HydraSettings() defaults; the recipe's loss
+    assert kw1 == {"progress": True, "desc": "hydra scores"}
+    assert ft == TrainConfig(epochs=3, lr=0.02, seed=4 + 7919, adversarial=PGD_AT)
+    assert kw2 == {"progress": True, "desc": "hydra finetune"}
+
+    trades = AdversarialTraining("trades", eps=0.1, steps=2, beta=6.0)
+    for finetune_epochs, calls in ((0, 1), (1, 2)):
+        stages.clear()
+        settings = HydraSettings(
+            score_epochs=2, finetune_epochs=finetune_epochs, adversarial=trades
+        )
+        hydra_prune(lenet("lenet300", (1, 8, 8)), 0.5, digits.train, recipe, settings)
+        assert len(stages) == calls
+        assert all(cfg.adversarial == trades for cfg, _ in stages)
+        assert stages[0][1]["progress"] is False
+    assert stages[1][0].epochs == 1
+
+
+def test_hydra_scores_and_settings_checks() -> None:
+    from sparserobust.pruning.hydra import scaled_scores
+
+    layer = nn.Linear(3, 1)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.5, -2.0, 1.0]]))
+    expected = torch.tensor([[0.5, -2.0, 1.0]]) * math.sqrt(6.0 / 3) / 2.0
+    assert torch.allclose(scaled_scores(layer), expected)
+    for bad in (
+        {"score_epochs": 2.5},
+        {"score_epochs": True},
+        {"score_lr": math.inf},
+        {"score_weight_decay": math.nan},
+        {"finetune_epochs": 1.5},
+    ):
+        with pytest.raises(ConfigError, match="hydra"):
+            HydraSettings(**bad)
+    assert HydraSettings(score_lr=1, finetune_epochs=0).score_lr == 1
+
+    for bad in ({"gamma": -1.0}, {"power": -1.0}, {"ramp": 1.5}, {"hysteresis": 1.0}):
+        with pytest.raises(ConfigError, match="DNS"):
+            DNSConfig(**bad)
+    assert DNSConfig(power=0.0, gamma=0.0, ramp=1.0).power == 0.0
+    assert DNSConfig(power=0.5).power == 0.5
