@@ -95,3 +95,30 @@ def test_bad_settings_raise() -> None:
     for bad in ({"steps": 0}, {"eta": 0.5}, {"beta": 1.0}, {"alpha_max": 2.0}):
         with pytest.raises(AttackError):
             FAB(**bad)
+
+
+@pytest.mark.parametrize(("norm", "q"), [(math.inf, 1.0), (2.0, 2.0)])
+def test_fab_t_on_linear_model_breaks_the_points_inside_the_ball(norm: float, q: float) -> None:
+    """FAB-T (as AutoAttack runs it) on a linear model: its linearisation is exact, so at
+    each eps it breaks every point whose closed-form distance (times the 1.05 overshoot)
+    is below eps and none above the distance (a fast check of the code the
+    official-FAB-T comparison covers)."""
+    model, x, y = linear_problem(n=40)
+    truth = closed_form(model, x, q)
+    eps = sorted(float(truth.median()) * f for f in (0.6, 0.97, 1.03, 1.5))
+    for attack in (FABTargeted(norm=norm, steps=10), FABTargeted(norm=norm, steps=10, restarts=2)):
+        res = attack.run(model, x, y, epsilons=eps, seed=0)
+        for i, e in enumerate(eps):
+            assert not bool((res.success[i] & (truth > e)).any())
+            assert bool(res.success[i][truth * 1.06 < e].all())
+        dist = (res.x_adv - x).flatten(2)
+        norms = dist.abs().amax(2) if norm == math.inf else dist.norm(dim=2)
+        assert bool((norms <= torch.tensor(eps)[:, None] * (1 + 1e-5)).all())
+    # one target class (the runner-up logit) misses the points whose nearest boundary is
+    # another class's; targeted at the runner-up, success means predicted as it
+    runner_up = model(x).topk(2, dim=1).indices[:, 1]
+    big = [float(truth.max()) * 3]
+    one = FABTargeted(norm=norm, steps=10, n_target_classes=1).run(model, x, y, epsilons=big)
+    aimed = FABTargeted(norm=norm, steps=10).run(model, x, y, epsilons=big, target=runner_up)
+    assert bool(one.success.all()) and bool(aimed.success.all())
+    assert torch.equal(model(aimed.x_adv[0]).argmax(1), runner_up)
