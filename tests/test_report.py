@@ -319,3 +319,13 @@ def test_headline_setting_is_validated() -> None:
         config_from_dict({**SMALL, "report": {"headline_l2": " "}})
     cfg = config_from_dict({**SMALL, "report": {"headline_linf": "fgsm_linf robust_acc@0.2"}})
     assert cfg.config_hash() == config_from_dict(SMALL).config_hash()
+
+
+def test_metric_info_has_one_record_per_label(two_runs: tuple[Path, Path]) -> None:
+    from sparserobust.report import load_study, metric_info
+    from sparserobust.store import ResultStore
+
+    with ResultStore(two_runs[0], readonly=True) as store:
+        info = metric_info(store)
+    assert sorted(info) == sorted(load_study(two_runs[0]).metrics)
+    assert all(rec.label == label for label, rec in info.items())
