@@ -373,3 +373,49 @@ def test_cw_settings_last_search_and_warm_start() -> None:
     warm = CarliniWagnerL2(**settings).run(model, x, y)
     cold = CarliniWagnerL2(warm_start=False, **settings).run(model, x, y)
     assert not torch.equal(warm.x_adv, cold.x_adv)
+
+
+def test_documented_defaults_and_limits() -> None:
+    """The defaults the docstrings and docs/ promise (DeepFool's 50 steps and 10
+    candidates, FAB's AutoAttack settings, MinL2's DeepFool + 1000-step DDN and 10
+    refinement steps), and the smallest accepted values."""
+    from sparserobust.attacks.ddn import DDN as DDNAttack
+    from sparserobust.attacks.fab import FAB, FABTargeted
+
+    df = DeepFool()
+    assert (df.norm, df.steps, df.overshoot, df.candidates, df.batch_size) == (
+        2.0,
+        50,
+        0.02,
+        10,
+        1000,
+    )
+    for fab in (FAB(), FABTargeted()):
+        assert (fab.norm, fab.steps, fab.n_target_classes, fab.restarts) == (INF, 100, 9, 1)
+        assert (fab.alpha_max, fab.eta, fab.beta, fab.batch_size) == (0.1, 1.05, 0.9, 1000)
+    assert FAB(n_target_classes=1, alpha_max=0.0).n_target_classes == 1
+    minl2 = MinL2()
+    assert (minl2.refine_steps, minl2.batch_size) == (10, 1000)
+    first, second = minl2.attacks
+    assert isinstance(first, DeepFool) and first.steps == 50
+    assert isinstance(second, DDNAttack)
+    assert (second.steps, second.abort_early, second.refine_steps) == (1000, False, 0)
+
+
+def test_result_from_adversarials_norm_dtype_and_shape_check() -> None:
+    """Peer adversarials in float64 are compared in float32 like our own; the result
+    carries the norm; a wrong shape is an AttackError naming both shapes."""
+    model, x, y = linear_problem(n=6)
+    truth = closed_form(model, x, 2.0)
+    with torch.no_grad():
+        w = model[1].weight
+        target = model(x).topk(2, dim=1).indices[:, 1]
+        d = w[target] - w[y]
+        gap = (model(x).gather(1, y[:, None]) - model(x).gather(1, target[:, None])).squeeze(1)
+        step = (gap * 1.01 / d.pow(2).sum(1))[:, None] * d
+    adv = (x + step[:, None, :]).double()
+    res = result_from_adversarials(model, x.double(), y, adv, norm=2.0, attack="peer")
+    assert res.norm == 2.0 and res.attack == "peer" and bool(res.success.all())
+    assert bool((res.distances >= truth * (1 - 1e-4)).all())
+    with pytest.raises(AttackError, match=r"x_adv must have the inputs' shape \(6, 1, 30\)"):
+        result_from_adversarials(model, x, y, adv[:3], norm=2.0, attack="peer")

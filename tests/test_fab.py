@@ -122,3 +122,20 @@ def test_fab_t_on_linear_model_breaks_the_points_inside_the_ball(norm: float, q:
     aimed = FABTargeted(norm=norm, steps=10).run(model, x, y, epsilons=big, target=runner_up)
     assert bool(one.success.all()) and bool(aimed.success.all())
     assert torch.equal(model(aimed.x_adv[0]).argmax(1), runner_up)
+
+
+def test_fab_restarts_and_given_target_on_linear_model() -> None:
+    """Restarts from random points keep the closed-form distance; with a target given,
+    FAB runs against that class only and its adversarials are predicted as it."""
+    model, x, y = linear_problem(n=24)
+    truth = closed_form(model, x, 2.0)
+    res = FAB(norm=2.0, steps=20, n_target_classes=4, restarts=2).run(model, x, y, seed=1)
+    assert bool(res.success.all())
+    torch.testing.assert_close(res.distances, truth, rtol=1e-2, atol=1e-4)
+    with torch.no_grad():
+        target = model(x).topk(2, dim=1).indices[:, 1]
+    aimed = FAB(norm=2.0, steps=20).run(model, x, y, target=target)
+    assert bool(aimed.success.all())
+    with torch.no_grad():
+        assert torch.equal(model(aimed.x_adv).argmax(1), target)
+    assert bool((aimed.distances >= truth * (1 - 1e-4)).all())
