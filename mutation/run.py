@@ -183,6 +183,40 @@ def generate(mm) -> None:
     print(f"{stats.mutated} files mutated, {stats.ignored} copied")
 
 
+def describe(names: list[str]) -> list[str]:
+    """``file:line  -old  +new`` for each mutant (the first changed line of its diff)."""
+    import re
+
+    from mutmut.__main__ import find_mutant, get_diff_for_mutant
+
+    out = []
+    for name in names:
+        try:
+            diff = get_diff_for_mutant(name, path=find_mutant(name).path).splitlines()
+        except Exception as exc:  # noqa: BLE001 - a description is best effort
+            out.append(f"{name}: no diff ({exc})")
+            continue
+        path = next((d[4:] for d in diff if d.startswith("--- ")), "?")
+        removed = [d[1:].strip() for d in diff if d.startswith("-") and not d.startswith("---")]
+        added = [d[1:].strip() for d in diff if d.startswith("+") and not d.startswith("+++")]
+        body = [d for d in diff if d[:1] in (" ", "-", "+") and d[:3] not in ("---", "+++")]
+        offset = next((i for i, d in enumerate(body) if d[:1] in "-+"), 0)
+        line = "?"
+        func = re.search(r"x[_ǁ](?:[A-Za-z0-9_]+ǁ)?([A-Za-z0-9_]+?)__mutmut_\d+$", name)
+        source = Path(path)
+        if func and source.is_file():
+            text = source.read_text().splitlines()
+            first = body[0].strip() if body else ""
+            hits = [i for i, t in enumerate(text) if t.strip() == first]
+            if hits:
+                line = str(hits[0] + 1 + offset)
+        out.append(
+            f"{path}:{line} {name.rsplit('.', 1)[-1]}: "
+            f"-{' / '.join(removed)[:90]}  +{' / '.join(added)[:90]}"
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sample-pruning", type=int, default=DEFAULT_SAMPLE["pruning"])
@@ -255,7 +289,9 @@ def main() -> None:
     Path("mutants/summary.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["packages"], indent=1))
     print(f"{len(result['survivors'])} not killed:")
-    print("\n".join(result["survivors"]))
+    not_killed = [line.split(": ", 1)[1] for line in result["survivors"]]
+    for status_line, text in zip(result["survivors"], describe(not_killed), strict=True):
+        print(f"{status_line.split(':')[0]:9} {text}")
 
 
 if __name__ == "__main__":
