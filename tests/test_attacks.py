@@ -419,3 +419,21 @@ def test_result_from_adversarials_norm_dtype_and_shape_check() -> None:
     assert bool((res.distances >= truth * (1 - 1e-4)).all())
     with pytest.raises(AttackError, match=r"x_adv must have the inputs' shape \(6, 1, 30\)"):
         result_from_adversarials(model, x, y, adv[:3], norm=2.0, attack="peer")
+
+
+def test_pgd_random_start_fills_the_ball_and_more_defaults() -> None:
+    from sparserobust.attacks.pgd import random_start
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.full((500, 1, 4, 4), 0.5)
+    d = random_start(x, INF, 0.1, gen) - x
+    assert float(d.abs().max()) <= 0.1 + 1e-7
+    assert float(d.min()) < -0.095 and float(d.max()) > 0.095 and abs(float(d.mean())) < 0.005
+    d2 = (random_start(x, 2.0, 0.3, gen) - x).flatten(1).norm(dim=1)
+    assert float(d2.max()) <= 0.3 + 1e-6 and float(d2.max()) > 0.29
+    # uniform in the 16-d ball: P(radius < 0.3 * 0.9) = 0.9^16 = 0.185
+    assert 0.12 < float((d2 < 0.27).float().mean()) < 0.25
+    pgd = PGD()
+    assert (pgd.steps, pgd.random_start, pgd.restarts, PGD(norm=2).steps) == (40, True, 1, 50)
+    with pytest.raises(AttackError, match="DeepFool needs"):
+        DeepFool(overshoot=-0.1)

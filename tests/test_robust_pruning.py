@@ -553,3 +553,11 @@ def test_hydra_scores_and_settings_checks() -> None:
             DNSConfig(**bad)
     assert DNSConfig(power=0.0, gamma=0.0, ramp=1.0).power == 0.0
     assert DNSConfig(power=0.5).power == 0.5
+
+
+def test_hydra_settings_from_a_mapping_and_zero_weight_decay() -> None:
+    settings = HydraSettings(
+        adversarial={"method": "pgd", "eps": 0.1, "steps": 3}, score_weight_decay=0
+    )
+    assert settings.adversarial == AdversarialTraining("pgd", eps=0.1, steps=3)
+    assert settings.score_weight_decay == 0
