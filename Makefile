@@ -86,5 +86,4 @@ gpu-check: $(STAMP)
 MUTATION_ARGS ?=
 mutation: $(STAMP)
 	rm -rf mutants
-	PYTHONPATH=$(CURDIR)/mutants/src OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
-	  $(BIN)/python mutation/run.py $(MUTATION_ARGS)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python mutation/run.py $(MUTATION_ARGS)

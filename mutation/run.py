@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import random
@@ -252,11 +253,15 @@ def main() -> None:
         with contextlib.suppress(RuntimeError):  # already set (to fork, on Linux)
             mm.set_start_method("fork")
         if not Path("mutants/src").is_dir():
-            # Generate the mutants in a child process. When one process both generates
-            # them and collects mutmut's stats, mutmut 3.8.1 records no test as covering
-            # any mutant (the failure of the first try, docs/testing.md); a process that
-            # finds the mutants already made records them.
             subprocess.run([sys.executable, __file__, "--generate"], check=True)
+        # mutmut puts mutants/src first on sys.path. If that folder was already on the
+        # path when it did not exist yet (PYTHONPATH=mutants/src before a fresh run),
+        # Python has cached "nothing there" for it and imports the original source (here
+        # the editable install) instead: mutmut then records no test as covering any
+        # mutant, the failure of the first try (docs/testing.md). Forget those entries.
+        for entry in [k for k, v in sys.path_importer_cache.items() if v is None]:
+            del sys.path_importer_cache[entry]
+        importlib.invalidate_caches()
         selected = Path("mutants/selected.txt")
         if args.only:
             chosen = args.only  # a rerun of some mutants; the selection stays as it was
