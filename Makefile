@@ -81,7 +81,7 @@ gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py --device cuda --data-dir $(DATA) --json-out runs/gpu-check.json
 
 # Mutation testing (docs/testing.md), by hand only: not part of `make test` or CI. One
-# worker; about an hour on 2 cores. Config: [tool.mutmut] in pyproject.toml and
+# worker; 13 minutes on 2 shared cores. Config: [tool.mutmut] in pyproject.toml and
 # mutation/run.py; results in mutants/ (ignored by git), counts in mutants/summary.json.
 MUTATION_ARGS ?=
 mutation: $(STAMP)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -19,15 +21,16 @@ from sparserobust.training import TrainConfig, train_model
 # pytest run builds each of them once per session, as before.
 _MUTATION_RUN = "MUTANT_UNDER_TEST" in os.environ
 _kept: dict[str, object] = {}
+T = TypeVar("T")
 
 
-def kept(key: str, build):  # noqa: ANN001, ANN201
+def kept(key: str, build: Callable[[], T]) -> T:
     """``build()``, or under mutation testing the value the first call built."""
     if not _MUTATION_RUN:
         return build()
     if key not in _kept:
         _kept[key] = build()
-    return _kept[key]
+    return _kept[key]  # type: ignore[return-value]
 
 
 @pytest.fixture(scope="session")
