@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run test lint install clean gpu-check repro-linear repro-lenet300 repro-lenet5-cpu repro-lenet5-subset repro-lenet5
+.PHONY: run test lint install clean gpu-check mutation repro-linear repro-lenet300 repro-lenet5-cpu repro-lenet5-subset repro-lenet5
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -79,3 +79,11 @@ clean:
 # CUDA against CPU, and LeNet-5 measurement timings; writes runs/gpu-check.json.
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py --device cuda --data-dir $(DATA) --json-out runs/gpu-check.json
+
+# Mutation testing (docs/testing.md), by hand only: not part of `make test` or CI. One
+# worker; 13 minutes on 2 shared cores. Config: [tool.mutmut] in pyproject.toml and
+# mutation/run.py; results in mutants/ (ignored by git), counts in mutants/summary.json.
+MUTATION_ARGS ?=
+mutation: $(STAMP)
+	rm -rf mutants
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python mutation/run.py $(MUTATION_ARGS)

@@ -118,3 +118,15 @@ def test_registry_and_bad_settings() -> None:
             APGD(**bad)
     with pytest.raises(AttackError):
         APGDTargeted(n_target_classes=0)
+
+
+def test_apgd_defaults_and_restarts_after_everything_is_broken() -> None:
+    """AutoAttack's APGD settings are the defaults; a second restart with nothing left to
+    attack returns the first restart's adversarials."""
+    assert (APGD().steps, APGD().restarts, APGD().loss, APGD().norm) == (100, 1, "ce", INF)
+    assert (APGDTargeted().steps, APGDTargeted().n_target_classes) == (100, 9)
+    model, x, y = linear_problem(n=12)
+    big = [float(closed_form(model, x, 1.0).max()) * 2]
+    once = APGD(steps=10).run(model, x, y, epsilons=big, seed=0)
+    twice = APGD(steps=10, restarts=2).run(model, x, y, epsilons=big, seed=0)
+    assert bool(once.success.all()) and torch.equal(once.x_adv, twice.x_adv)

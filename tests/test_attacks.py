@@ -325,3 +325,115 @@ def test_bad_inputs_raise_attack_error(digits, digits_lenet300) -> None:
     for fn, pattern in cases:
         with pytest.raises(AttackError, match=pattern):
             fn()
+
+
+def test_attack_checkpoint_defaults_and_pass_through(tmp_path) -> None:  # noqa: ANN001
+    """attack_checkpoint: the norm reaches the attack, a fixed-epsilon attack without
+    epsilons gets the dataset's default grid, n=None takes the whole test split."""
+    from sparserobust.attacks.api import DEFAULT_EPSILONS, attack_checkpoint
+    from sparserobust.checkpoint import save_checkpoint
+    from sparserobust.errors import ConfigError
+    from sparserobust.models import build_model
+    from tests.test_pruning import digits_meta
+
+    torch.manual_seed(0)
+    model = build_model("lenet300", (1, 8, 8), 10, [0.305], [0.3779])
+    path = save_checkpoint(tmp_path / "d.st", model, digits_meta())
+    out = attack_checkpoint(path, "pgd", norm="2", n=20, params={"steps": 2})
+    assert (out["attack"], out["norm"], out["n"]) == ("pgd", "l2", 20)
+    assert out["epsilons"] == list(DEFAULT_EPSILONS[("*", 2.0)]) == [0.5, 1.0, 2.0]
+    assert (out["checkpoint"], out["model"], out["dataset"]) == (str(path), "lenet300", "digits")
+    out = attack_checkpoint(path, "pgd", epsilons=[0.01], n=None, params={"steps": 1})
+    assert (out["norm"], out["n"], out["epsilons"]) == ("linf", 364, [0.01])
+    with pytest.raises(ConfigError, match="--n must be >= 1, got 0"):
+        attack_checkpoint(path, "pgd", n=0)
+
+
+def test_cw_settings_last_search_and_warm_start() -> None:
+    """C&W's documented defaults and checks; with 10 or more searches the last one uses
+    the upper bound (1e10 where nothing was found yet, as foolbox); warm_start=False
+    restarts every search from x."""
+    from sparserobust.attacks.cw import CarliniWagnerL2
+
+    cw = CarliniWagnerL2()
+    assert (cw.binary_search_steps, cw.steps, cw.stepsize, cw.confidence) == (9, 1000, 0.01, 0)
+    assert (cw.initial_const, cw.abort_early, cw.warm_start) == (1e-3, True, True)
+    for bad in ({"stepsize": 0}, {"initial_const": 0}, {"confidence": -1}, {"steps": 0}):
+        with pytest.raises(AttackError, match="C&W needs"):
+            CarliniWagnerL2(**bad)
+
+    model, x, y = linear_problem(n=8)
+    # a constant of 1e-12 x 10^8 is still far too small for 20 steps to cross the
+    # boundary; only the last search's jump to 1e10 does it
+    tiny = {"steps": 20, "stepsize": 0.05, "initial_const": 1e-12, "abort_early": False}
+    assert not bool(CarliniWagnerL2(binary_search_steps=9, **tiny).run(model, x, y).success.any())
+    assert bool(CarliniWagnerL2(binary_search_steps=10, **tiny).run(model, x, y).success.all())
+
+    settings = {"binary_search_steps": 3, "steps": 30, "initial_const": 1.0}
+    warm = CarliniWagnerL2(**settings).run(model, x, y)
+    cold = CarliniWagnerL2(warm_start=False, **settings).run(model, x, y)
+    assert not torch.equal(warm.x_adv, cold.x_adv)
+
+
+def test_documented_defaults_and_limits() -> None:
+    """The defaults the docstrings and docs/ promise (DeepFool's 50 steps and 10
+    candidates, FAB's AutoAttack settings, MinL2's DeepFool + 1000-step DDN and 10
+    refinement steps), and the smallest accepted values."""
+    from sparserobust.attacks.ddn import DDN as DDNAttack
+    from sparserobust.attacks.fab import FAB, FABTargeted
+
+    df = DeepFool()
+    assert (df.norm, df.steps, df.overshoot, df.candidates, df.batch_size) == (
+        2.0,
+        50,
+        0.02,
+        10,
+        1000,
+    )
+    for fab in (FAB(), FABTargeted()):
+        assert (fab.norm, fab.steps, fab.n_target_classes, fab.restarts) == (INF, 100, 9, 1)
+        assert (fab.alpha_max, fab.eta, fab.beta, fab.batch_size) == (0.1, 1.05, 0.9, 1000)
+    assert FAB(n_target_classes=1, alpha_max=0.0).n_target_classes == 1
+    minl2 = MinL2()
+    assert (minl2.refine_steps, minl2.batch_size) == (10, 1000)
+    first, second = minl2.attacks
+    assert isinstance(first, DeepFool) and first.steps == 50
+    assert isinstance(second, DDNAttack)
+    assert (second.steps, second.abort_early, second.refine_steps) == (1000, False, 0)
+
+
+def test_result_from_adversarials_norm_dtype_and_shape_check() -> None:
+    """Peer adversarials in float64 are compared in float32 like our own; the result
+    carries the norm; a wrong shape is an AttackError naming both shapes."""
+    model, x, y = linear_problem(n=6)
+    truth = closed_form(model, x, 2.0)
+    with torch.no_grad():
+        w = model[1].weight
+        target = model(x).topk(2, dim=1).indices[:, 1]
+        d = w[target] - w[y]
+        gap = (model(x).gather(1, y[:, None]) - model(x).gather(1, target[:, None])).squeeze(1)
+        step = (gap * 1.01 / d.pow(2).sum(1))[:, None] * d
+    adv = (x + step[:, None, :]).double()
+    res = result_from_adversarials(model, x.double(), y, adv, norm=2.0, attack="peer")
+    assert res.norm == 2.0 and res.attack == "peer" and bool(res.success.all())
+    assert bool((res.distances >= truth * (1 - 1e-4)).all())
+    with pytest.raises(AttackError, match=r"x_adv must have the inputs' shape \(6, 1, 30\)"):
+        result_from_adversarials(model, x, y, adv[:3], norm=2.0, attack="peer")
+
+
+def test_pgd_random_start_fills_the_ball_and_more_defaults() -> None:
+    from sparserobust.attacks.pgd import random_start
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.full((500, 1, 4, 4), 0.5)
+    d = random_start(x, INF, 0.1, gen) - x
+    assert float(d.abs().max()) <= 0.1 + 1e-7
+    assert float(d.min()) < -0.095 and float(d.max()) > 0.095 and abs(float(d.mean())) < 0.005
+    d2 = (random_start(x, 2.0, 0.3, gen) - x).flatten(1).norm(dim=1)
+    assert float(d2.max()) <= 0.3 + 1e-6 and float(d2.max()) > 0.29
+    # uniform in the 16-d ball: P(radius < 0.3 * 0.9) = 0.9^16 = 0.185
+    assert 0.12 < float((d2 < 0.27).float().mean()) < 0.25
+    pgd = PGD()
+    assert (pgd.steps, pgd.random_start, pgd.restarts, PGD(norm=2).steps) == (40, True, 1, 50)
+    with pytest.raises(AttackError, match="DeepFool needs"):
+        DeepFool(overshoot=-0.1)

@@ -93,3 +93,38 @@ def test_bad_settings_and_targets_raise(digits, digits_lenet300) -> None:
     x, y = digits.test.x[:5], digits.test.y[:5]
     with pytest.raises(AttackError):
         AutoAttack().run(digits_lenet300, x, y, epsilons=[0.1], target=(y + 1) % 10)
+
+
+def test_autoattack_builds_its_attacks_from_its_settings() -> None:
+    """Each standard attack gets AutoAttack's norm, steps, target count, queries and batch
+    size (mutation testing found a dropped n_target_classes or batch_size unnoticed)."""
+    from sparserobust.attacks.apgd import APGD, APGDTargeted
+    from sparserobust.attacks.autoattack import AutoAttack
+    from sparserobust.attacks.fab import FABTargeted
+    from sparserobust.attacks.square import Square
+
+    aa = AutoAttack("2", steps=7, n_target_classes=3, square_queries=11, batch_size=5)
+    subs = dict(aa._attacks)
+    assert list(subs) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert all(a.norm == 2.0 and a.batch_size == 5 for a in subs.values())
+    assert isinstance(subs["apgd-ce"], APGD) and subs["apgd-ce"].loss == "ce"
+    assert isinstance(subs["apgd-t"], APGDTargeted)
+    assert isinstance(subs["fab-t"], FABTargeted) and isinstance(subs["square"], Square)
+    assert [subs[n].steps for n in ("apgd-ce", "apgd-t", "fab-t")] == [7, 7, 7]
+    assert subs["apgd-t"].n_target_classes == 3 and subs["fab-t"].n_target_classes == 3
+    assert (subs["square"].steps, subs["square"].p_init) == (11, 0.8)
+    assert subs["square"].rescale_schedule is False
+
+
+def test_autoattack_checks_num_classes_and_rounds_seconds() -> None:
+    from sparserobust.attacks.autoattack import AutoAttack
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    x, y = torch.rand(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+    aa = AutoAttack("inf", attacks="apgd-ce", steps=2)
+    with pytest.raises(AttackError, match="3 class scores but the data has 10 classes"):
+        aa.run(model, x, y, epsilons=[0.1], num_classes=10)
+    result = aa.run(model, x, y, epsilons=[0.1], num_classes=3)
+    seconds = result.details["seconds_by_attack"]["apgd-ce"]
+    assert isinstance(seconds, float) and seconds == round(seconds, 3)

@@ -113,3 +113,47 @@ def test_fab_t_all_targets_at_once_breaks_the_same_points(
     alone = FABTargeted(norm, steps=30).run(digits_lenet300, x, y, epsilons=[eps])
     assert 0 < int(together.success.sum()) < int(together.clean_correct.sum())
     assert torch.equal(together.success, alone.success)
+
+
+@pytest.mark.parametrize(("norm", "q"), [(math.inf, 1.0), (2.0, 2.0)])
+def test_fab_t_on_linear_model_breaks_the_points_inside_the_ball(norm: float, q: float) -> None:
+    """FAB-T (as AutoAttack runs it) on a linear model: its linearisation is exact, so at
+    each eps it breaks every point whose closed-form distance (times the 1.05 overshoot)
+    is below eps and none above the distance (a fast check of the code the
+    official-FAB-T comparison covers)."""
+    model, x, y = linear_problem(n=40)
+    truth = closed_form(model, x, q)
+    eps = sorted(float(truth.median()) * f for f in (0.6, 0.97, 1.03, 1.5))
+    for attack in (FABTargeted(norm=norm, steps=10), FABTargeted(norm=norm, steps=10, restarts=2)):
+        res = attack.run(model, x, y, epsilons=eps, seed=0)
+        for i, e in enumerate(eps):
+            assert not bool((res.success[i] & (truth > e)).any())
+            assert bool(res.success[i][truth * 1.06 < e].all())
+        dist = (res.x_adv - x).flatten(2)
+        norms = dist.abs().amax(2) if norm == math.inf else dist.norm(dim=2)
+        assert bool((norms <= torch.tensor(eps)[:, None] * (1 + 1e-5)).all())
+    # one target class (the runner-up logit) misses the points whose nearest boundary is
+    # another class's; targeted at the runner-up, success means predicted as it
+    runner_up = model(x).topk(2, dim=1).indices[:, 1]
+    big = [float(truth.max()) * 3]
+    one = FABTargeted(norm=norm, steps=10, n_target_classes=1).run(model, x, y, epsilons=big)
+    aimed = FABTargeted(norm=norm, steps=10).run(model, x, y, epsilons=big, target=runner_up)
+    assert bool(one.success.all()) and bool(aimed.success.all())
+    assert torch.equal(model(aimed.x_adv[0]).argmax(1), runner_up)
+
+
+def test_fab_restarts_and_given_target_on_linear_model() -> None:
+    """Restarts from random points keep the closed-form distance; with a target given,
+    FAB runs against that class only and its adversarials are predicted as it."""
+    model, x, y = linear_problem(n=24)
+    truth = closed_form(model, x, 2.0)
+    res = FAB(norm=2.0, steps=20, n_target_classes=4, restarts=2).run(model, x, y, seed=1)
+    assert bool(res.success.all())
+    torch.testing.assert_close(res.distances, truth, rtol=1e-2, atol=1e-4)
+    with torch.no_grad():
+        target = model(x).topk(2, dim=1).indices[:, 1]
+    aimed = FAB(norm=2.0, steps=20).run(model, x, y, target=target)
+    assert bool(aimed.success.all())
+    with torch.no_grad():
+        assert torch.equal(model(aimed.x_adv).argmax(1), target)
+    assert bool((aimed.distances >= truth * (1 - 1e-4)).all())

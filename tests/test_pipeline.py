@@ -316,6 +316,11 @@ def test_interval_and_sweet_spot() -> None:
     assert spot["sparsity"] == 0.5 and spot["value"] == 0.4  # 0.9 is too inaccurate
     (spot,) = sweet_spots(table, ["rob"], max_drop=0.1)
     assert spot["sparsity"] == 0.9
+    assert (spot["dense_value"], spot["clean_accuracy"], spot["method"]) == (0.3, 0.90, "m")
+    # a method without a dense model has no sweet spot; the methods after it still do
+    table["clean_accuracy"]["a"] = {0.5: Cell(0.9, 0, 0, 1, 0.5)}
+    table["rob"]["a"] = {0.5: Cell(0.9, 0, 0, 1, 0.5)}
+    assert [s["method"] for s in sweet_spots(table, ["rob"], max_drop=0.1)] == ["m"]
 
 
 # resuming after SIGKILL at many moments: tests/test_interruption.py

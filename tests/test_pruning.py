@@ -488,3 +488,272 @@ def test_sweep_refuses_a_folder_pruned_from_another_model(
     # the very same starting model resumes without recomputing
     (record,) = sparsity_sweep(copy.deepcopy(digits_lenet300), "magnitude", [0.5], **kwargs)
     assert record["resumed"]
+
+
+def test_prune_checkpoint_passes_its_settings_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prune_checkpoint is glue: what it hands to sparsity_sweep, load_dataset and
+    resolve_device, defaults and explicit values alike (mutation testing found the CLI
+    test passes every argument, so defaults and pass-throughs went unchecked)."""
+    import sparserobust.data
+    import sparserobust.utils
+    from sparserobust.models import model_spec
+    from sparserobust.pruning.structured import StructuredSettings
+    from sparserobust.training import AdversarialTraining
+
+    model = build_model("lenet300", (1, 8, 8), 10, [0.305], [0.3779])
+    dense = save_checkpoint(tmp_path / "dense.st", model, digits_meta())
+    calls: list[tuple[str, tuple, dict]] = []
+
+    def spy(name: str, result: object):
+        def fn(*args: object, **kwargs: object) -> object:
+            calls.append((name, args, kwargs))
+            return result(*args, **kwargs) if callable(result) else result
+
+        return fn
+
+    real_device = sparserobust.utils.resolve_device
+    monkeypatch.setattr(sweep_module, "sparsity_sweep", spy("sweep", ["records"]))
+    monkeypatch.setattr(sparserobust.data, "load_dataset", spy("data", "DATA"))
+    monkeypatch.setattr(sparserobust.utils, "resolve_device", spy("device", real_device))
+    monkeypatch.setattr(sweep_module.torch, "manual_seed", spy("seed", None))
+
+    class Split:
+        train, test = "TRAIN", "TEST"
+
+    monkeypatch.setattr(sparserobust.data, "load_dataset", spy("data", Split()))
+    spec = model_spec("lenet300")
+
+    # defaults
+    out = sweep_module.prune_checkpoint(dense, "magnitude", [0.5, 0.2], out_dir=tmp_path / "o")
+    assert out == ["records"]
+    by_name = {name: (args, kwargs) for name, args, kwargs in calls}
+    assert by_name["device"] == (("auto",), {})
+    assert by_name["data"] == (("digits", None), {})
+    assert by_name["seed"] == ((0,), {})
+    args, kwargs = by_name["sweep"]
+    assert args[1:] == ("magnitude", [0.2, 0.5])
+    assert kwargs == {
+        "train": "TRAIN",
+        "test": "TEST",
+        "retrain": TrainConfig(
+            epochs=1,
+            lr=spec.lr,
+            batch_size=spec.batch_size,
+            weight_decay=spec.weight_decay,
+            seed=0,
+            adversarial=None,
+        ),
+        "steps_per_level": 1,
+        "seed": 0,
+        "dns": None,
+        "hydra": None,
+        "structured": None,
+        "chain": True,
+        "out_dir": tmp_path / "o",
+        "metadata": read_metadata(dense),
+        "parent": "dense.st",
+        "progress": True,
+    }
+
+    # every setting given
+    calls.clear()
+    settings = {
+        "dns": DNSConfig(),
+        "hydra": HydraSettings(),
+        "structured": StructuredSettings(),
+    }
+    adversarial = AdversarialTraining(method="pgd", eps=0.1, steps=2)
+    sweep_module.prune_checkpoint(
+        dense,
+        "dns",
+        [0.3],
+        out_dir=tmp_path / "p",
+        data_dir=tmp_path / "data",
+        retrain_epochs=3,
+        lr=0.123,
+        batch_size=17,
+        weight_decay=0.5,
+        steps_per_level=4,
+        seed=9,
+        adversarial=adversarial,
+        chain=False,
+        device="cpu",
+        progress=False,
+        **settings,
+    )
+    by_name = {name: (args, kwargs) for name, args, kwargs in calls}
+    assert by_name["device"] == (("cpu",), {})
+    assert by_name["data"] == (("digits", tmp_path / "data"), {})
+    assert by_name["seed"] == ((9,), {})
+    kwargs = by_name["sweep"][1]
+    assert kwargs["retrain"] == TrainConfig(
+        epochs=3, lr=0.123, batch_size=17, weight_decay=0.5, seed=9, adversarial=adversarial
+    )
+    assert (kwargs["steps_per_level"], kwargs["seed"], kwargs["chain"], kwargs["progress"]) == (
+        4,
+        9,
+        False,
+        False,
+    )
+    assert all(kwargs[k] is v for k, v in settings.items())
+
+    # weight decay 0 is a value, not "use the default"; no retraining passes None
+    calls.clear()
+    sweep_module.prune_checkpoint(
+        dense, "random", [0.3], out_dir=tmp_path / "q", retrain_epochs=0, weight_decay=0.0
+    )
+    assert calls[-1][2]["retrain"] is None
+    calls.clear()
+    sweep_module.prune_checkpoint(dense, "random", [0.3], out_dir=tmp_path / "q", weight_decay=0.0)
+    assert calls[-1][2]["retrain"].weight_decay == 0.0
+
+    # only a negative epoch count is an error, and 0 only for the methods that train
+    with pytest.raises(ConfigError, match="--retrain-epochs must be >= 0"):
+        sweep_module.prune_checkpoint(
+            dense, "magnitude", [0.3], out_dir=tmp_path, retrain_epochs=-1
+        )
+    for method in ("dns", "hydra"):
+        with pytest.raises(ConfigError, match="prunes while it trains"):
+            sweep_module.prune_checkpoint(dense, method, [0.3], out_dir=tmp_path, retrain_epochs=0)
+    for method in ("dns", "hydra", "magnitude"):
+        sweep_module.prune_checkpoint(dense, method, [0.3], out_dir=tmp_path, retrain_epochs=1)
+
+
+def test_dns_counts_allocations_and_dns_prune_schedule() -> None:
+    """dns_counts: "layer" is the layer-wise count, "global" one |W| threshold; dns_prune
+    starts its ramp from the current pruned counts and takes DNSConfig() by default."""
+    from sparserobust.pruning.dns import dns_counts, dns_prune
+    from sparserobust.pruning.magnitude import global_counts, layer_counts
+
+    model = tiny_cnn()
+    with torch.no_grad():
+        model[0].weight.mul_(100.0)  # the conv's |W| all above the linear's
+    assert dns_counts(model, 0.5, "layer") == layer_counts(model, 0.5) == {"0": 14, "3": 540}
+    scores = {n: dense_weight(m).abs() for n, m in prunable_layers(model)}
+    assert dns_counts(model, 0.5, "global") == global_counts(model, 0.5, scores)
+    assert dns_counts(model, 0.5, "global") == {"0": 0, "3": 554}
+
+    # ramp over 4 of 8 steps (DNSConfig().ramp = 0.5) from 0 pruned to the target: after
+    # step 1 the scheduled count is 1 - (3/4)^3 = 58% of the way
+    seen: list[dict[str, int]] = []
+
+    def train(net: nn.Module, after_step) -> None:  # noqa: ANN001
+        seen.append(after_step.scheduled(1))  # after_step is the SurgeryHook
+        after_step(1, net)
+
+    report = dns_prune(model, 0.5, train, steps=8)
+    assert report.pruned == 554
+    assert seen == [{"0": 0, "3": round(554 * (1 - 0.75**3))}]  # 320
+
+    # an already masked layer keeps its mask as the starting point
+    model = tiny_cnn()
+    set_weight_mask(model[3], (torch.arange(1080) >= 100).float().reshape(10, 108))
+    seen.clear()
+    dns_prune(model, 0.5, train, steps=8, config=DNSConfig(allocation="layer"))
+    assert seen[0]["3"] == round(100 + (540 - 100) * (1 - 0.75**3))
+
+
+def test_prune_model_hands_dns_and_hydra_their_settings(
+    digits: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The glue between prune_model and dns_prune / hydra_prune: seeds, fine-tuning,
+    step counts (spies; the training itself is tested above and in test_robust_pruning)."""
+    calls: list[tuple[str, tuple, dict]] = []
+    real_train_fn = sweep_module._train_fn
+
+    def spy_train_fn(*args: object):  # noqa: ANN202
+        calls.append(("train_fn", args, {}))
+        return real_train_fn(*args)
+
+    def spy(name: str):  # noqa: ANN202
+        def fn(*args: object, **kwargs: object) -> str:
+            calls.append((name, args, kwargs))
+            return name
+
+        return fn
+
+    monkeypatch.setattr(sweep_module, "_train_fn", spy_train_fn)
+    monkeypatch.setattr(sweep_module, "dns_prune", spy("dns"))
+    monkeypatch.setattr(sweep_module, "hydra_prune", spy("hydra"))
+    model = tiny_cnn()
+    retrain = TrainConfig(epochs=2, batch_size=100, seed=3)
+    steps = 2 * math.ceil(len(digits.train) / 100)
+
+    dns = DNSConfig(finetune_epochs=1)
+    assert prune_model(model, "dns", 0.5, train=digits.train, retrain=retrain, seed=5, dns=dns)
+    (_, a1, _), (_, a2, _), (_, args, kwargs) = calls
+    assert a1 == (retrain, digits.train, 5, False, "dns 0.5000")
+    ft = TrainConfig(epochs=1, batch_size=100, seed=3)
+    assert a2 == (ft, digits.train, 5 + 7919, False, "dns finetune")
+    assert args[:2] == (model, 0.5) and callable(args[2])
+    assert kwargs["steps"] == steps and kwargs["config"] is dns and kwargs["seed"] == 5
+    assert callable(kwargs["finetune"])
+
+    calls.clear()  # no fine-tuning epochs: no fine-tuning; progress is passed on
+    prune_model(
+        model,
+        "dns",
+        0.5,
+        train=digits.train,
+        retrain=retrain,
+        dns=DNSConfig(finetune_epochs=0),
+        progress=True,
+    )
+    assert [c[0] for c in calls] == ["train_fn", "dns"]
+    assert calls[0][1][3] is True and calls[1][2]["finetune"] is None
+    assert calls[1][2]["config"] == DNSConfig(finetune_epochs=0)
+
+    calls.clear()  # a callable trainer: the step count comes from dns_steps (0 if not given)
+    prune_model(model, "dns", 0.5, retrain=lambda m, hook: None, dns_steps=37)
+    assert calls[-1][2]["steps"] == 37 and calls[-1][2]["finetune"] is None
+    assert calls[-1][2]["config"] == DNSConfig()
+    prune_model(model, "dns", 0.5, retrain=lambda m, hook: None)
+    assert calls[-1][2]["steps"] == 0
+
+    calls.clear()  # hydra: k = 1 - sparsity, the run seed added to the recipe's
+    hydra = HydraSettings()
+    prune_model(
+        model, "hydra", 0.7, train=digits.train, retrain=retrain, seed=5, hydra=hydra, progress=True
+    )
+    (_, args, kwargs) = calls[-1]
+    assert args == (model, pytest.approx(0.3), digits.train, TrainConfig(2, 100, seed=8), hydra)
+    assert kwargs == {"progress": True}
+
+
+def test_surgery_hook_schedule_probability_and_counters() -> None:
+    """SurgeryHook's cubic ramp, its update probability and its counters in closed form."""
+    from sparserobust.pruning.dns import _kth_smallest
+
+    model = nn.Sequential(nn.Linear(10, 10, bias=False))
+    set_weight_mask(model[0], torch.ones(10, 10))
+    config = DNSConfig(gamma=0.5, power=2.0)
+    hook = SurgeryHook(model, {"0": 10}, {"0": 90}, config, ramp_steps=4, seed=0)
+    assert (hook.updates, hook.spliced) == (0, 0)
+    # start + (target - start) * (1 - (1 - step/4)^3), rounded
+    assert [hook.scheduled(s)["0"] for s in range(6)] == [10, 56, 80, 89, 90, 90]
+    assert [hook.probability(s) for s in range(5)] == [1.0] * 5
+    assert hook.probability(6) == pytest.approx((1 + 0.5 * 6) ** -2.0)
+    no_ramp = SurgeryHook(model, {"0": 10}, {"0": 90}, config, ramp_steps=0, seed=0)
+    assert no_ramp.scheduled(0) == {"0": 90} and no_ramp.probability(1) == 1 / 2.25
+    hook.update({"0": 30})
+    assert hook.updates == 1 and int((model[0].weight_mask == 0).sum()) <= 30
+
+    # the draws come from the hook's own generator: same seed, same updates, whatever
+    # the global RNG does
+    def updates(global_seed: int) -> list[int]:
+        torch.manual_seed(global_seed)
+        h = SurgeryHook(model, {"0": 0}, {"0": 50}, config, ramp_steps=0, seed=7)
+        seen = []
+        for step in range(1, 40):
+            torch.rand(3)
+            h(step, model)
+            seen.append(h.updates)
+        return seen
+
+    assert updates(0) == updates(1) == updates(2)
+
+    assert _kth_smallest(torch.tensor([3.0, 1.0, 2.0]), 0) == -math.inf
+    assert _kth_smallest(torch.tensor([3.0, 1.0, 2.0]), 2) == 2.0
+    assert _kth_smallest(torch.tensor([3.0, 1.0, 2.0]), 5) == 3.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from sparserobust.verdict import (
     warning_summary,
 )
 
+from .conftest import _MUTATION_RUN, kept
 from .test_pipeline import SMALL
 
 SEEDED = {
@@ -40,16 +42,27 @@ SEEDED = {
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Two one-seed studies (seeds 0 and 1) with a fixed-epsilon and a minimal-norm attack."""
-    root = tmp_path_factory.mktemp("report")
-    runs = []
-    for seed in (0, 1):
-        run = root / f"s{seed}"
-        run_study(
-            config_from_dict({**SEEDED, "seeds": [seed], "name": f"s{seed}"}), run, progress=False
-        )
-        runs.append(run)
-    return runs[0], runs[1]
+    """Two one-seed studies (seeds 0 and 1) with a fixed-epsilon and a minimal-norm attack.
+
+    Under mutation testing the two studies are run once, in a folder of their own (see
+    ``kept`` in conftest.py), and only their reports are written again each time."""
+    configs = [config_from_dict({**SEEDED, "seeds": [s], "name": f"s{s}"}) for s in (0, 1)]
+
+    def build() -> tuple[Path, Path]:
+        root = Path(tempfile.mkdtemp(prefix="report-")) if _MUTATION_RUN else None
+        root = root or tmp_path_factory.mktemp("report")
+        for seed, config in enumerate(configs):
+            run_study(config, root / f"s{seed}", progress=False)
+        return root / "s0", root / "s1"
+
+    runs = kept("report_two_runs", build)
+    if _MUTATION_RUN:
+        from sparserobust.report import write_report
+
+        for run, config in zip(runs, configs, strict=True):
+            shutil.rmtree(run / "report")
+            write_report(run, config.report.max_accuracy_drop)
+    return runs
 
 
 def _study(rob: dict[float, list[float]], clean: dict[float, list[float]]) -> StudyData:
@@ -387,3 +400,13 @@ def test_verify_study_report_reads_as_a_bracket(tmp_path: Path) -> None:
             assert max(r.ibp, r.crown) <= r.exact + 1e-6 and r.exact <= r.attacked + 1e-6
             line = f"{r.ibp:.3f} <= {r.crown:.3f} <= "
             assert line in md
+
+
+def test_metric_info_has_one_record_per_label(two_runs: tuple[Path, Path]) -> None:
+    from sparserobust.report import load_study, metric_info
+    from sparserobust.store import ResultStore
+
+    with ResultStore(two_runs[0], readonly=True) as store:
+        info = metric_info(store)
+    assert sorted(info) == sorted(load_study(two_runs[0]).metrics)
+    assert all(rec.label == label for label, rec in info.items())

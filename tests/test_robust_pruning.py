@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from sparserobust.pruning import (
     sparsity_report,
     sparsity_sweep,
 )
+from sparserobust.pruning.dns import DNSConfig
 from sparserobust.pruning.hydra import HydraSettings, apply_score_masks, hydra_counts, hydra_prune
 from sparserobust.pruning.masks import dense_weight, set_weight_mask
 from sparserobust.pruning.structured import (
@@ -465,3 +467,158 @@ def test_bad_grids_are_one_line_config_errors(grids: dict, message: str) -> None
     with pytest.raises(ConfigError) as err:
         config_from_dict(cfg)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_structured_helpers_on_edge_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit kinds, the bias the forward pass uses, layers without bias, float64 models,
+    a model with nothing to remove, and compact_checkpoint's self-check and record
+    (each found unchecked by mutation testing, docs/testing.md)."""
+    from sparserobust.pruning import structured as structured_module
+    from sparserobust.pruning.structured import compact_checkpoint, effective_bias
+
+    net = lenet("lenet5")
+    assert [u.kind for u in unit_counts(net)] == ["channels", "channels", "neurons"]
+    # only the classifier: no unit can go, and the share removed is 0, not 0/0
+    assert structured_fraction(nn.Sequential(nn.Flatten(), nn.Linear(4, 2))) == 0.0
+    assert unit_counts(nn.Sequential(nn.Flatten(), nn.Linear(4, 2))) == []
+
+    # the masked bias is bias_orig * bias_mask even before a forward pass refreshes .bias
+    model = lenet("lenet300", (1, 8, 8))
+    structured_prune(model, 0.5)
+    layer = model[2]
+    gone = layer.bias_mask == 0
+    with torch.no_grad():
+        layer.bias_orig.fill_(2.0)
+    assert torch.equal(effective_bias(layer), torch.where(gone, 0.0, 2.0))
+    assert effective_bias(nn.Linear(3, 2, bias=False)) is None
+
+    # layers without bias, in float64, compact exactly and keep their dtype
+    torch.manual_seed(0)
+    nobias = nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 6, bias=False), nn.ReLU(), nn.Linear(6, 3, bias=False)
+    ).double()
+    structured_prune(nobias, 0.5)
+    small = compact(nobias)
+    x = torch.rand(5, 1, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        assert small(x).dtype == torch.float64
+        assert torch.allclose(small(x), nobias(x), atol=1e-12, rtol=0)
+    assert all(p.dtype == torch.float64 for p in small.parameters())
+
+    # a report without a compact form has no compact FLOPs
+    bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 2))
+    record = structured_report(bn, (1, 8, 8)).as_dict()
+    assert record["flops_compact"] is None and record["flops_dense"] == 2 * record["macs_dense"]
+
+    # compact_checkpoint: the record names both files; an existing other file is replaced
+    pruned = lenet("lenet300", (1, 8, 8))
+    with torch.no_grad():
+        pruned[6].weight.mul_(1000.0)  # logits of order 100: the self-check allows 1e-2
+    structured_prune(pruned, 0.5)
+    src, dst = tmp_path / "s.st", tmp_path / "c.st"
+    save_checkpoint(src, pruned, digits_meta())
+    dst.write_text("old")
+    out = compact_checkpoint(src, dst)
+    assert (out["path"], out["source"]) == (str(dst), str(src))
+    assert out["max_logit_difference"] < 1e-4
+    assert load_checkpoint(dst)[1]["compact"]["source"] == "s.st"
+
+    # the self-check: off by 1 is an error, off by 5e-4 (< 1e-4 x logit scale) is not
+    real_compact = structured_module.compact
+
+    def off_by(delta: float):
+        def fn(model: nn.Module) -> nn.Sequential:
+            small = real_compact(model)
+            with torch.no_grad():
+                small[-1].bias.add_(delta)
+            return small
+
+        return fn
+
+    monkeypatch.setattr(structured_module, "compact", off_by(1.0))
+    with pytest.raises(ModelError, match="cannot be compacted exactly"):
+        compact_checkpoint(src, tmp_path / "d.st")
+    monkeypatch.setattr(structured_module, "compact", off_by(5e-4))
+    assert compact_checkpoint(src, tmp_path / "e.st")["max_logit_difference"] > 4e-4
+
+
+def test_apply_masks_round_trip_and_unknown_layers() -> None:
+    from sparserobust.pruning.masks import apply_masks
+
+    source = lenet("lenet300", (1, 8, 8))
+    magnitude_prune(source, 0.7)
+    masks = get_masks(source)
+    target = lenet("lenet300", (1, 8, 8))
+    apply_masks(target, masks)
+    assert all(torch.equal(get_masks(target)[n], m) for n, m in masks.items())
+    assert sparsity_report(target).pruned == sparsity_report(source).pruned
+    with pytest.raises(
+        ConfigError, match=r"unknown layers \['9'\]: the model has \['2', '4', '6'\]"
+    ):
+        apply_masks(target, {"9": masks["2"]})
+
+
+def test_hydra_prune_stage_configs(digits: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What hydra_prune hands to its two training stages (train_model replaced by a spy,
+    so the stages cost nothing): score settings, the loss, fine-tuning epochs and seed."""
+    from sparserobust.pruning import hydra as hydra_module
+
+    stages: list[tuple[TrainConfig, dict]] = []
+    monkeypatch.setattr(
+        hydra_module, "train_model", lambda m, t, cfg, **kw: stages.append((cfg, kw))
+    )
+    recipe = TrainConfig(epochs=3, lr=0.02, seed=4, adversarial=PGD_AT)
+    hydra_prune(lenet("lenet300", (1, 8, 8)), 0.5, digits.train, recipe, progress=True)
+    (score, kw1), (ft, kw2) = stages
+    assert score == TrainConfig(
+        epochs=10, lr=0.1, weight_decay=1e-4, seed=4, adversarial=PGD_AT
+    )  # HydraSettings() defaults; the recipe's loss
+    assert kw1 == {"progress": True, "desc": "hydra scores"}
+    assert ft == TrainConfig(epochs=3, lr=0.02, seed=4 + 7919, adversarial=PGD_AT)
+    assert kw2 == {"progress": True, "desc": "hydra finetune"}
+
+    trades = AdversarialTraining("trades", eps=0.1, steps=2, beta=6.0)
+    for finetune_epochs, calls in ((0, 1), (1, 2)):
+        stages.clear()
+        settings = HydraSettings(
+            score_epochs=2, finetune_epochs=finetune_epochs, adversarial=trades
+        )
+        hydra_prune(lenet("lenet300", (1, 8, 8)), 0.5, digits.train, recipe, settings)
+        assert len(stages) == calls
+        assert all(cfg.adversarial == trades for cfg, _ in stages)
+        assert stages[0][1]["progress"] is False
+    assert stages[1][0].epochs == 1
+
+
+def test_hydra_scores_and_settings_checks() -> None:
+    from sparserobust.pruning.hydra import scaled_scores
+
+    layer = nn.Linear(3, 1)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.5, -2.0, 1.0]]))
+    expected = torch.tensor([[0.5, -2.0, 1.0]]) * math.sqrt(6.0 / 3) / 2.0
+    assert torch.allclose(scaled_scores(layer), expected)
+    for bad in (
+        {"score_epochs": 2.5},
+        {"score_epochs": True},
+        {"score_lr": math.inf},
+        {"score_weight_decay": math.nan},
+        {"finetune_epochs": 1.5},
+    ):
+        with pytest.raises(ConfigError, match="hydra"):
+            HydraSettings(**bad)
+    assert HydraSettings(score_lr=1, finetune_epochs=0).score_lr == 1
+
+    for bad in ({"gamma": -1.0}, {"power": -1.0}, {"ramp": 1.5}, {"hysteresis": 1.0}):
+        with pytest.raises(ConfigError, match="DNS"):
+            DNSConfig(**bad)
+    assert DNSConfig(power=0.0, gamma=0.0, ramp=1.0).power == 0.0
+    assert DNSConfig(power=0.5).power == 0.5
+
+
+def test_hydra_settings_from_a_mapping_and_zero_weight_decay() -> None:
+    settings = HydraSettings(
+        adversarial={"method": "pgd", "eps": 0.1, "steps": 3}, score_weight_decay=0
+    )
+    assert settings.adversarial == AdversarialTraining("pgd", eps=0.1, steps=3)
+    assert settings.score_weight_decay == 0
