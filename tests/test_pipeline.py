@@ -160,10 +160,18 @@ def test_paper_configs_are_shipped() -> None:
 
 def test_lenet5_subset_config_measures_like_the_full_study() -> None:
     """configs/mnist_lenet5_subset.yaml claims the full LeNet-5 study's attacks and
-    metrics on fewer models: same model, training and eval; only seeds and grid differ."""
+    metrics on fewer models: same model, training and eval; only seeds and grid differ.
+    Since issue 12 the full study adds AutoAttack and leaves CLEVER out (the subset
+    study ran before, with CLEVER): every other setting is still the same."""
     full = load_config(CONFIGS / "mnist_lenet5.yaml")
     subset = load_config(CONFIGS / "mnist_lenet5_subset.yaml")
-    assert subset.eval == full.eval and subset.train == full.train
+    full_attacks = tuple(a for a in full.eval.attacks if a.name != "autoattack")
+    assert [a.name for a in full.eval.attacks if a.name == "autoattack"] == ["autoattack"]
+    assert subset.eval.clever.n > 0 and full.eval.clever.n == 0
+    assert dataclasses.replace(subset.eval, clever=full.eval.clever) == dataclasses.replace(
+        full.eval, attacks=full_attacks
+    )
+    assert subset.train == full.train
     assert subset.model == full.model and subset.dataset == full.dataset
     assert set(subset.seeds) < set(full.seeds)
     assert set(subset.pruning.sparsities) < set(full.pruning.sparsities)
