@@ -437,3 +437,41 @@ def test_pgd_random_start_fills_the_ball_and_more_defaults() -> None:
     assert (pgd.steps, pgd.random_start, pgd.restarts, PGD(norm=2).steps) == (40, True, 1, 50)
     with pytest.raises(AttackError, match="DeepFool needs"):
         DeepFool(overshoot=-0.1)
+
+
+def test_pgd_one_run_flags_exactly_the_adversarial_points(digits, digits_lenet300) -> None:
+    """``found`` (used by restarts to drop finished points) must say which returned
+    points are adversarial: those found mid-run and those found at the last step."""
+    from sparserobust.attacks import PGD
+
+    x, y = digits.test.x[:120], digits.test.y[:120]
+    keep = digits_lenet300(x).argmax(1) == y
+    x, y = x[keep], y[keep]
+    for steps in (1, 5):
+        gen = torch.Generator().manual_seed(0)
+        out, found = PGD(steps=steps)._one_run(digits_lenet300, x, y, False, gen, 0.08)
+        with torch.no_grad():
+            adversarial = digits_lenet300(out).argmax(1) != y
+        assert 0 < int(found.sum()) < len(y)
+        assert torch.equal(found, adversarial)
+
+
+def test_batch_size_one_is_allowed_and_ddn_defaults() -> None:
+    from sparserobust.attacks import DDN, PGD
+
+    model, x, y = linear_problem(n=6)
+    one = PGD(steps=5, batch_size=1).run(model, x, y, epsilons=[0.1], seed=0)
+    many = PGD(steps=5).run(model, x, y, epsilons=[0.1], seed=0)
+    assert torch.equal(one.success, many.success)
+    assert DDN().steps == 100 and DDN().gamma == 0.05
+    with pytest.raises(AttackError):
+        DDN(gamma=1.0)
+
+
+def test_min_l2_names_what_it_cannot_combine() -> None:
+    from sparserobust.attacks import PGD, DeepFool, MinL2
+
+    with pytest.raises(AttackError, match=r"got \['pgd'\]"):
+        MinL2(attacks=[DeepFool(), PGD()])
+    with pytest.raises(AttackError, match="got none"):
+        MinL2(attacks=[])

@@ -157,3 +157,28 @@ def test_fab_restarts_and_given_target_on_linear_model() -> None:
     with torch.no_grad():
         assert torch.equal(model(aimed.x_adv).argmax(1), target)
     assert bool((aimed.distances >= truth * (1 - 1e-4)).all())
+
+
+def test_fab_restarts_draw_from_the_seed_only(digits, digits_lenet300) -> None:
+    """Restart noise comes from the run's generator: the global torch RNG does not
+    change the result."""
+    x, y = digits.test.x[:30], digits.test.y[:30]
+    torch.manual_seed(1)
+    a = FAB(INF, steps=10, n_target_classes=2, restarts=2).run(digits_lenet300, x, y, seed=0)
+    torch.manual_seed(2)
+    b = FAB(INF, steps=10, n_target_classes=2, restarts=2).run(digits_lenet300, x, y, seed=0)
+    assert torch.equal(a.x_adv, b.x_adv)
+
+
+def test_targeted_fab_keeps_the_target_after_shrinking(digits, digits_lenet300) -> None:
+    """The final shrink along the ray stops where the point is still predicted as the
+    target (not merely misclassified)."""
+    x, y = digits.test.x[:60], digits.test.y[:60]
+    with torch.no_grad():
+        target = digits_lenet300(x).argsort(1, descending=True)[:, 2]  # third-ranked class
+    res = FAB(2.0, steps=30, n_target_classes=1).run(digits_lenet300, x, y, target=target, seed=0)
+    with torch.no_grad():
+        pred = digits_lenet300(res.x_adv).argmax(1)
+    ok = res.success & res.clean_correct
+    assert int(ok.sum()) >= 50
+    assert torch.equal(pred[ok], target[ok])

@@ -255,3 +255,28 @@ def test_l2_draws_come_from_the_seed_only() -> None:
         torch.manual_seed(global_seed)
         outs.append(attack.run(model, x, y, epsilons=[0.5], seed=5).x_adv)
     assert torch.equal(outs[0], outs[1])
+
+
+def test_square_spends_exactly_its_query_budget() -> None:
+    """``steps`` counts queries per point: the initial point plus steps - 1 proposals."""
+
+    class Never(torch.nn.Module):  # predicts the label for every input: never broken
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.rows += x.shape[0]
+            return torch.nn.functional.one_hot(torch.zeros(x.shape[0], dtype=torch.long), 3) * 5.0
+
+    for norm in (INF, 2):
+        model = Never()
+        x = torch.rand(4, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+        y = torch.zeros(4, dtype=torch.long)
+        Square(norm=norm, steps=37)._one_run(model, x, y, False, torch.Generator(), 0.1)
+        assert model.rows == 4 * 37
+
+
+def test_odd_windows_round_up() -> None:
+    assert window_shape(16.0, 28, 28, minimum=3, odd=True) == (5, 5)  # side 4 -> 5
+    assert window_shape(36.0, 28, 28, minimum=3, odd=True) == (7, 7)
