@@ -665,8 +665,10 @@ def _decide(
                 )
                 res.margin_upper = solve.best_obj
                 return
-        if solve.dual > 0 and status in (hs.kOptimal, hs.kInterrupt):
-            proven.append(solve.dual)  # a proof only from a run that ended normally
+        if 0 < solve.dual < math.inf and status in (hs.kOptimal, hs.kInterrupt):
+            # a proof only from a run that ended normally, with a finite bound (the
+            # problem always has x0 as a feasible point, so +inf is never a real bound)
+            proven.append(solve.dual)
             continue
         if status == hs.kTimeLimit or time.perf_counter() > deadline:
             res.status, res.detail = "timeout", f"class {j} unresolved"
