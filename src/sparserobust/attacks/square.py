@@ -57,16 +57,15 @@ class AffineHead:
     def __init__(self, model: nn.Sequential, index: int, norm: Normalize | None) -> None:
         self.linear: nn.Linear = model[index]
         self.tail = model[index + 1 :]
-        self.model = model
         self.norm = norm
 
     @classmethod
     def of(cls, model: nn.Module, x: torch.Tensor) -> AffineHead | None:
         """The head of ``model`` for inputs like ``x``, or None where the model does not
         start that way (or carries hooks that could change its forward pass)."""
-        if not isinstance(model, nn.Sequential) or x.ndim != 4 or model._forward_hooks:
+        if not isinstance(model, nn.Sequential) or x.ndim != 4:
             return None
-        if model._forward_pre_hooks:
+        if model._forward_hooks or model._forward_pre_hooks:
             return None
         norm = None
         for i, m in enumerate(model):
