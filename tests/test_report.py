@@ -112,6 +112,53 @@ def test_noisy_change_is_no_gain() -> None:
     assert row.best == 0.5 and row.verdict == "no gain"
 
 
+def _methods_study(per_method: dict[str, dict[float, list[float]]], grids: dict) -> StudyData:
+    """A hand-made study of several methods over three seeds (robust accuracy "rob")."""
+    from sparserobust.verdict import _cell
+
+    data = StudyData("hand", {"pruning": {"grids": grids}}, {}, ["rob"], {})
+    data.info["rob"] = Record("rob", 0.0, "robust_accuracy", "pgd", "inf", 0.1)
+    for method, rob in per_method.items():
+        for label in (CLEAN, "rob"):
+            for target, vals in rob.items():
+                vals = [0.97] * 3 if label == CLEAN else vals
+                seeds = {s: (v, target, None) for s, v in enumerate(vals)}
+                key = (label, method, target)
+                data.table.setdefault(label, {}).setdefault(method, {})[target] = _cell(
+                    data, key, seeds, clip=True
+                )
+                data.seed_values[key] = dict(enumerate(vals))
+    return data
+
+
+def test_methods_ranked_per_sparsity_with_a_paired_lead() -> None:
+    from sparserobust.verdict import method_rankings, ranking_sentence
+
+    dense = [0.2, 0.3, 0.25]
+    data = _methods_study(
+        {
+            "hydra": {0.0: dense, 0.5: [0.40, 0.50, 0.45], 0.9: [0.30, 0.40, 0.20]},
+            "magnitude": {0.0: dense, 0.5: [0.30, 0.41, 0.34], 0.9: [0.35, 0.25, 0.31]},
+            # own grid: higher still, but its 0.5 is a share of neurons, never ranked
+            "structured": {0.0: dense, 0.5: [0.9, 0.9, 0.9]},
+            "random": {0.0: dense, 0.9: [0.1, 0.1, 0.1]},
+        },
+        {"structured": [0.5]},
+    )
+    at50, at90 = method_rankings(data, "rob")
+    assert at50.target == 0.5 and [m for m, _, _ in at50.order] == ["hydra", "magnitude"]
+    d, low, high = at50.lead  # paired over seeds: +0.10, +0.09, +0.11
+    assert d == pytest.approx(0.1) and 0.07 < low < 0.1 < high < 0.13 and at50.clear
+    assert "hydra keeps the most rob" in ranking_sentence(at50, "rob")
+    # at 90%: magnitude 0.303 vs hydra 0.300, the paired difference is noisy
+    assert [m for m, _, _ in at90.order] == ["magnitude", "hydra", "random"]
+    assert at90.lead[0] == pytest.approx(0.01 / 3) and not at90.clear
+    assert "not distinguishable" in ranking_sentence(at90, "rob")
+    # lower is better for a norm-like label: the order flips
+    data.info["rob"] = Record("rob", 0.0, "median_norm", "ddn", "2", None, higher_is_better=False)
+    assert [m for m, _, _ in method_rankings(data, "rob")[1].order][0] == "random"
+
+
 def test_pareto_front_on_a_hand_made_table() -> None:
     pts = [(0.98, 0.2), (0.97, 0.3), (0.96, 0.25), (0.90, 0.5), (0.90, 0.4), (math.nan, 0.9)]
     assert pareto_front(pts) == [True, True, False, True, False, False]
@@ -168,7 +215,11 @@ def test_intervals_with_few_seeds_are_bootstrap_and_clipped(two_runs: tuple[Path
 def test_report_opens_with_the_verdict(two_runs: tuple[Path, Path]) -> None:
     md = (two_runs[0] / "report" / "report.md").read_text()
     sections = [ln for ln in md.splitlines() if ln.startswith("## ")]
-    assert sections[:2] == ["## Verdict", "## Overview"] and sections[-1] == "## Details"
+    assert sections[:3] == ["## Verdict", "## Which method at each sparsity", "## Overview"]
+    assert sections[-1] == "## Details"
+    # global-magnitude vs random at 50% and 90%, under each headline
+    ranking = md[md.index("## Which method") : md.index("## Overview")]
+    assert ranking.count("| 50% |") == 2 and ranking.count("| 90% |") == 2
     first_table = next(ln for ln in md.splitlines() if ln.startswith("| "))
     assert first_table.startswith("| method | best sparsity")
     assert md.index("### l_inf") < md.index("### l2") < md.index("## Diagnostics")

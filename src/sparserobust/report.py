@@ -38,8 +38,11 @@ from sparserobust.verdict import (
     gather,
     headlines,
     interval,
+    method_rankings,
     num,
+    own_grid_methods,
     pct,
+    ranking_sentence,
     same_points,
     span,
     tradeoff_metric,
@@ -352,6 +355,7 @@ def write_report(
     if data.table.get(CLEAN):
         verdict, _ = verdict_section([(data, heads)], max_accuracy_drop)
         lines += verdict or ["No robustness headline is stored yet.", ""]
+        lines += _ranking_section(data, heads)
         lines += ["## Overview", ""]
         lines += [image("overview", figures.overview([(data, heads)])) or "", ""]
         label = tradeoff_metric(data, heads)
@@ -408,6 +412,56 @@ def write_report(
     page = _html(md, images)
     atomic_write(out / "report.html", lambda p: p.write_text(page))
     return out / "report.md"
+
+
+def _ranking_section(data: StudyData, heads: dict[str, str]) -> list[str]:
+    """Per headline: at each weight sparsity that two or more methods share, the methods
+    best first, and whether the best one's lead over the next is clear."""
+    lines: list[str] = []
+    for norm, label in heads.items():
+        ranks = method_rankings(data, label)
+        if not ranks:
+            continue
+        methods = sorted({m for r in ranks for m, _, _ in r.order})
+        lines += [f"### {NORMS[norm]}: {label}", ""]
+        body = []
+        for r in ranks:
+            at = {m: (c, clean) for m, c, clean in r.order}
+            row = [pct(r.target)]
+            for m in methods:
+                c, clean = at.get(m, (None, None))
+                row.append(
+                    ""
+                    if c is None
+                    else f"{num(c.mean)}{span(c.low, c.high)}"
+                    + ("" if clean is None else f" ({num(clean.mean)})")
+                )
+            d, low, high = r.lead
+            row += [
+                r.order[0][0] if r.clear else f"{r.order[0][0]} ~ {r.order[1][0]}",
+                f"{d:+.3f}{span(low, high, signed=True)}",
+            ]
+            body.append(row)
+        lines += _table(["sparsity", *methods, "most robust", "lead over next [95%]"], body)
+        lines += ["", *(f"- {ranking_sentence(r, label)}" for r in ranks), ""]
+    if not lines:
+        return []
+    own = [m for m in own_grid_methods(data.config) if m in data.table.get(CLEAN, {})]
+    note = (
+        f" {', '.join(own)} prune on their own grid (share of units removed, not weight "
+        "sparsity) and are not ranked here; see Details."
+        if own
+        else ""
+    )
+    return [
+        "## Which method at each sparsity",
+        "",
+        "Values are means [95% interval] (clean accuracy); the lead is the best method minus "
+        "the next, paired over seeds (or images); `a ~ b` means the interval includes 0."
+        + note,
+        "",
+        *lines,
+    ]
 
 
 def _bracket_section(data: StudyData) -> list[str]:

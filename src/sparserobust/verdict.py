@@ -235,23 +235,96 @@ def _cell(
     return Cell(mean, low, high, len(values), sparsity, values, kind)
 
 
-def delta(data: StudyData, label: str, method: str, target: float) -> tuple[float, float, float]:
-    """Change of ``label`` from the dense model at ``target``: (difference of the means,
-    95% interval low, high). Paired over seeds (t) with 3+ seeds, else the bootstrap of
-    the difference (paired over images where both resample the same images); the
-    interval is NaN when neither is possible."""
-    cells = data.table[label][method]
-    diff = cells[target].mean - cells[0.0].mean
-    a, b = data.seed_values.get((label, method, target), {}), data.seed_values[(label, method, 0.0)]
-    common = sorted(set(a) & set(b))
-    if cells[target].kind == "t" and len(common) >= 3:
-        _, low, high = interval([a[s] - b[s] for s in common])
+def difference(
+    data: StudyData, label: str, a: tuple[str, float], b: tuple[str, float]
+) -> tuple[float, float, float]:
+    """``label`` at ``a`` minus ``label`` at ``b``, each a (method, target sparsity):
+    (difference of the means, 95% interval low, high). Paired over seeds (Student-t)
+    when both cells are over 3+ seeds they share, else the bootstrap of the difference
+    (paired over images where both resample the same images); the interval is NaN
+    when neither is possible."""
+    cells = data.table[label]
+    ca, cb = cells[a[0]][a[1]], cells[b[0]][b[1]]
+    diff = ca.mean - cb.mean
+    sa = data.seed_values.get((label, *a), {})
+    sb = data.seed_values.get((label, *b), {})
+    common = sorted(set(sa) & set(sb))
+    if ca.kind == "t" and cb.kind == "t" and len(common) >= 3:
+        _, low, high = interval([sa[s] - sb[s] for s in common])
         return diff, low, high
-    ba, bb = data.boots.get((label, method, target)), data.boots.get((label, method, 0.0))
+    ba, bb = data.boots.get((label, *a)), data.boots.get((label, *b))
     if ba is not None and bb is not None:
         low, high = (float(q) for q in np.nanpercentile(ba - bb, [2.5, 97.5]))
         return diff, low, high
     return diff, math.nan, math.nan
+
+
+def delta(data: StudyData, label: str, method: str, target: float) -> tuple[float, float, float]:
+    """Change of ``label`` from the dense model at ``target`` (:func:`difference` of
+    ``(method, target)`` and ``(method, 0.0)``)."""
+    return difference(data, label, (method, target), (method, 0.0))
+
+
+# --- which method at each sparsity -------------------------------------------------------
+
+
+@dataclass
+class MethodRanking:
+    """The methods at one target sparsity, best first, for one metric label.
+    ``lead`` is the best minus the runner-up (:func:`difference`); ``clear`` says
+    whether its 95% interval excludes zero in the best method's favour."""
+
+    target: float
+    order: list[tuple[str, Cell, Cell | None]]  # (method, value cell, clean-accuracy cell)
+    lead: tuple[float, float, float]
+    clear: bool
+
+
+def own_grid_methods(config: dict[str, Any]) -> list[str]:
+    """Methods with their own grid (``pruning.grids``, e.g. structured's share of units
+    removed): their targets are not weight sparsities, so they are never ranked
+    against the other methods."""
+    return sorted(((config.get("pruning") or {}).get("grids") or {}).keys())
+
+
+def method_rankings(data: StudyData, label: str) -> list[MethodRanking]:
+    """For each pruned target sparsity that two or more weight-sparsity methods share:
+    the methods ranked by the mean of ``label`` (direction from its record), with the
+    best one's lead over the runner-up and its 95% interval."""
+    higher = data.info[label].higher_is_better is not False if label in data.info else True
+    sign = 1.0 if higher else -1.0
+    own = set(own_grid_methods(data.config))
+    per = {m: c for m, c in data.table.get(label, {}).items() if m not in own}
+    clean = data.table.get(CLEAN, {})
+    targets = sorted({t for cells in per.values() for t in cells if t > 0})
+    out = []
+    for t in targets:
+        here = [(m, cells[t]) for m, cells in per.items() if t in cells]
+        here = [(m, c) for m, c in here if math.isfinite(c.mean)]
+        if len(here) < 2:
+            continue
+        here.sort(key=lambda mc: (-sign * mc[1].mean, mc[0]))
+        order = [(m, c, clean.get(m, {}).get(t)) for m, c in here]
+        lead = difference(data, label, (here[0][0], t), (here[1][0], t))
+        gain_low, _ = _gain(lead[1], lead[2], higher)
+        out.append(MethodRanking(t, order, lead, math.isfinite(gain_low) and gain_low > 0))
+    return out
+
+
+def ranking_sentence(r: MethodRanking, label: str) -> str:
+    """One sentence for a :class:`MethodRanking`."""
+    (best, cell, _), (second, other, _) = r.order[0], r.order[1]
+    d, low, high = r.lead
+    if r.clear:
+        verdict = f"{best} keeps the most {label}"
+    elif math.isfinite(low):
+        verdict = f"{best} and {second} are not distinguishable (the interval includes 0)"
+    else:
+        verdict = f"{best} is ahead, without an interval"
+    return (
+        f"at {pct(r.target)}: {verdict}: {num(cell.mean)} vs {num(other.mean)}, "
+        f"difference {d:+.3f}{span(low, high, signed=True)}."
+    )
 
 
 # --- headlines --------------------------------------------------------------------------
