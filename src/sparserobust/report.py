@@ -457,8 +457,7 @@ def _ranking_section(data: StudyData, heads: dict[str, str]) -> list[str]:
         "## Which method at each sparsity",
         "",
         "Values are means [95% interval] (clean accuracy); the lead is the best method minus "
-        "the next, paired over seeds (or images); `a ~ b` means the interval includes 0."
-        + note,
+        "the next, paired over seeds (or images); `a ~ b` means the interval includes 0." + note,
         "",
         *lines,
     ]

@@ -55,7 +55,9 @@ class AffineHead:
     """
 
     def __init__(self, model: nn.Sequential, index: int, norm: Normalize | None) -> None:
-        self.linear: nn.Linear = model[index]
+        linear = model[index]
+        assert isinstance(linear, nn.Linear)
+        self.linear = linear
         self.tail = model[index + 1 :]
         self.norm = norm
 
