@@ -128,3 +128,38 @@ def test_autoattack_checks_num_classes_and_rounds_seconds() -> None:
     result = aa.run(model, x, y, epsilons=[0.1], num_classes=3)
     seconds = result.details["seconds_by_attack"]["apgd-ce"]
     assert isinstance(seconds, float) and seconds == round(seconds, 3)
+
+
+def test_skip_certified_skips_exactly_the_crown_certified_points(digits, digits_lenet300) -> None:
+    from sparserobust.attacks.autoattack import CERTIFIED, CERTIFY_MARGIN
+    from sparserobust.metrics import certify
+
+    model, x, y = digits_lenet300, digits.test.x[:150], digits.test.y[:150]
+    small = {"steps": 20, "n_target_classes": 3, "square_queries": 200}
+    eps = [0.02, 0.06]
+    res = AutoAttack(skip_certified=True, **small).run(model, x, y, epsilons=eps, seed=0)
+    plain = AutoAttack(**small).run(model, x, y, epsilons=eps, seed=0)
+    for e, (codes, eps_e) in enumerate(zip(res.details["broken_by"], eps, strict=True)):
+        crown = certify(model, x, y, epsilon=eps_e, norm="inf")
+        sure = (crown.margins.min(1).values > CERTIFY_MARGIN) & crown.clean_correct
+        coded = torch.tensor([c == CERTIFIED for c in codes])
+        assert torch.equal(coded, sure)  # no more, no fewer, at each eps on its own
+        # no attack breaks a certified point, so the skipped ones stay robust
+        assert not bool((plain.success[e] & coded).any())
+        assert abs(int(res.success[e].sum()) - int(plain.success[e].sum())) <= 2
+    n_cert = [Counter(c)[CERTIFIED] for c in res.details["broken_by"]]
+    assert n_cert[0] > n_cert[1] > 0  # the test exercises the skip at both radii
+    assert "crown" in res.details["seconds_by_attack"]
+
+
+def test_skip_certified_on_a_model_crown_cannot_bound(digits, digits_lenet300) -> None:
+    from sparserobust.attacks.autoattack import CERTIFIED
+
+    model = torch.nn.Sequential(digits_lenet300, torch.nn.Tanh())  # same argmax, no CROWN
+    x, y = digits.test.x[:40], digits.test.y[:40]
+    attack = AutoAttack(skip_certified=True, steps=10, n_target_classes=2, square_queries=50)
+    res = attack.run(model, x, y, epsilons=[0.02], seed=0)
+    codes = Counter(res.details["broken_by"][0])
+    assert codes[CERTIFIED] == 0 and codes[ROBUST] > 0
+    with pytest.raises(AttackError, match="skip_certified"):
+        AutoAttack(skip_certified="yes")  # type: ignore[arg-type]
