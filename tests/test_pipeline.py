@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -261,6 +262,38 @@ def test_parallel_workers_store_the_same_numbers(tmp_path: Path) -> None:
 def test_other_config_in_same_dir_is_refused(small_run: Path) -> None:
     with pytest.raises(StoreError, match="another config"):
         run_study(config_from_dict({**SMALL, "seeds": [3]}), small_run, progress=False)
+
+
+def test_a_config_may_add_measurements_to_a_run_directory(small_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "grown"
+    shutil.copytree(small_run, run)
+    before = table_rows(run / "results.sqlite")
+    pgd = {"name": "pgd", "eps": [0.05], "steps": 5}
+    grown = {**SMALL, "eval": {**SMALL["eval"], "attacks": [*SMALL["eval"]["attacks"], pgd]}}
+    # anything but an added measurement is refused, before any work
+    changed = [
+        {**SMALL, "eval": {**SMALL["eval"], "n": 50}},  # other images
+        {**SMALL, "eval": {**SMALL["eval"], "attacks": [{"name": "fgsm", "eps": [0.05]}]}},
+        {**grown, "eval": {**grown["eval"], "bounds": False}},  # adds pgd, drops bounds
+        {**grown, "pruning": {**SMALL["pruning"], "retrain_epochs": 2}},
+    ]
+    for cfg in changed:
+        with pytest.raises(StoreError, match="may only add measurements"):
+            run_study(config_from_dict(cfg), run, progress=False)
+    assert table_rows(run / "results.sqlite") == before
+    run_study(config_from_dict(grown), run, progress=False)
+    after = table_rows(run / "results.sqlite")
+    assert after["models"] == before["models"]  # no model retrained
+    added = [r for r in after["results"] if r not in before["results"]]
+    assert set(before["results"]) <= set(after["results"])
+    assert {r[1] for r in added} == {"attack:pgd:linf"} and len(added) == len(before["models"])
+    con = sqlite3.connect(run / "results.sqlite")
+    (stored,) = con.execute("SELECT value FROM meta WHERE key = 'config_hash'").fetchone()
+    con.close()
+    assert stored == config_from_dict(grown).config_hash()
+    # and the original config is now the one that lacks a stored measurement: refused
+    with pytest.raises(StoreError, match="another config"):
+        run_study(config_from_dict(SMALL), run, progress=False)
 
 
 def test_second_process_is_refused(tmp_path: Path) -> None:

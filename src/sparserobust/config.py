@@ -207,6 +207,27 @@ class StudyConfig:
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    MEASUREMENT_FIELDS: typing.ClassVar[tuple[str, ...]] = (
+        "attacks",
+        "clever",
+        "masking",
+        "activations",
+        "bounds",
+        "measurements",
+    )
+    """The ``eval`` fields that only choose measurements: each result stores its own
+    identity (its cell's params, with ``n`` and the seed), so they are left out of
+    :meth:`models_hash`."""
+
+    def models_hash(self) -> str:
+        """:meth:`config_hash` without the eval fields that only choose measurements:
+        equal for two configs that train and prune the same models and measure them on
+        the same images with the same batch size."""
+        data = {k: v for k, v in _hash_view(self).items() if k not in self.NOT_HASHED}
+        data["eval"] = {k: v for k, v in data["eval"].items() if k not in self.MEASUREMENT_FIELDS}
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
 
 def _hash_view(value: Any) -> Any:
     """``value`` as plain data for hashing: dataclasses as dicts without the new

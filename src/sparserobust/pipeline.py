@@ -164,13 +164,44 @@ class StudyRecorder:
     def check_config(self) -> None:
         stored = self.store.get_meta("config_hash")
         if stored is not None and stored != self.hash:
-            raise StoreError(
-                f"{self.run_dir} holds results of another config (hash {stored}, this one is "
-                f"{self.hash}): use another --out, or --force to start this directory over"
+            if not self.only_adds_measurements():
+                raise StoreError(
+                    f"{self.run_dir} holds results of another config (hash {stored}, this one "
+                    f"is {self.hash}; a config may only add measurements to a run directory): "
+                    "use another --out, or --force to start this directory over"
+                )
+            log.warning(
+                "%s: the config adds measurements to this run directory (hash %s -> %s); "
+                "its models and results are kept",
+                self.run_dir,
+                stored,
+                self.hash,
             )
         self.store.set_meta("config_hash", self.hash)
         self.store.set_meta("config", json.dumps(self.config.to_dict(), sort_keys=True))
         self.store.set_meta("provenance", json.dumps(self.prov, sort_keys=True))
+
+    def only_adds_measurements(self) -> bool:
+        """Whether this config differs from the stored one only by added measurements:
+        the same models, images and batch size (:meth:`StudyConfig.models_hash`), and
+        every measurement the stored config planned still planned with the same
+        identity, so no stored number is orphaned or computed under other settings."""
+        from sparserobust.config import config_from_dict
+        from sparserobust.store import params_hash
+
+        try:
+            old = config_from_dict(json.loads(self.store.get_meta("config") or "null"))
+        except (ConfigError, TypeError, ValueError):
+            return False
+        if old.models_hash() != self.config.models_hash():
+            return False
+        for seed in old.seeds:
+            new_cells = {(c.key, params_hash(c.params)) for c in plan_cells(self.config.eval, seed)}
+            if any(
+                (c.key, params_hash(c.params)) not in new_cells for c in plan_cells(old.eval, seed)
+            ):
+                return False
+        return True
 
     def done(self, task: Task, out: Any) -> None:
         """Record the result of ``task`` (called by the scheduler, in this process)."""
