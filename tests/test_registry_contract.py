@@ -306,8 +306,8 @@ HASHES_NOW = {
 current values. The two LeNet studies gained AutoAttack at eps 0.05/0.1/0.2 as their
 l_inf headline and dropped CLEVER (opt-in now); LeNet-300-100 also gained structured
 pruning (issue 14); the verify study's AutoAttack skips CROWN-certified points
-(``skip_certified``, never run before). Every result they share with 0.1 (PGD, DeepFool, C&W, DDN, the
-masking check, activations, bounds) keeps its identity."""
+(``skip_certified``, never run before). Every result they share with 0.1 (PGD,
+DeepFool, C&W, DDN, the masking check, activations, bounds) keeps its identity."""
 
 
 def _cells_digest(config: Any) -> str:
