@@ -134,7 +134,7 @@ def test_skip_certified_skips_exactly_the_crown_certified_points(digits, digits_
     from sparserobust.attacks.autoattack import CERTIFIED, CERTIFY_MARGIN
     from sparserobust.metrics import certify
 
-    model, x, y = digits_lenet300, digits.test.x[:150], digits.test.y[:150]
+    model, x, y = digits_lenet300, digits.test.x[:100], digits.test.y[:100]
     small = {"steps": 20, "n_target_classes": 3, "square_queries": 200}
     eps = [0.02, 0.06]
     res = AutoAttack(skip_certified=True, **small).run(model, x, y, epsilons=eps, seed=0)
