@@ -63,19 +63,35 @@ def box_hyperplane_step(
     # float masks instead of torch.where: several times cheaper on CPU
     sgn = w.sign()
     mag = sgn.abs()  # 1 where w != 0
-    v = w if p == 2 else sgn
+    if p != 2:
+        # l_inf (v = sign(w)): coordinate i moves by tau towards its bound until it sits
+        # there, at kink_i = 1 - t_i (w_i > 0) or t_i (w_i < 0); 0 where w_i == 0. The
+        # same numbers as the general branch, in fewer passes over (B, d).
+        kink = torch.where(w > 0, 1.0 - t, t) * mag
+        slope = w.abs()
+        gain = slope * kink
+        tau = _solve_tau(kink, slope, gain, c)
+        return sgn * torch.minimum(tau[:, None], kink)
     lo, hi = -t, 1.0 - t
     bound = 0.5 * (mag + sgn) * hi + 0.5 * (mag - sgn) * lo  # hi where w > 0, lo where w < 0
-    # the tau at which coordinate i reaches its bound, bound / v (l_inf: |bound|); where
-    # w == 0 the coordinate has no slope and no gain, and a kink at 0 changes nothing
-    kink = (bound * sgn if p != 2 else bound / (w + (1.0 - mag))).clamp_min(0.0)
-    slope = w * v  # d(w_i d_i)/d tau while coordinate i is free (>= 0)
+    # the tau at which coordinate i reaches its bound, bound / w; where w == 0 the
+    # coordinate has no slope and no gain, and a kink at 0 changes nothing
+    kink = (bound / (w + (1.0 - mag))).clamp_min(0.0)
+    slope = w * w  # d(w_i d_i)/d tau while coordinate i is free (>= 0)
     gain = w * bound  # w_i d_i once coordinate i sits at its bound (>= 0; 0 where w == 0)
+    tau = _solve_tau(kink, slope, gain, c)
+    return torch.minimum(torch.maximum(tau[:, None] * w, lo), hi)  # 0 where w == 0 (t in box)
+
+
+def _solve_tau(
+    kink: torch.Tensor, slope: torch.Tensor, gain: torch.Tensor, c: torch.Tensor
+) -> torch.Tensor:
+    """:func:`_tau_by_newton`, with :func:`_tau_by_sorting` for the rows it leaves."""
     tau, done = _tau_by_newton(kink, slope, gain, c)
     if not bool(done.all()):
         rest = (~done).nonzero().flatten()
         tau[rest] = _tau_by_sorting(kink[rest], slope[rest], gain[rest], c[rest])
-    return torch.minimum(torch.maximum(tau[:, None] * v, lo), hi)  # 0 where v == 0 (t in box)
+    return tau
 
 
 _NEWTON_STEPS = 12
