@@ -443,13 +443,13 @@ def _ranking_section(data: StudyData, heads: dict[str, str]) -> list[str]:
             ]
             body.append(row)
         lines += _table(["sparsity", *methods, "most robust", "lead over next [95%]"], body)
-        lines += ["", *(f"- {ranking_sentence(r, label)}" for r in ranks), ""]
+        lines += [*(f"- {ranking_sentence(r, label)}" for r in ranks), ""]
     if not lines:
         return []
     own = [m for m in own_grid_methods(data.config) if m in data.table.get(CLEAN, {})]
     note = (
-        f" {', '.join(own)} prune on their own grid (share of units removed, not weight "
-        "sparsity) and are not ranked here; see Details."
+        f" Not ranked here: {', '.join(own)}, on its own grid (share of units removed, not "
+        "weight sparsity); see Details."
         if own
         else ""
     )
