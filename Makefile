@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run test lint install clean gpu-check mutation repro-linear repro-lenet300 repro-lenet5-cpu repro-lenet5-subset repro-lenet5
+.PHONY: run test lint install clean gpu-check mutation repro-linear repro-lenet300 repro-lenet5-cpu repro-lenet5-subset repro-lenet5 robust-lenet300 robust-lenet5
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,9 +46,9 @@ repro-linear: $(STAMP)
 repro-lenet300: $(STAMP)
 	$(call STUDY,mnist_lenet300)
 	$(TABLES) runs/mnist_lenet300 docs/results/lenet300 \
-	  --plot "pgd_linf robust_acc@0.1" --plot "ddn_l2 median_norm" \
-	  --plot "active_relu_fraction (not robustness)" --plot "bound_linf ratio median" \
-	  --plot "clever_linf median"
+	  --plot "autoattack_linf robust_acc@0.1" --plot "pgd_linf robust_acc@0.1" \
+	  --plot "ddn_l2 median_norm" --plot "active_relu_fraction (not robustness)" \
+	  --plot "bound_linf ratio median"
 
 repro-lenet5-cpu: $(STAMP)
 	$(call STUDY,mnist_lenet5_cpu)
@@ -66,6 +66,22 @@ repro-lenet5: $(STAMP)
 	$(call STUDY,mnist_lenet5)
 	$(TABLES) runs/mnist_lenet5 docs/results/lenet5 \
 	  --plot "pgd_linf robust_acc@0.1" --plot "ddn_l2 median_norm"
+
+# Sparse and robust (docs/robust-pruning.md): the adversarial-training studies, then
+# their tables and plots under docs/results/ and the report (which ranks the methods at
+# each sparsity) under runs/<study>/report/.
+ROBUST_PLOTS = --plot "autoattack_linf robust_acc@0.1" --plot "autoattack_linf robust_acc@0.2" \
+	  --plot "ddn_l2 median_norm"
+
+robust-lenet300: $(STAMP)
+	$(call STUDY,mnist_lenet300_at)
+	$(TABLES) runs/mnist_lenet300_at docs/results/lenet300_at $(ROBUST_PLOTS)
+	$(BIN)/sparserobust report runs/mnist_lenet300_at
+
+robust-lenet5: $(STAMP)
+	$(call STUDY,mnist_lenet5_at)
+	$(TABLES) runs/mnist_lenet5_at docs/results/lenet5_at $(ROBUST_PLOTS)
+	$(BIN)/sparserobust report runs/mnist_lenet5_at
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -42,6 +42,9 @@ from sparserobust.report import (
 from sparserobust.store import ResultStore
 
 DEFAULT_METRICS = [
+    "autoattack_linf robust_acc@0.05",
+    "autoattack_linf robust_acc@0.1",
+    "autoattack_linf robust_acc@0.2",
     "fgsm_linf robust_acc@0.1",
     "pgd_linf robust_acc@0.05",
     "pgd_linf robust_acc@0.1",
@@ -61,6 +64,9 @@ DEFAULT_METRICS = [
     "bound_linf ratio median",
     "bound_l2 grad norm median (not robustness)",
     "bound_l2 ratio median",
+    "units removed share (not robustness)",
+    "compact params (not robustness)",
+    "compact FLOPs (not robustness)",
 ]
 
 
