@@ -461,3 +461,31 @@ def test_metric_info_has_one_record_per_label(two_runs: tuple[Path, Path]) -> No
         info = metric_info(store)
     assert sorted(info) == sorted(load_study(two_runs[0]).metrics)
     assert all(rec.label == label for label, rec in info.items())
+
+
+def test_report_of_some_seeds(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from sparserobust.report import SeedView, write_report
+    from sparserobust.verdict import gather
+
+    # two seeds of one store (the second a copy of the first, every accuracy halved)
+    one = _fake_store({0.0: [0.5, 2.0], 0.5: [2.0, 2.0]}, {0.0: 0.9, 0.5: 0.8})
+    models = one.models() + [
+        SimpleNamespace(**{**vars(m), "seed": 1, "accuracy": m.accuracy / 2})
+        for m in one.models()
+    ]
+    meta = {"config": json.dumps({"name": "fake", "dataset": "digits", "seeds": [0, 1]})}
+    store = SimpleNamespace(models=lambda: models, results=one.results, get_meta=meta.get)
+    both, first = gather(store), gather(SeedView(store, [1]))  # type: ignore[arg-type]
+    assert both.table[CLEAN]["m"][0.5].mean == pytest.approx(0.6)
+    assert first.table[CLEAN]["m"][0.5].mean == pytest.approx(0.4)
+    assert first.config["seeds"] == [1] and "ddn_l2 robust_acc@1" not in first.table
+    with pytest.raises(ConfigError, match="seeds are 0, 1"):
+        SeedView(store, [2])  # type: ignore[arg-type]
+    # on a real run: the header names the seed; an unknown one is a one-line error
+    md = write_report(two_runs[0], out_dir=tmp_path / "r", seeds=[0]).read_text()
+    assert "seeds [0]" in md
+    with pytest.raises(ConfigError, match="--seed 1: this study's seeds are 0"):
+        write_report(two_runs[0], out_dir=tmp_path / "r2", seeds=[1])

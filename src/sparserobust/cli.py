@@ -325,7 +325,16 @@ def run(
     type=click.Path(file_okay=False),
     help="Folder for the report (default RUN_DIR/report; use it for a read-only run).",
 )
-def report(run_dir: str, max_accuracy_drop: float | None, out_dir: str | None) -> None:
+@click.option(
+    "--seed",
+    "seeds",
+    type=int,
+    multiple=True,
+    help="Report only this seed (repeatable), e.g. while the other seeds still run.",
+)
+def report(
+    run_dir: str, max_accuracy_drop: float | None, out_dir: str | None, seeds: tuple[int, ...]
+) -> None:
     """(Re)write the markdown/HTML report of RUN_DIR."""
     from sparserobust.report import write_report
 
@@ -333,7 +342,7 @@ def report(run_dir: str, max_accuracy_drop: float | None, out_dir: str | None) -
         math.isfinite(max_accuracy_drop) and 0 <= max_accuracy_drop <= 1
     ):
         raise ConfigError(f"--max-accuracy-drop must be in [0,1], got {max_accuracy_drop}")
-    path = write_report(run_dir, max_accuracy_drop, out_dir)
+    path = write_report(run_dir, max_accuracy_drop, out_dir, list(seeds) or None)
     click.echo(f"report: {path} (and {path.with_suffix('.html')})")
 
 

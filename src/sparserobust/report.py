@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -294,19 +295,51 @@ def verdict_section(
     return lines, sentences
 
 
+class SeedView:
+    """A read-only view of a results store restricted to some of its seeds: its models,
+    their results, and the stored config with ``seeds`` set to those seeds (so the
+    report's completeness counts only them)."""
+
+    def __init__(self, store: ResultStore, seeds: Sequence[int]) -> None:
+        config = json.loads(store.get_meta("config") or "{}")
+        have = list(config.get("seeds") or sorted({m.seed for m in store.models()}))
+        missing = [s for s in seeds if s not in have]
+        if missing or not seeds:
+            raise ConfigError(
+                f"--seed {', '.join(map(str, missing or seeds))}: this study's seeds are "
+                f"{', '.join(map(str, have)) or 'none'}"
+            )
+        self.store, self.seeds = store, sorted(set(seeds))
+        self.config = {**config, "seeds": self.seeds}
+
+    def get_meta(self, key: str) -> str | None:
+        if key == "config":
+            return json.dumps(self.config, sort_keys=True)
+        return self.store.get_meta(key)
+
+    def models(self) -> list[Any]:
+        return [m for m in self.store.models() if m.seed in self.seeds]
+
+    def results(self) -> list[dict[str, Any]]:
+        return [r for r in self.store.results() if r["seed"] in self.seeds]
+
+
 def write_report(
     run_dir: str | Path,
     max_accuracy_drop: float | None = None,
     out_dir: str | Path | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> Path:
     """Write ``report.md``, ``report.html`` and PNG plots into ``out_dir`` (default
     ``RUN_DIR/report``), reading the database without writing to it (a read-only run
     directory works with ``out_dir`` elsewhere); returns the markdown path. A run
-    that has not finished is labelled incomplete at the top."""
+    that has not finished is labelled incomplete at the top. ``seeds`` restricts the
+    report to those seeds (ConfigError for a seed the study does not have)."""
     from sparserobust import figures
 
     run = Path(run_dir)
-    with ResultStore(run, readonly=True) as store:
+    with ResultStore(run, readonly=True) as raw:
+        store: Any = raw if seeds is None else SeedView(raw, seeds)
         config_hash = store.get_meta("config_hash") or "?"
         prov = json.loads(store.get_meta("provenance") or "{}")
         data = gather(store)
