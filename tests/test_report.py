@@ -473,8 +473,7 @@ def test_report_of_some_seeds(two_runs: tuple[Path, Path], tmp_path: Path) -> No
     # two seeds of one store (the second a copy of the first, every accuracy halved)
     one = _fake_store({0.0: [0.5, 2.0], 0.5: [2.0, 2.0]}, {0.0: 0.9, 0.5: 0.8})
     models = one.models() + [
-        SimpleNamespace(**{**vars(m), "seed": 1, "accuracy": m.accuracy / 2})
-        for m in one.models()
+        SimpleNamespace(**{**vars(m), "seed": 1, "accuracy": m.accuracy / 2}) for m in one.models()
     ]
     meta = {"config": json.dumps({"name": "fake", "dataset": "digits", "seeds": [0, 1]})}
     store = SimpleNamespace(models=lambda: models, results=one.results, get_meta=meta.get)
