@@ -203,9 +203,7 @@ class StudyConfig:
 
         Fields added after version 0.1 (:data:`NEW_FIELD`) count only when they differ
         from their default, so a new setting leaves every existing hash unchanged."""
-        data = {k: v for k, v in _hash_view(self).items() if k not in self.NOT_HASHED}
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return _digest({k: v for k, v in _hash_view(self).items() if k not in self.NOT_HASHED})
 
     MEASUREMENT_FIELDS: typing.ClassVar[tuple[str, ...]] = (
         "attacks",
@@ -225,8 +223,13 @@ class StudyConfig:
         the same images with the same batch size."""
         data = {k: v for k, v in _hash_view(self).items() if k not in self.NOT_HASHED}
         data["eval"] = {k: v for k, v in data["eval"].items() if k not in self.MEASUREMENT_FIELDS}
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return _digest(data)
+
+
+def _digest(data: dict[str, Any]) -> str:
+    """First 16 hex digits of the SHA-256 of ``data`` as canonical JSON."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _hash_view(value: Any) -> Any:

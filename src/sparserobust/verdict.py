@@ -280,6 +280,11 @@ class MethodRanking:
     clear: bool
 
 
+def _higher_is_better(data: StudyData, label: str) -> bool:
+    """Whether a larger ``label`` means more robust (True unless its record says not)."""
+    return data.info[label].higher_is_better is not False if label in data.info else True
+
+
 def own_grid_methods(config: dict[str, Any]) -> list[str]:
     """Methods with their own grid (``pruning.grids``, e.g. structured's share of units
     removed): their targets are not weight sparsities, so they are never ranked
@@ -291,7 +296,7 @@ def method_rankings(data: StudyData, label: str) -> list[MethodRanking]:
     """For each pruned target sparsity that two or more weight-sparsity methods share:
     the methods ranked by the mean of ``label`` (direction from its record), with the
     best one's lead over the runner-up and its 95% interval."""
-    higher = data.info[label].higher_is_better is not False if label in data.info else True
+    higher = _higher_is_better(data, label)
     sign = 1.0 if higher else -1.0
     own = set(own_grid_methods(data.config))
     per = {m: c for m, c in data.table.get(label, {}).items() if m not in own}
@@ -426,7 +431,7 @@ def verdict_rows(data: StudyData, label: str, max_drop: float) -> list[VerdictRo
     accuracy is within ``max_drop`` of the dense model's (ties: the least sparse), its
     change from dense, the verdict (better / no gain / worse, by the change's 95%
     interval) and the least sparsity whose interval lies wholly below dense."""
-    higher = data.info[label].higher_is_better is not False if label in data.info else True
+    higher = _higher_is_better(data, label)
     sign = 1.0 if higher else -1.0
     rows = []
     for method, cells in sorted(data.table.get(label, {}).items()):
