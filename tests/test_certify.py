@@ -192,3 +192,36 @@ def test_bad_inputs_raise_one_line_errors(digits_lenet300: nn.Module) -> None:
         certify(nn.Sequential(nn.Flatten(), nn.Linear(64, 3), nn.Tanh()), x, y, epsilon=0.1)
     with pytest.raises(ModelError):
         certify(build_model("resnet32", (3, 8, 8), 10), torch.rand(2, 3, 8, 8), y, epsilon=0.1)
+
+
+def test_row_chunks_fit_the_budget_on_the_widest_tensor(monkeypatch) -> None:
+    """A convolution's output is wider than its input: the rows bounded per pass must be
+    sized on the widest tensor, the nonlinear layer's own input included (sizing on the
+    layers before it let CROWN on LeNet-5 ask for 4 GiB per pass), and chunking changes
+    no bound."""
+    import importlib
+
+    cert = importlib.import_module("sparserobust.metrics.certify")  # the module, not the function
+
+    model = build_model("lenet5", (1, 28, 28), 10, [0.13], [0.31]).eval()
+    layers = parse_network(model, (1, 28, 28))
+    pool = next(i for i, layer in enumerate(layers) if layer.kind == "maxpool")
+    assert math.prod(layers[pool].in_shape) > max(
+        math.prod(layer.in_shape) for layer in layers[:pool]
+    )
+    for i, layer in enumerate(layers):
+        if layer.nonlinear:
+            widest = max(math.prod(la.in_shape) for la in layers[: i + 1])
+            chunk = cert._row_chunk(layers, i, 7)
+            assert 2 * chunk * 7 * widest <= cert._ROW_BUDGET
+            assert 2 * (chunk + 1) * 7 * widest > cert._ROW_BUDGET
+
+    net = small_nets()[1][1]
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = net(x).argmax(1)
+    whole = certify(net, x, y, epsilon=0.1, norm="inf", method="crown")
+    monkeypatch.setattr(cert, "_ROW_BUDGET", 64)  # one row per pass
+    small = parse_network(net, (1, 4, 4))
+    assert cert._row_chunk(small, next(i for i, la in enumerate(small) if la.nonlinear), 3) == 1
+    rows = certify(net, x, y, epsilon=0.1, norm="inf", method="crown")
+    assert torch.allclose(whole.margins, rows.margins, rtol=0, atol=1e-12)

@@ -550,6 +550,15 @@ def _bound_pass(
     return _Pass(pre, margins, counts_t)
 
 
+def _row_chunk(layers: Sequence[Layer], i: int, bsz: int) -> int:
+    """Rows per backward pass when bounding the inputs of layer ``i`` for ``bsz``
+    points: the widest tensor on the way back, layer ``i``'s own input included (a
+    convolution's output is wider than its input), holds ``2 * chunk`` rows per point,
+    at most :data:`_ROW_BUDGET` coefficients in all."""
+    widest = max(math.prod(layer.in_shape) for layer in layers[: i + 1])
+    return max(1, _ROW_BUDGET // (2 * bsz * widest))
+
+
 def _tighten(
     layers: Sequence[Layer],
     i: int,
@@ -568,9 +577,7 @@ def _tighten(
     order = torch.argsort(cand.to(torch.int8), dim=1, descending=True, stable=True)
     idx = order[:, :kmax]
     valid = torch.arange(kmax, device=lo.device).unsqueeze(0) < counts.unsqueeze(1)
-    # rows in chunks: the widest layer on the way back holds 2 * chunk rows per point
-    widest = max(math.prod(layer.in_shape) for layer in layers[:i])
-    chunk = max(1, _ROW_BUDGET // (2 * lo.shape[0] * widest))
+    chunk = _row_chunk(layers, i, lo.shape[0])
     lows, highs = [], []
     for r in range(0, kmax, chunk):
         a, bias, nxt = _start_rows(layers, i - 1, idx[:, r : r + chunk], lo.dtype)
