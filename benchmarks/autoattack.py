@@ -11,6 +11,15 @@ adversarials are re-checked with the same forward pass as ours.
 (CROWN skips the points it certifies after APGD-CE) and reports the certified count and
 the points on which the two disagree; ``--no-official`` leaves the official code out.
 
+``--fast`` also times ours with ``version="fast"`` (APGD-CE, APGD-T, Square with 1000
+queries: not AutoAttack; ``--fast-only``: instead of the standard version) and reports
+its speed-up over the official standard version and its robust accuracy against the
+official one.
+
+``--channels-last ours`` runs our attacks on the model in channels-last layout (as
+studies with ``channels_last: true`` do; no effect on models without convolutions);
+``--channels-last both`` hands the official code the same channels-last model.
+
 ``--min-linf-n M`` also compares the minimal-norm l_inf attacks on the first M
 images: our FAB-l_inf (9 targets x 100 steps) against DeepFool-l_inf (median
 l_inf norm over the correctly classified images, [0,1] pixel units).
@@ -22,6 +31,7 @@ l_inf norm over the correctly classified images, [0,1] pixel units).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -35,6 +45,28 @@ from sparserobust.attacks import FAB, AutoAttack, DeepFool
 from sparserobust.checkpoint import load_checkpoint
 from sparserobust.data import load_dataset
 from sparserobust.metrics import median_norm, success_rate
+from sparserobust.utils import use_channels_last
+
+
+def rate(flags: torch.Tensor) -> float:
+    return round(float(flags.float().mean()), 4)
+
+
+def disagreement(
+    who: str, flags: torch.Tensor, official: torch.Tensor | None
+) -> dict[str, int | None]:
+    """The points ``who`` calls robust that the official code breaks, and the reverse."""
+    if official is None:
+        return {f"{who}_robust_official_broken": None, f"official_robust_{who}_broken": None}
+    return {
+        f"{who}_robust_official_broken": int((flags & ~official).sum()),
+        f"official_robust_{who}_broken": int((official & ~flags).sum()),
+    }
+
+
+def predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1)
 
 
 def official_robust(
@@ -50,6 +82,17 @@ def official_robust(
     with torch.no_grad():
         flags = model(x_adv).argmax(1) == y
     return flags, seconds
+
+
+def run_ours(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, **kw: object
+) -> tuple[torch.Tensor, float, dict]:
+    """Robust flags ``(N,)`` of our ``autoattack`` with settings ``kw``, its wall time
+    and its details (``broken_by``, ``seconds_by_attack``)."""
+    start = time.perf_counter()
+    res = AutoAttack(norm=norm, **kw).run(model, x, y, epsilons=[eps], seed=0)  # type: ignore[arg-type]
+    seconds = time.perf_counter() - start
+    return res.clean_correct & ~res.success[0], seconds, res.details
 
 
 def main() -> None:
@@ -68,6 +111,14 @@ def main() -> None:
         action="store_true",
         help="also time ours with skip_certified=True (CROWN skips certified points)",
     )
+    ap.add_argument("--fast", action="store_true", help='also time ours with version="fast"')
+    ap.add_argument("--fast-only", action="store_true", help='time ours with version="fast" only')
+    ap.add_argument(
+        "--channels-last",
+        choices=["none", "ours", "both"],
+        default="none",
+        help="run ours (or both) on the model in channels-last layout",
+    )
     ap.add_argument("--no-official", action="store_true", help="time ours only")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
@@ -77,6 +128,10 @@ def main() -> None:
     for path in args.checkpoint:
         model, meta = load_checkpoint(path, device="cpu")
         model.eval()
+        ours_model = model
+        if args.channels_last != "none":
+            ours_model = use_channels_last(copy.deepcopy(model))
+        official_model = ours_model if args.channels_last == "both" else model
         test = load_dataset(meta["dataset"], args.data_dir).test.head(args.n)
         x, y = test.x, test.y
         if args.min_linf_n:
@@ -96,55 +151,65 @@ def main() -> None:
                 rows.append(row)
         for norm in [n for n in args.norms.split(",") if n]:
             eps = args.eps_linf if norm == "linf" else args.eps_l2
-            ours = AutoAttack(norm=norm, batch_size=args.batch_size)
-            start = time.perf_counter()
-            res = ours.run(model, x, y, epsilons=[eps], seed=0)
-            ours_s = time.perf_counter() - start
-            ours_flags = res.clean_correct & ~res.success[0]
             if args.no_official:
-                off_flags, off_s = ours_flags, math.nan
+                off_flags, off_s = None, math.nan
             else:
                 off_flags, off_s = official_robust(
-                    model, x, y, "Linf" if norm == "linf" else "L2", eps, args.batch_size
+                    official_model, x, y, "Linf" if norm == "linf" else "L2", eps, args.batch_size
                 )
-            assert isinstance(res.details["broken_by"], list)
-            row = {
+            row: dict = {
                 "model": meta.get("model"),
                 "checkpoint": Path(path).name,
                 "norm": norm,
                 "eps": eps,
                 "images": int(x.shape[0]),
                 "threads": args.threads,
-                "clean_accuracy": round(float(res.clean_correct.float().mean()), 4),
-                "ours_robust_accuracy": round(float(ours_flags.float().mean()), 4),
-                "official_robust_accuracy": round(float(off_flags.float().mean()), 4),
-                "ours_seconds": round(ours_s, 2),
+                "channels_last": args.channels_last,
+                "clean_accuracy": round(float((y == predict(model, x)).float().mean()), 4),
+                "official_robust_accuracy": None if off_flags is None else rate(off_flags),
                 "official_seconds": round(off_s, 2),
-                "speedup": round(off_s / ours_s, 2),
-                "ours_robust_official_broken": int((ours_flags & ~off_flags).sum()),
-                "official_robust_ours_broken": int((off_flags & ~ours_flags).sum()),
-                "broken_by": dict(Counter(res.details["broken_by"][0])),
-                "seconds_by_attack": res.details["seconds_by_attack"],
             }
+            if not args.fast_only:
+                ours_flags, ours_s, details = run_ours(
+                    ours_model, x, y, norm, eps, batch_size=args.batch_size
+                )
+                assert isinstance(details["broken_by"], list)
+                row.update(
+                    ours_robust_accuracy=rate(ours_flags),
+                    ours_seconds=round(ours_s, 2),
+                    speedup=round(off_s / ours_s, 2),
+                    broken_by=dict(Counter(details["broken_by"][0])),
+                    seconds_by_attack=details["seconds_by_attack"],
+                    **disagreement("ours", ours_flags, off_flags),
+                )
+            if args.fast or args.fast_only:
+                fast_flags, fast_s, fast_details = run_ours(
+                    ours_model, x, y, norm, eps, batch_size=args.batch_size, version="fast"
+                )
+                row.update(
+                    fast_seconds=round(fast_s, 2),
+                    fast_speedup=round(off_s / fast_s, 2),
+                    fast_robust_accuracy=rate(fast_flags),
+                    fast_seconds_by_attack=fast_details["seconds_by_attack"],
+                    **disagreement("fast", fast_flags, off_flags),
+                )
             if args.no_official:
-                for key in [k for k in row if "official" in k or k == "speedup"]:
+                for key in [k for k in row if "official" in k or "speedup" in k]:
                     row[key] = None
-            if args.skip_certified:
-                skip = AutoAttack(norm=norm, batch_size=args.batch_size, skip_certified=True)
-                start = time.perf_counter()
-                res2 = skip.run(model, x, y, epsilons=[eps], seed=0)
-                skip_s = time.perf_counter() - start
-                flags2 = res2.clean_correct & ~res2.success[0]
-                assert isinstance(res2.details["broken_by"], list)
-                codes = Counter(res2.details["broken_by"][0])
+            if args.skip_certified and not args.fast_only:
+                flags2, skip_s, details2 = run_ours(
+                    ours_model, x, y, norm, eps, batch_size=args.batch_size, skip_certified=True
+                )
+                assert isinstance(details2["broken_by"], list)
+                codes = Counter(details2["broken_by"][0])
                 row.update(
                     skip_certified_seconds=round(skip_s, 2),
                     skip_certified_speedup=round(ours_s / skip_s, 2),
-                    skip_certified_robust_accuracy=round(float(flags2.float().mean()), 4),
+                    skip_certified_robust_accuracy=rate(flags2),
                     certified_points=codes["certified"],
                     skip_robust_plain_broken=int((flags2 & ~ours_flags).sum()),
                     plain_robust_skip_broken=int((ours_flags & ~flags2).sum()),
-                    skip_seconds_by_attack=res2.details["seconds_by_attack"],
+                    skip_seconds_by_attack=details2["seconds_by_attack"],
                 )
             print(json.dumps(row), flush=True)
             rows.append(row)

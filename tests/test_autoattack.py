@@ -48,6 +48,13 @@ def test_autoattack_matches_official(digits, digits_lenet300, norm: float, eps: 
     assert names[ROBUST] == int(ours.sum())
     assert names[MISCLASSIFIED] == int((~res.clean_correct).sum())
     assert names["apgd-ce"] > 0
+    # the fast version (not AutoAttack) on the same points: within the same 0.5 points
+    fast = AutoAttack(norm=norm, version="fast").run(model, x, y, epsilons=[eps], seed=0)
+    fast_robust = fast.clean_correct & ~fast.success[0]
+    assert abs(float(fast_robust.float().mean()) - float(official.float().mean())) <= 0.005
+    assert int((fast_robust & ~official).sum()) <= 1
+    assert set(fast.details["seconds_by_attack"]) == {"apgd-ce", "apgd-t", "square"}
+
     # APGD-CE runs first with the same seed: everything it breaks alone, autoattack breaks
     apgd = APGD(norm=norm).run(model, x, y, epsilons=[eps], seed=0)
     assert bool((res.success[0] | ~apgd.success[0]).all())
@@ -87,7 +94,13 @@ def test_square_uses_autoattack_schedule() -> None:
 
 def test_bad_settings_and_targets_raise(digits, digits_lenet300) -> None:
     assert isinstance(get_attack("autoattack", "2"), AutoAttack)
-    for bad in ({"attacks": "apgd-ce,pgd"}, {"attacks": ""}, {"steps": 0}, {"square_queries": 0}):
+    for bad in (
+        {"attacks": "apgd-ce,pgd"},
+        {"attacks": ""},
+        {"steps": 0},
+        {"square_queries": 0},
+        {"version": "quick"},
+    ):
         with pytest.raises(AttackError):
             AutoAttack(**bad)
     x, y = digits.test.x[:5], digits.test.y[:5]
@@ -115,6 +128,14 @@ def test_autoattack_builds_its_attacks_from_its_settings() -> None:
     assert (subs["square"].steps, subs["square"].p_init) == (11, 0.8)
     assert subs["square"].rescale_schedule is False
 
+    fast = dict(AutoAttack(version="fast")._attacks)
+    assert list(fast) == ["apgd-ce", "apgd-t", "square"]
+    assert (fast["square"].steps, fast["square"].rescale_schedule) == (1000, True)
+    assert fast["apgd-t"].n_target_classes == 9 and fast["apgd-t"].steps == 100
+    # explicit settings win over the version's
+    mixed = dict(AutoAttack(version="fast", attacks="apgd-ce,square", square_queries=7)._attacks)
+    assert list(mixed) == ["apgd-ce", "square"] and mixed["square"].steps == 7
+
 
 def test_autoattack_checks_num_classes_and_rounds_seconds() -> None:
     from sparserobust.attacks.autoattack import AutoAttack
@@ -130,10 +151,14 @@ def test_autoattack_checks_num_classes_and_rounds_seconds() -> None:
     assert isinstance(seconds, float) and seconds == round(seconds, 3)
 
 
-def test_skip_certified_skips_exactly_the_crown_certified_points(digits, digits_lenet300) -> None:
+def test_skip_certified_skips_exactly_the_crown_certified_points(
+    digits, digits_lenet300, monkeypatch
+) -> None:
     from sparserobust.attacks.autoattack import CERTIFIED, CERTIFY_MARGIN
     from sparserobust.metrics import certify
 
+    # CROWN always pays here, whatever this machine's timings (the gate: next test)
+    monkeypatch.setattr(AutoAttack, "_survivor_cost", lambda self, per_point: math.inf)
     model, x, y = digits_lenet300, digits.test.x[:100], digits.test.y[:100]
     small = {"steps": 20, "n_target_classes": 3, "square_queries": 200}
     eps = [0.02, 0.06]
@@ -163,3 +188,33 @@ def test_skip_certified_on_a_model_crown_cannot_bound(digits, digits_lenet300) -
     assert codes[CERTIFIED] == 0 and codes[ROBUST] > 0
     with pytest.raises(AttackError, match="skip_certified"):
         AutoAttack(skip_certified="yes")  # type: ignore[arg-type]
+
+
+def test_skip_certified_stops_where_crown_does_not_pay(
+    digits, digits_lenet300, monkeypatch
+) -> None:
+    """Where CROWN saves less than it costs, it bounds the probe points only and the rest
+    are attacked; the estimate it is judged by follows the attacks' budgets."""
+    from sparserobust.attacks.autoattack import CERTIFIED, CERTIFY_PROBE
+
+    aa = AutoAttack(steps=100, n_target_classes=9, square_queries=5000)
+    assert aa._survivor_cost(0.5) == pytest.approx(2 * 0.5 * (9 + 9 + 25))
+    fast = AutoAttack(version="fast", steps=50)
+    assert fast._survivor_cost(0.5) == pytest.approx(2 * 0.5 * (9 + 10))
+
+    model, x, y = digits_lenet300, digits.test.x[:100], digits.test.y[:100]
+    small = {"steps": 10, "n_target_classes": 2, "square_queries": 50}
+    monkeypatch.setattr(AutoAttack, "_survivor_cost", lambda self, per_point: 0.0)
+    res = AutoAttack(skip_certified=True, **small).run(model, x, y, epsilons=[0.02], seed=0)
+    codes = res.details["broken_by"][0]
+    monkeypatch.setattr(AutoAttack, "_survivor_cost", lambda self, per_point: math.inf)
+    full = AutoAttack(skip_certified=True, **small).run(model, x, y, epsilons=[0.02], seed=0)
+    full_codes = full.details["broken_by"][0]
+    # the probe: the first CERTIFY_PROBE points APGD-CE left robust
+    left = [i for i, c in enumerate(full_codes) if c not in (MISCLASSIFIED, "apgd-ce")]
+    probe, rest = set(left[:CERTIFY_PROBE]), left[CERTIFY_PROBE:]
+    assert [i for i, c in enumerate(codes) if c == CERTIFIED] == [
+        i for i in sorted(probe) if full_codes[i] == CERTIFIED
+    ]
+    assert any(full_codes[i] == CERTIFIED for i in rest)  # the gate changed something
+    assert all(codes[i] != CERTIFIED for i in rest)

@@ -22,8 +22,16 @@ with CROWN (:func:`sparserobust.metrics.certify`, float64) and runs the remainin
 attacks only on those it cannot certify: no attack can break a certified point, so
 the robust accuracy is the same up to the attacks' random draws (fewer points take
 part in them), and the certified share comes for free. It pays where CROWN certifies
-many points (sparse models, small eps) and costs a few seconds per 1000 points
-where it certifies none; models CROWN cannot parse are attacked as usual.
+many points (sparse models, small eps). CROWN is tried first on up to
+:data:`CERTIFY_PROBE` points per radius; where the share it certifies there, times
+what the remaining attacks would cost per point, is below what CROWN costs per point
+(dense models, convolutional nets with max-pooling, large eps), the rest of the
+run at that radius is attacked without it. Models CROWN cannot parse are attacked as
+usual.
+
+``version="fast"`` (not AutoAttack; :data:`VERSIONS`) runs APGD-CE, APGD-T and Square
+with 1000 queries, for sweeps where the standard budget on the surviving points is
+what costs.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -53,6 +62,26 @@ log = logging.getLogger(__name__)
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 """The standard version's attacks, in the order they run."""
 
+CERTIFY_PROBE = 32
+"""Points CROWN bounds first, per radius, to judge whether it pays."""
+
+
+class Version(NamedTuple):
+    attacks: tuple[str, ...]
+    square_queries: int
+    rescale_schedule: bool
+
+
+VERSIONS = {
+    "standard": Version(STANDARD, 5000, False),
+    "fast": Version(("apgd-ce", "apgd-t", "square"), 1000, True),
+}
+"""``version``: the attacks run and Square's budget and schedule. ``fast`` is not
+AutoAttack: it drops FAB-T and gives Square 1000 queries (its p schedule compressed to
+that budget, as Square's paper does for budgets other than 10,000). Its speed and its
+agreement with the official standard version are measured in ``docs/benchmarks.md``.
+Studies and papers should use ``standard``."""
+
 ROBUST = "robust"
 MISCLASSIFIED = "misclassified"
 CERTIFIED = "certified"
@@ -65,14 +94,16 @@ exactly zero the other way."""
 class AutoAttack(FixedEpsilonAttack):
     """AutoAttack's standard evaluation at fixed l_inf or l2 radii eps ([0,1] pixel units).
 
-    Runs the attacks named in ``attacks`` (default, and the standard version:
-    ``"apgd-ce,apgd-t,fab-t,square"``) in that order, each on the points still
-    robust, and keeps the first adversarial found per point (the pointwise
-    worst case). ``steps`` (100) is the iteration budget of APGD and FAB per
+    Runs the attacks named in ``attacks`` (default: those of ``version``; the standard
+    version's are ``"apgd-ce,apgd-t,fab-t,square"``) in that order, each on the points
+    still robust, and keeps the first adversarial found per point (the pointwise
+    worst case). ``version`` is ``"standard"`` (default) or ``"fast"`` (see
+    :data:`VERSIONS`). ``steps`` (100) is the iteration budget of APGD and FAB per
     run, ``n_target_classes`` (9) the number of targets of APGD-T and FAB-T,
-    ``square_queries`` (5000) Square's budget. ``skip_certified``: after the first
-    attack, skip the points CROWN certifies (module docstring). Untargeted only:
-    passing ``target`` to :meth:`run` raises :class:`AttackError`.
+    ``square_queries`` Square's budget (default: the version's, 5000 for standard).
+    ``skip_certified``: after the first attack, skip the points CROWN certifies
+    (module docstring). Untargeted only: passing ``target`` to :meth:`run` raises
+    :class:`AttackError`.
     """
 
     name = "autoattack"
@@ -80,15 +111,25 @@ class AutoAttack(FixedEpsilonAttack):
     def __init__(
         self,
         norm: float | str = INF,
-        attacks: str | Sequence[str] = STANDARD,
+        attacks: str | Sequence[str] | None = None,
         steps: int = 100,
         n_target_classes: int = 9,
-        square_queries: int = 5000,
+        square_queries: int | None = None,
         batch_size: int = 1000,
         skip_certified: bool = False,
+        version: str = "standard",
     ) -> None:
         super().__init__(batch_size)
         self.norm = parse_norm(norm)
+        if version not in VERSIONS:
+            raise AttackError(
+                f"autoattack version must be one of {', '.join(VERSIONS)}, got {version!r}"
+            )
+        self.version = version
+        preset = VERSIONS[version]
+        attacks = preset.attacks if attacks is None else attacks
+        square_queries = preset.square_queries if square_queries is None else square_queries
+        rescale = preset.rescale_schedule
         names = attacks.split(",") if isinstance(attacks, str) else list(attacks)
         names = [n.strip().lower() for n in names if n.strip()]
         unknown = [n for n in names if n not in STANDARD]
@@ -107,6 +148,7 @@ class AutoAttack(FixedEpsilonAttack):
             )
         self.skip_certified = skip_certified
         self._certify_failed = False
+        self._certify_pays: dict[float, bool] = {}
         if self.steps < 1 or self.n_target_classes < 1 or self.square_queries < 1:
             raise AttackError(
                 "autoattack needs steps, n_target_classes and square_queries >= 1, got "
@@ -122,7 +164,7 @@ class AutoAttack(FixedEpsilonAttack):
                 self.norm, self.steps, self.n_target_classes, batch_size=bs
             ),
             "square": lambda: Square(
-                self.norm, self.square_queries, 0.8, batch_size=bs, rescale_schedule=False
+                self.norm, self.square_queries, 0.8, batch_size=bs, rescale_schedule=rescale
             ),
         }
         self._attacks: list[tuple[str, FixedEpsilonAttack]] = [(n, build[n]()) for n in names]
@@ -146,6 +188,7 @@ class AutoAttack(FixedEpsilonAttack):
             raise AttackError("autoattack is untargeted: run it without target")
         self._log, self._seconds = [], {n: 0.0 for n, _ in self._attacks}
         self._certify_failed = False
+        self._certify_pays = {}
         try:
             result = super().run(model, x, y, epsilons=epsilons, seed=seed, num_classes=num_classes)
             result.details = {
@@ -214,11 +257,13 @@ class AutoAttack(FixedEpsilonAttack):
         out = x.clone()
         codes = [ROBUST] * x.shape[0]
         todo = torch.arange(x.shape[0], device=x.device)
+        first_seconds = 0.0
         for k, (name, attack) in enumerate(self._attacks):
             if todo.numel() == 0:
                 break
             if k == 1 and self.skip_certified:
-                todo = self._drop_certified(model, x, labels, todo, epsilon, codes)
+                per_point = first_seconds / x.shape[0]
+                todo = self._drop_certified(model, x, labels, todo, epsilon, codes, per_point)
                 if todo.numel() == 0:
                     break
             start = time.perf_counter()
@@ -231,6 +276,7 @@ class AutoAttack(FixedEpsilonAttack):
                 codes[i] = name
             todo = todo[~ok]
             seconds = time.perf_counter() - start
+            first_seconds = seconds if k == 0 else first_seconds
             self._seconds[name] = self._seconds.get(name, 0.0) + seconds
             log.info(
                 "autoattack eps %g: %s broke %d points in %.2fs, %d left",
@@ -251,32 +297,88 @@ class AutoAttack(FixedEpsilonAttack):
         todo: torch.Tensor,
         epsilon: float,
         codes: list[str],
+        first_per_point: float,
     ) -> torch.Tensor:
         """``todo`` without the points CROWN certifies at ``epsilon`` (coded
-        ``certified``). A model CROWN cannot bound is attacked as usual."""
+        ``certified``). A model CROWN cannot bound is attacked as usual; where CROWN
+        does not pay at ``epsilon`` (module docstring), it stops being tried there.
+        ``first_per_point``: the first attack's seconds per point on this batch."""
+        if self._certify_failed or not self._certify_pays.get(epsilon, True):
+            return todo
+        if epsilon in self._certify_pays:
+            return todo[~self._certified(model, x, labels, todo, epsilon, codes)]
+        probe, rest = todo[:CERTIFY_PROBE], todo[CERTIFY_PROBE:]
+        start = time.perf_counter()
+        sure = self._certified(model, x, labels, probe, epsilon, codes)
+        crown_per_point = (time.perf_counter() - start) / max(probe.numel(), 1)
+        saved_per_point = float(sure.float().mean()) * self._survivor_cost(first_per_point)
+        pays = saved_per_point > crown_per_point
+        self._certify_pays[epsilon] = pays
+        if not pays:
+            log.info(
+                "autoattack eps %g: crown certified %d of %d probe points at %.3fs each, "
+                "more than the %.3fs per point it saves; not tried on the rest",
+                epsilon,
+                int(sure.sum()),
+                probe.numel(),
+                crown_per_point,
+                saved_per_point,
+            )
+        if pays and rest.numel():
+            rest = rest[~self._certified(model, x, labels, rest, epsilon, codes)]
+        return torch.cat([probe[~sure], rest])
+
+    def _survivor_cost(self, first_per_point: float) -> float:
+        """Estimated seconds the attacks after the first spend on a point that stays
+        robust: the first attack's seconds per point, times the later attacks' budgets
+        in its units (each APGD-T or FAB-T target a run as long as the first; Square
+        queries counted as half a step: one forward, no backward), times 2 (the first
+        attack's average is lowered by the points it breaks early)."""
+        runs = sum(
+            self.n_target_classes
+            if name in ("apgd-t", "fab-t")
+            else self.square_queries / (2 * self.steps)
+            if name == "square"
+            else 1.0
+            for name, _ in self._attacks[1:]
+        )
+        return 2.0 * first_per_point * runs
+
+    def _certified(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        idx: torch.Tensor,
+        epsilon: float,
+        codes: list[str],
+    ) -> torch.Tensor:
+        """Bool mask over ``idx``: the points CROWN certifies at ``epsilon`` (coded
+        ``certified``); all False where CROWN cannot bound the model."""
         from sparserobust.errors import SparseRobustError
         from sparserobust.metrics.certify import certify
 
-        if self._certify_failed:
-            return todo
+        none = torch.zeros(idx.numel(), dtype=torch.bool, device=idx.device)
+        if self._certify_failed or idx.numel() == 0:
+            return none
         start = time.perf_counter()
         try:
-            res = certify(model, x[todo], labels[todo], epsilon=epsilon, norm=self.norm)
+            res = certify(model, x[idx], labels[idx], epsilon=epsilon, norm=self.norm)
         except SparseRobustError as exc:
             self._certify_failed = True
             log.info("autoattack: CROWN cannot bound this model (%s); no points skipped", exc)
-            return todo
+            return none
         sure = (res.margins.min(1).values > CERTIFY_MARGIN) & res.clean_correct
-        sure = sure.to(todo.device)
-        for i in todo[sure].tolist():
+        sure = sure.to(idx.device)
+        for i in idx[sure].tolist():
             codes[i] = CERTIFIED
         seconds = time.perf_counter() - start
         self._seconds["crown"] = self._seconds.get("crown", 0.0) + seconds
         log.info(
-            "autoattack eps %g: crown certified %d points in %.2fs, %d left",
+            "autoattack eps %g: crown certified %d of %d points in %.2fs",
             epsilon,
             int(sure.sum()),
+            idx.numel(),
             seconds,
-            int((~sure).sum()),
         )
-        return todo[~sure]
+        return sure
