@@ -10,7 +10,10 @@ into ``OUT_DIR``:
   seeds with its 95% Student-t interval; the peak (sparsity of the largest mean)
   per method and metric, with whether its interval clears the dense model's; the
   gradient-masking flags per model; wall time per stage;
-- one small PNG per selected metric (mean, 95% band, clean accuracy dotted).
+- one small PNG per selected metric (mean, 95% band, clean accuracy dotted);
+- where the study has the ``verify`` measurement: a table of the MILP's median and
+  p95 seconds per point and its timeout rate per sparsity and epsilon, and
+  ``verify_solve_time.png`` (both against sparsity).
 
 Every number in ``docs/reproduction.md`` comes from these files.
 """
@@ -41,7 +44,7 @@ from sparserobust.report import (
 )
 from sparserobust.store import ResultStore
 
-DEFAULT_METRICS = [
+DEFAULT_METRICS = [  # those the study has, in this order (a metric listed twice: once)
     "autoattack_linf robust_acc@0.05",
     "autoattack_linf robust_acc@0.1",
     "autoattack_linf robust_acc@0.2",
@@ -67,6 +70,20 @@ DEFAULT_METRICS = [
     "units removed share (not robustness)",
     "compact params (not robustness)",
     "compact FLOPs (not robustness)",
+    *(
+        f"{m}@{e}"
+        for e in ("0.02", "0.05", "0.1")
+        for m in (
+            "autoattack_linf robust_acc",
+            "pgd_linf robust_acc",
+            "verify_linf certified_acc ibp",
+            "verify_linf certified_acc crown",
+            "verify_linf exact robust_acc",
+            "verify_linf exact robust_acc upper (not robustness)",
+            "verify_linf resolved share (not robustness)",
+            "verify_linf unstable relus crown (not robustness)",
+        )
+    ),
 ]
 
 
@@ -185,6 +202,114 @@ def flags(store: Any) -> list[str]:
     return [*lines, ""]
 
 
+def solve_times(store: Any) -> dict[tuple[str, float], dict[str, dict[float, list[float]]]]:
+    """The verify measurement's MILP cost per (method, target sparsity) and epsilon, one
+    value per seed: ``{(method, target): {"median_s" | "p95_s" | "timeout_rate": {eps:
+    [...]}}}``. Solve times are wall-clock metadata (``numbers["solve_time"]``), not
+    numbers of the study; the timeout rate is timeouts / points decided exactly."""
+    out: dict[tuple[str, float], dict[str, dict[float, list[float]]]] = {}
+    for r in store.results():
+        if not r["measurement"].startswith("verify:"):
+            continue
+        n_exact = int(r["params"].get("n_exact") or 0)
+        if not n_exact:
+            continue
+        n_exact = min(n_exact, int(r["params"].get("n") or n_exact))
+        per = out.setdefault((r["method"], float(r["target_sparsity"])), {})
+        timeouts = {
+            float(rec["eps"]): rec["value"]
+            for rec in r["numbers"].get("records", [])
+            if rec["metric"] == "timeouts"
+        }
+        for eps_key, t in (r["numbers"].get("solve_time") or {}).items():
+            eps = float(eps_key)
+            for key in ("median_s", "p95_s"):
+                if t.get(key) is not None:
+                    per.setdefault(key, {}).setdefault(eps, []).append(float(t[key]))
+            if eps in timeouts:
+                rate = float(timeouts[eps]) / n_exact
+                per.setdefault("timeout_rate", {}).setdefault(eps, []).append(rate)
+    return out
+
+
+def solve_time_table(times: dict) -> list[str]:
+    """Markdown: per epsilon, one row per method and target sparsity with the MILP's
+    median and p95 seconds per point and its timeout rate (mean over seeds; max)."""
+    if not times:
+        return []
+    epsilons = sorted({e for per in times.values() for v in per.values() for e in v})
+    lines = [
+        "## Exact verification cost (MILP)",
+        "",
+        "Per point: median and 95th-percentile wall seconds of the exact decision (CROWN "
+        "pre-check included), and the share of points that hit the time limit; mean over "
+        "seeds [largest seed]. Wall times vary from run to run and machine to machine.",
+        "",
+    ]
+    for eps in epsilons:
+        lines += [
+            f"#### eps {eps:g}",
+            "",
+            "| method | sparsity | median s | p95 s | timeout rate |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for (method, target), per in sorted(times.items()):
+            med, p95 = _mean_max(per, "median_s", eps), _mean_max(per, "p95_s", eps)
+            rate = _mean_max(per, "timeout_rate", eps, 3)
+            lines.append(f"| {method} | {target:g} | {med} | {p95} | {rate} |")
+        lines.append("")
+    return lines
+
+
+def _mean_max(per: dict, key: str, eps: float, digits: int = 2) -> str:
+    vals = per.get(key, {}).get(eps, [])
+    if not vals:
+        return "-"
+    return f"{sum(vals) / len(vals):.{digits}f} [{max(vals):.{digits}f}]"
+
+
+def solve_time_plot(times: dict) -> bytes:
+    """PNG: median solve seconds (log scale) and timeout rate against sparsity, one line
+    per method and epsilon (mean over seeds; dense drawn at sparsity 0 of every method)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    methods = sorted({m for m, _ in times if m != "dense"})
+    epsilons = sorted({e for per in times.values() for v in per.values() for e in v})
+    styles = ["-", "--", ":", "-."]
+    for k, eps in enumerate(epsilons):
+        for method in methods:
+            keys = sorted(t for m, t in times if m in (method, "dense"))
+            for ax, key in zip(axes, ("median_s", "timeout_rate"), strict=True):
+                pts = []
+                for t in keys:
+                    per = times.get((method, t)) or times.get(("dense", t)) or {}
+                    vals = per.get(key, {}).get(eps, [])
+                    if vals:
+                        pts.append((1 - t, sum(vals) / len(vals)))
+                if pts:
+                    xs, ys = zip(*pts, strict=True)
+                    ax.plot(xs, ys, styles[k % 4], marker="o", ms=3, label=f"{method} eps {eps:g}")
+    for ax, title in zip(axes, ("median seconds per point", "timeout rate"), strict=True):
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("share of weights kept")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def stage_times(store: Any, run_dirs: list[Path]) -> list[str]:
     """Compute seconds per stage (summed over models, i.e. core-seconds when workers
     run in parallel) and the study's wall time from its log."""
@@ -286,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         table, metrics = collect(store)  # type: ignore[arg-type]
         info = metric_info(store)  # type: ignore[arg-type]
         add_combined(store, table, info)
-        wanted = [m for m in (args.metric or DEFAULT_METRICS) if m in table]
+        wanted = [m for m in dict.fromkeys(args.metric or DEFAULT_METRICS) if m in table]
         targets = sorted({t for cells in table[CLEAN].values() for t in cells})
         seeds = sorted({m.seed for m in store.models()})
         names = " ".join(str(d) for d in args.run_dirs)
@@ -304,12 +429,16 @@ def main(argv: list[str] | None = None) -> int:
         for metric in wanted:
             out += metric_table(metric, table, targets)
         out += ["## Peaks (sparsity of the largest mean)", "", *peaks(wanted, table, info)]
+        times = solve_times(store)
+        out += solve_time_table(times)
         out += ["## Evaluation flags", "", *flags(store)]
         out += ["## Compute per stage", "", *stage_times(store, args.run_dirs)]
     finally:
         store.close()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "tables.md").write_text("\n".join(out))
+    if times:
+        (args.out_dir / "verify_solve_time.png").write_bytes(solve_time_plot(times))
     for metric in args.plot or []:
         if metric in table:
             (args.out_dir / f"{_slug(metric)}.png").write_bytes(_plot(metric, table))

@@ -452,6 +452,44 @@ def test_verify_study_report_reads_as_a_bracket(tmp_path: Path) -> None:
             line = f"{r.ibp:.3f} <= {r.crown:.3f} <= "
             assert line in md
 
+    # the tables script: the MILP's solve times and timeout rates as stored, and a plot
+    import importlib.util
+    import json
+    import sqlite3
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "reproduction_tables.py"
+    spec = importlib.util.spec_from_file_location("reproduction_tables", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([str(run), str(tmp_path / "tables")]) == 0
+    text = (tmp_path / "tables" / "tables.md").read_text()
+    assert (tmp_path / "tables" / "verify_solve_time.png").stat().st_size > 1000
+    con = sqlite3.connect(run / "results.sqlite")
+    rows = con.execute(
+        "SELECT model_key, numbers FROM results WHERE measurement = 'verify:linf'"
+    ).fetchall()
+    con.close()
+    assert len(rows) == 2
+    section = text.split("## Exact verification cost (MILP)")[1].split("\n## ")[0]
+    for key, raw in rows:
+        numbers = json.loads(raw)
+        method, target = key.split("/")[1], float(key.split("/")[2])
+        for eps in ("0.02", "0.05"):
+            t = numbers["solve_time"][eps]
+            (timeouts,) = [
+                r["value"]
+                for r in numbers["records"]
+                if r["metric"] == "timeouts" and r["eps"] == float(eps)
+            ]
+            block = section.split(f"#### eps {eps}")[1].split("####")[0]
+            row = (
+                f"| {method} | {target:g} | {t['median_s']:.2f} [{t['median_s']:.2f}] | "
+                f"{t['p95_s']:.2f} [{t['p95_s']:.2f}] | "
+                f"{timeouts / 30:.3f} [{timeouts / 30:.3f}] |"
+            )
+            assert row in block
+
 
 def test_metric_info_has_one_record_per_label(two_runs: tuple[Path, Path]) -> None:
     from sparserobust.report import load_study, metric_info
