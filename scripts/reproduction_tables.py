@@ -13,7 +13,8 @@ into ``OUT_DIR``:
 - one small PNG per selected metric (mean, 95% band, clean accuracy dotted);
 - where the study has the ``verify`` measurement: a table of the MILP's median and
   p95 seconds per point and its timeout rate per sparsity and epsilon, and
-  ``verify_solve_time.png`` (both against sparsity).
+  ``verify_solve_time.png`` (both against sparsity); and how far each attack and
+  CLEVER l_inf are from the exact answer.
 
 Every number in ``docs/reproduction.md`` comes from these files.
 """
@@ -261,6 +262,100 @@ def solve_time_table(times: dict) -> list[str]:
     return lines
 
 
+def clever_vs_exact(store: Any) -> dict[tuple[str, float, float], list[tuple[int, int, int]]]:
+    """Per (method, target sparsity, eps), one ``(points, over, under)`` per seed: on the
+    points that have both a CLEVER l_inf score and an exact decision, how many CLEVER
+    calls robust (score > eps) that have a counterexample (``over``: it overestimates)
+    and how many it calls not robust that are verified (``under``). Points misclassified
+    clean count as not robust for both."""
+    clever: dict[str, list[float]] = {}
+    exact: dict[str, list[dict]] = {}
+    rows: dict[str, Any] = {}
+    for r in store.results():
+        if r["measurement"] == "clever:linf":
+            clever[r["model_key"]] = [float(v) for v in r["numbers"].get("scores", [])]
+        elif r["measurement"] == "verify:linf":
+            exact[r["model_key"]] = (r["numbers"].get("detail") or {}).get("epsilons", [])
+            rows[r["model_key"]] = r
+    out: dict[tuple[str, float, float], list[tuple[int, int, int]]] = {}
+    for key in sorted(clever.keys() & exact.keys()):
+        scores, r = clever[key], rows[key]
+        for entry in exact[key]:
+            points = (entry.get("exact") or {}).get("points", [])
+            eps = float(entry["epsilon"])
+            pairs = [(scores[p["index"]], p) for p in points if p["index"] < len(scores)]
+            over = sum(
+                s > eps and p["status"] == "counterexample" and p["by"] != "clean" for s, p in pairs
+            )
+            under = sum(s <= eps and p["status"] == "verified" for s, p in pairs)
+            cell = (r["method"], float(r["target_sparsity"]), eps)
+            out.setdefault(cell, []).append((len(pairs), over, under))
+    return out
+
+
+def exact_gap_table(table: dict, store: Any) -> list[str]:
+    """Markdown: per epsilon, how far each attack's robust accuracy and CLEVER's estimate
+    are from the exact answer, per method and sparsity (means over seeds)."""
+    exact_metric = "verify_linf exact robust_acc@{:g}"
+    epsilons = sorted(
+        float(m.split("@")[1])
+        for m in table
+        if re.fullmatch(r"verify_linf exact robust_acc@[0-9.]+", m)
+    )
+    if not epsilons:
+        return []
+    cv = clever_vs_exact(store)
+    lines = [
+        "## Distance from the exact answer (verify)",
+        "",
+        "Exact robust accuracy (verified share; `[.. upper]` where points timed out), and "
+        "each attack's robust accuracy minus it, on the same points where the study "
+        "attacks the verified points (mean over seeds; an attack can only be at or above "
+        "the exact value). CLEVER l_inf: of the points with a score and an exact "
+        "decision, those it calls robust (score > eps) that have a counterexample "
+        "(over) and those it calls not robust that are verified (under), summed over seeds.",
+        "",
+    ]
+    attacks = sorted(
+        {m.split(" robust_acc@")[0] for m in table if re.search(r"_linf robust_acc@", m)}
+        - {"verify_linf exact"}
+    )
+    for eps in epsilons:
+        ex = table.get(exact_metric.format(eps), {})
+        up = table.get(f"verify_linf exact robust_acc upper@{eps:g} (not robustness)", {})
+        lines += [
+            f"#### eps {eps:g}",
+            "",
+            "| method | sparsity | exact | "
+            + " | ".join(f"{a} - exact" for a in attacks)
+            + " | CLEVER over / under (points) |",
+            "| --- | --- | --- | " + " | ".join("---" for _ in attacks) + " | --- |",
+        ]
+        cells = {
+            ("dense" if target == 0 else method, target): method
+            for method in sorted(ex)
+            for target in sorted(ex[method])
+        }
+        for (name, target), method in sorted(cells.items(), key=lambda kv: (kv[0][1] > 0, kv[0])):
+            e = ex[method][target].mean
+            u = up.get(method, {}).get(target)
+            exact_txt = fmt(e) + (f" [{fmt(u.mean)}]" if u and u.mean > e + 1e-9 else "")
+            gaps = []
+            for a in attacks:
+                c = table.get(f"{a} robust_acc@{eps:g}", {}).get(method, {}).get(target)
+                gaps.append("-" if c is None else f"{c.mean - e:+.3f}")
+            seeds = cv.get((name, target, eps))
+            cl = "-"
+            if seeds:
+                n = sum(s[0] for s in seeds)
+                cl = f"{sum(s[1] for s in seeds)} / {sum(s[2] for s in seeds)} of {n}"
+            lines.append(
+                f"| {name} | {target:g} | {exact_txt} | " + " | ".join(gaps) + f" | {cl} |"
+            )
+        lines.append("")
+    return lines
+
+
 def _mean_max(per: dict, key: str, eps: float, digits: int = 2) -> str:
     vals = per.get(key, {}).get(eps, [])
     if not vals:
@@ -431,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         out += ["## Peaks (sparsity of the largest mean)", "", *peaks(wanted, table, info)]
         times = solve_times(store)
         out += solve_time_table(times)
+        out += exact_gap_table(table, store)
         out += ["## Evaluation flags", "", *flags(store)]
         out += ["## Compute per stage", "", *stage_times(store, args.run_dirs)]
     finally:

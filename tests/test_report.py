@@ -434,6 +434,7 @@ def test_verify_study_report_reads_as_a_bracket(tmp_path: Path) -> None:
                 {"name": "fgsm", "eps": [0.02, 0.05]},
             ],
             "measurements": {"verify": {"epsilons": [0.02, 0.05], "n_exact": 30, "time_limit": 1}},
+            "clever": {"n": 20, "norms": ["inf"], "n_batches": 5, "batch_size": 20},
         },
     }
     run = tmp_path / "run"
@@ -489,6 +490,43 @@ def test_verify_study_report_reads_as_a_bracket(tmp_path: Path) -> None:
                 f"{timeouts / 30:.3f} [{timeouts / 30:.3f}] |"
             )
             assert row in block
+
+    # distance from the exact answer: attacks minus exact, CLEVER's misses counted by hand
+    gaps = text.split("## Distance from the exact answer (verify)")[1].split("\n## ")[0]
+    con = sqlite3.connect(run / "results.sqlite")
+    got = {
+        (key, meas): json.loads(raw)
+        for key, meas, raw in con.execute("SELECT model_key, measurement, numbers FROM results")
+    }
+    con.close()
+    checked = 0
+    for key in ("s0/dense/0.0000", "s0/global-magnitude/0.9000"):
+        name, target = key.split("/")[1], float(key.split("/")[2])
+        scores = got[(key, "clever:linf")]["scores"]
+        assert len(scores) == 20
+        for entry in got[(key, "verify:linf")]["detail"]["epsilons"]:
+            eps = entry["epsilon"]
+            ex = entry["exact"]["robust_accuracy"]
+            pgd = [
+                r["value"]
+                for r in got[(key, "attack:pgd:linf")]["records"]
+                if r["label"] == f"pgd_linf robust_acc@{eps:g}"
+            ][0]
+            over = under = 0
+            for p in entry["exact"]["points"][:20]:
+                says_robust = scores[p["index"]] > eps
+                if says_robust and p["status"] == "counterexample" and p["by"] != "clean":
+                    over += 1
+                if not says_robust and p["status"] == "verified":
+                    under += 1
+            block = gaps.split(f"#### eps {eps:g}")[1].split("####")[0]
+            line = next(
+                ln for ln in block.splitlines() if ln.startswith(f"| {name} | {target:g} |")
+            )
+            assert f"| {pgd - ex:+.3f} |" in line
+            assert line.endswith(f"| {over} / {under} of 20 |")
+            checked += 1
+    assert checked == 4
 
 
 def test_metric_info_has_one_record_per_label(two_runs: tuple[Path, Path]) -> None:
