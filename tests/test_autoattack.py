@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
-from sparserobust.attacks import APGD, AutoAttack, get_attack
+from sparserobust.attacks import APGD, AutoAttack, AutoAttackFast, get_attack
 from sparserobust.attacks.autoattack import MISCLASSIFIED, ROBUST, STANDARD
 from sparserobust.attacks.square import Square, p_schedule
 from sparserobust.errors import AttackError
@@ -49,7 +49,7 @@ def test_autoattack_matches_official(digits, digits_lenet300, norm: float, eps: 
     assert names[MISCLASSIFIED] == int((~res.clean_correct).sum())
     assert names["apgd-ce"] > 0
     # the fast version (not AutoAttack) on the same points: within the same 0.5 points
-    fast = AutoAttack(norm=norm, version="fast").run(model, x, y, epsilons=[eps], seed=0)
+    fast = get_attack("autoattack-fast", norm).run(model, x, y, epsilons=[eps], seed=0)
     fast_robust = fast.clean_correct & ~fast.success[0]
     assert abs(float(fast_robust.float().mean()) - float(official.float().mean())) <= 0.005
     assert int((fast_robust & ~official).sum()) <= 1
@@ -99,7 +99,6 @@ def test_bad_settings_and_targets_raise(digits, digits_lenet300) -> None:
         {"attacks": ""},
         {"steps": 0},
         {"square_queries": 0},
-        {"version": "quick"},
     ):
         with pytest.raises(AttackError):
             AutoAttack(**bad)
@@ -128,12 +127,12 @@ def test_autoattack_builds_its_attacks_from_its_settings() -> None:
     assert (subs["square"].steps, subs["square"].p_init) == (11, 0.8)
     assert subs["square"].rescale_schedule is False
 
-    fast = dict(AutoAttack(version="fast")._attacks)
+    fast = dict(AutoAttackFast()._attacks)
     assert list(fast) == ["apgd-ce", "apgd-t", "square"]
     assert (fast["square"].steps, fast["square"].rescale_schedule) == (1000, True)
     assert fast["apgd-t"].n_target_classes == 9 and fast["apgd-t"].steps == 100
     # explicit settings win over the version's
-    mixed = dict(AutoAttack(version="fast", attacks="apgd-ce,square", square_queries=7)._attacks)
+    mixed = dict(AutoAttackFast(attacks="apgd-ce,square", square_queries=7)._attacks)
     assert list(mixed) == ["apgd-ce", "square"] and mixed["square"].steps == 7
 
 
@@ -199,7 +198,7 @@ def test_skip_certified_stops_where_crown_does_not_pay(
 
     aa = AutoAttack(steps=100, n_target_classes=9, square_queries=5000)
     assert aa._survivor_cost(0.5) == pytest.approx(2 * 0.5 * (9 + 9 + 25))
-    fast = AutoAttack(version="fast", steps=50)
+    fast = AutoAttackFast(steps=50)
     assert fast._survivor_cost(0.5) == pytest.approx(2 * 0.5 * (9 + 10))
 
     model, x, y = digits_lenet300, digits.test.x[:100], digits.test.y[:100]
@@ -218,3 +217,29 @@ def test_skip_certified_stops_where_crown_does_not_pay(
     ]
     assert any(full_codes[i] == CERTIFIED for i in rest)  # the gate changed something
     assert all(codes[i] != CERTIFIED for i in rest)
+
+
+def test_config_picks_the_sub_attacks_and_fast_has_its_own_name() -> None:
+    """``attacks`` is a config setting; ``autoattack-fast`` results never carry the
+    ``autoattack`` name (a reader would take them for the standard version)."""
+    from sparserobust.config import build_attack, config_from_dict
+
+    cfg = config_from_dict(
+        {
+            "name": "aa-settings",
+            "dataset": "digits",
+            "model": "lenet300",
+            "eval": {
+                "attacks": [
+                    {"name": "autoattack", "eps": [0.1], "params": {"attacks": "apgd-ce,square"}},
+                    {"name": "autoattack-fast", "eps": [0.1]},
+                ]
+            },
+        }
+    )
+    standard, fast = (build_attack(a) for a in cfg.eval.attacks)
+    assert isinstance(standard, AutoAttack) and not isinstance(standard, AutoAttackFast)
+    assert [n for n, _ in standard._attacks] == ["apgd-ce", "square"]
+    assert standard.square_queries == 5000
+    assert isinstance(fast, AutoAttackFast) and fast.name == "autoattack-fast"
+    assert [n for n, _ in fast._attacks] == ["apgd-ce", "apgd-t", "square"]

@@ -10,7 +10,7 @@ Typical use::
 """
 
 from sparserobust.attacks.apgd import APGD, APGDTargeted
-from sparserobust.attacks.autoattack import AutoAttack
+from sparserobust.attacks.autoattack import AutoAttack, AutoAttackFast
 from sparserobust.attacks.base import (
     Attack,
     AttackResult,
@@ -47,6 +47,7 @@ __all__ = [
     "Attack",
     "AttackResult",
     "AutoAttack",
+    "AutoAttackFast",
     "CarliniWagnerL2",
     "DeepFool",
     "FABTargeted",

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sparserobust.attacks.apgd import APGD, APGDTargeted
-from sparserobust.attacks.autoattack import AutoAttack
+from sparserobust.attacks.autoattack import AutoAttack, AutoAttackFast
 from sparserobust.attacks.base import INF, Attack, norm_name, parse_norm
 from sparserobust.attacks.cw import CarliniWagnerL2
 from sparserobust.attacks.ddn import DDN
@@ -43,6 +43,7 @@ _REGISTRY: dict[str, tuple[type[Attack], tuple[float, ...]]] = {
     "apgd-t": (APGDTargeted, (INF, 2.0)),
     "fab-t": (FABTargeted, (INF, 2.0)),
     "autoattack": (AutoAttack, (INF, 2.0)),
+    "autoattack-fast": (AutoAttackFast, (INF, 2.0)),
     "fab": (FAB, (INF, 2.0)),
     "deepfool": (DeepFool, (2.0, INF)),
     "cw": (CarliniWagnerL2, (2.0,)),
