@@ -45,7 +45,7 @@ repro-linear: $(STAMP)
 
 repro-lenet300: $(STAMP)
 	$(call STUDY,mnist_lenet300)
-	$(TABLES) runs/mnist_lenet300 docs/results/lenet300 \
+	$(TABLES) runs/mnist_lenet300 docs/results/lenet300_aa \
 	  --plot "autoattack_linf robust_acc@0.1" --plot "pgd_linf robust_acc@0.1" \
 	  --plot "ddn_l2 median_norm" --plot "active_relu_fraction (not robustness)" \
 	  --plot "bound_linf ratio median"
