@@ -564,3 +564,25 @@ def test_report_of_some_seeds(two_runs: tuple[Path, Path], tmp_path: Path) -> No
     assert "seeds [0]" in md
     with pytest.raises(ConfigError, match="--seed 1: this study's seeds are 0"):
         write_report(two_runs[0], out_dir=tmp_path / "r2", seeds=[1])
+
+
+def test_interval_note_names_the_interval_each_cell_shows() -> None:
+    """Three seeds give Student-t intervals; the few cells where fewer seeds have a value
+    (e.g. a median norm that is infinite for two seeds) must not make the note claim a
+    bootstrap for every bracket (it once did, on the 3-seed LeNet-300-100 study)."""
+    from sparserobust.verdict import Cell as VCell
+    from sparserobust.verdict import StudyData
+
+    def study(kinds: list[str]) -> StudyData:
+        cells = {0.1 * i: VCell(0.5, 0.4, 0.6, 3, 0.1 * i, kind=k) for i, k in enumerate(kinds)}
+        return StudyData("s", {}, {"m": {"a": cells}}, ["m"], {})
+
+    assert study(["t", "t"]).interval_note() == (
+        "brackets: 95% Student-t interval of the mean over seeds"
+    )
+    mixed = study(["t", "t", "bootstrap", "none"]).interval_note()
+    assert mixed.startswith(
+        "brackets: 95% Student-t interval of the mean over seeds; in the 2 of 4"
+    )
+    only = study(["bootstrap", "none"]).interval_note()
+    assert only.startswith("brackets (fewer than 3 seeds): 95% bootstrap interval")

@@ -80,16 +80,23 @@ class StudyData:
 
     def interval_note(self) -> str:
         """One sentence saying which interval the report's brackets show."""
-        kinds = {
+        kinds = [
             c.kind for per in self.table.values() for cells in per.values() for c in cells.values()
-        }
-        if kinds <= {"t"}:
-            return "brackets: 95% Student-t interval of the mean over seeds"
+        ]
+        t_note = "brackets: 95% Student-t interval of the mean over seeds"
+        boot = (
+            f"95% bootstrap interval over test images ({BOOTSTRAP} resamples, per-sample "
+            "minimal norms where stored, else the binomial over n images); dots in the plots "
+            "are single seeds; metrics without per-image data show no interval"
+        )
+        if all(k == "t" for k in kinds):
+            return t_note
+        if "t" not in kinds:
+            return f"brackets (fewer than 3 seeds): {boot}"
+        other = sum(k != "t" for k in kinds)
         return (
-            "brackets: 95% bootstrap interval over test images (fewer than 3 seeds; "
-            f"{BOOTSTRAP} resamples, per-sample minimal norms where stored, else the binomial "
-            "over n images); dots in the plots are single seeds; metrics without per-image "
-            "data show no interval"
+            f"{t_note}; in the {other} of {len(kinds)} cells where fewer than 3 seeds have a "
+            f"value: {boot}"
         )
 
 
