@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run test lint install clean gpu-check mutation repro-linear repro-lenet300 repro-lenet5-cpu repro-lenet5-subset repro-lenet5 robust-lenet300 robust-lenet5
+.PHONY: run test lint install clean gpu-check mutation repro-linear repro-lenet300 repro-lenet5-cpu repro-lenet5-subset repro-lenet5 robust-lenet300 robust-lenet5 verify-lenet300
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -103,3 +103,14 @@ MUTATION_ARGS ?=
 mutation: $(STAMP)
 	rm -rf mutants
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python mutation/run.py $(MUTATION_ARGS)
+
+# Certified <= exact <= attacked per sparsity (docs/verification.md): the study, its
+# tables (MILP solve time and timeout rate, distance of each attack and CLEVER from the
+# exact answer) and plots under docs/results/lenet300_verify/, and the report.
+VERIFY_PLOTS = --plot "verify_linf exact robust_acc@0.02" --plot "verify_linf exact robust_acc@0.05" \
+	  --plot "verify_linf exact robust_acc@0.1" --plot "verify_linf certified_acc crown@0.05"
+
+verify-lenet300: $(STAMP)
+	$(call STUDY,mnist_lenet300_verify)
+	$(TABLES) runs/mnist_lenet300_verify docs/results/lenet300_verify $(VERIFY_PLOTS)
+	$(BIN)/sparserobust report runs/mnist_lenet300_verify
