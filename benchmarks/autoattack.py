@@ -45,7 +45,7 @@ from sparserobust.attacks import FAB, AutoAttack, AutoAttackFast, DeepFool
 from sparserobust.checkpoint import load_checkpoint
 from sparserobust.data import load_dataset
 from sparserobust.metrics import median_norm, success_rate
-from sparserobust.utils import use_channels_last
+from sparserobust.utils import predict, use_channels_last
 
 
 def rate(flags: torch.Tensor) -> float:
@@ -62,11 +62,6 @@ def disagreement(
         f"{who}_robust_official_broken": int((flags & ~official).sum()),
         f"official_robust_{who}_broken": int((official & ~flags).sum()),
     }
-
-
-def predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x).argmax(1)
 
 
 def official_robust(

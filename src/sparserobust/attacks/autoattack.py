@@ -29,8 +29,9 @@ what the remaining attacks would cost per point, is below what CROWN costs per p
 run at that radius is attacked without it. Models CROWN cannot parse are attacked as
 usual.
 
-:class:`AutoAttackFast` (``autoattack-fast``; not AutoAttack, :data:`VERSIONS`) runs
-APGD-CE, APGD-T and Square with 1000 queries, for sweeps where the standard budget on
+:class:`AutoAttackFast` (``autoattack-fast``; not AutoAttack) runs APGD-CE, APGD-T and
+Square with 1000 queries (its p schedule compressed to that budget, as Square's paper
+does for budgets other than 10,000), for sweeps where the standard budget on
 the surviving points is what costs. Its numbers carry its own name, never
 ``autoattack``'s.
 """
@@ -40,7 +41,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -67,22 +67,6 @@ CERTIFY_PROBE = 32
 """Points CROWN bounds first, per radius, to judge whether it pays."""
 
 
-class Version(NamedTuple):
-    attacks: tuple[str, ...]
-    square_queries: int
-    rescale_schedule: bool
-
-
-VERSIONS = {
-    "standard": Version(STANDARD, 5000, False),
-    "fast": Version(("apgd-ce", "apgd-t", "square"), 1000, True),
-}
-"""Per version, the attacks run and Square's budget and schedule. ``fast`` is not
-AutoAttack: it drops FAB-T and gives Square 1000 queries (its p schedule compressed to
-that budget, as Square's paper does for budgets other than 10,000). Its speed and its
-agreement with the official standard version are measured in ``docs/benchmarks.md``.
-Studies and papers should use ``standard``."""
-
 ROBUST = "robust"
 MISCLASSIFIED = "misclassified"
 CERTIFIED = "certified"
@@ -107,7 +91,10 @@ class AutoAttack(FixedEpsilonAttack):
     """
 
     name = "autoattack"
-    version = "standard"
+    default_attacks: tuple[str, ...] = STANDARD
+    default_square_queries = 5000
+    rescale_schedule = False
+    """Square's p schedule on the raw query count, as AutoAttack's standard version."""
 
     def __init__(
         self,
@@ -121,10 +108,9 @@ class AutoAttack(FixedEpsilonAttack):
     ) -> None:
         super().__init__(batch_size)
         self.norm = parse_norm(norm)
-        preset = VERSIONS[self.version]
-        attacks = ",".join(preset.attacks) if attacks is None else attacks
-        square_queries = preset.square_queries if square_queries is None else square_queries
-        rescale = preset.rescale_schedule
+        attacks = ",".join(self.default_attacks) if attacks is None else attacks
+        if square_queries is None:
+            square_queries = self.default_square_queries
         names = str(attacks).split(",")
         names = [n.strip().lower() for n in names if n.strip()]
         unknown = [n for n in names if n not in STANDARD]
@@ -159,7 +145,11 @@ class AutoAttack(FixedEpsilonAttack):
                 self.norm, self.steps, self.n_target_classes, batch_size=bs
             ),
             "square": lambda: Square(
-                self.norm, self.square_queries, 0.8, batch_size=bs, rescale_schedule=rescale
+                self.norm,
+                self.square_queries,
+                0.8,
+                batch_size=bs,
+                rescale_schedule=self.rescale_schedule,
             ),
         }
         self._attacks: list[tuple[str, FixedEpsilonAttack]] = [(n, build[n]()) for n in names]
@@ -271,7 +261,8 @@ class AutoAttack(FixedEpsilonAttack):
                 codes[i] = name
             todo = todo[~ok]
             seconds = time.perf_counter() - start
-            first_seconds = seconds if k == 0 else first_seconds
+            if k == 0:
+                first_seconds = seconds
             self._seconds[name] = self._seconds.get(name, 0.0) + seconds
             log.info(
                 "autoattack eps %g: %s broke %d points in %.2fs, %d left",
@@ -384,8 +375,11 @@ class AutoAttackFast(AutoAttack):
     schedule compressed to that budget), each on the points still robust. Not
     AutoAttack: FAB-T is left out and Square has a fifth of the standard budget, so it is
     weaker by construction and its robust accuracy may sit above the standard
-    version's (``docs/benchmarks.md`` measures both against the official code). Same
-    settings and details as :class:`AutoAttack`."""
+    version's (``docs/benchmarks.md`` measures its speed and agreement against the
+    official code). Same settings and details as :class:`AutoAttack`. Studies and papers
+    should use the standard version."""
 
     name = "autoattack-fast"
-    version = "fast"
+    default_attacks = ("apgd-ce", "apgd-t", "square")
+    default_square_queries = 1000
+    rescale_schedule = True
