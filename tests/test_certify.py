@@ -225,3 +225,40 @@ def test_row_chunks_fit_the_budget_on_the_widest_tensor(monkeypatch) -> None:
     assert cert._row_chunk(small, next(i for i, la in enumerate(small) if la.nonlinear), 3) == 1
     rows = certify(net, x, y, epsilon=0.1, norm="inf", method="crown")
     assert torch.allclose(whole.margins, rows.margins, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"stride": 2, "padding": 1},
+        {"stride": (1, 2), "padding": (2, 0), "dilation": (2, 1)},
+        {"groups": 2, "padding": 1},
+    ],
+)
+def test_conv_rows_are_the_transposed_convolution_of_one_hot_rows(kwargs) -> None:
+    """CROWN starts the rows of a convolution's output neurons from the kernel placed at
+    each neuron's receptive field; that must equal the adjoint (transposed convolution) of
+    a one-hot row, for every stride, padding, dilation and group layout, and the row's
+    value at the input must be the neuron's value."""
+    import importlib
+
+    cert = importlib.import_module("sparserobust.metrics.certify")
+
+    torch.manual_seed(3)
+    conv = nn.Conv2d(4, 6, (3, 2), **kwargs).double()
+    # parse_network wants logits at the end: parse conv + flatten, keep the conv
+    layer = parse_network(nn.Sequential(conv, nn.Flatten()), (4, 7, 6))[0]
+    n = math.prod(layer.out_shape)
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.stack([torch.randperm(n, generator=gen)[:9] for _ in range(2)])  # (B=2, k=9)
+    a, bias = cert._conv_rows(layer, idx)
+    one_hot = torch.zeros(2, 9, n, dtype=torch.float64).scatter_(2, idx.unsqueeze(2), 1.0)
+    ref_a, ref_bias = cert._backward(
+        layer, one_hot.view(2, 9, *layer.out_shape), torch.zeros(2, 9, dtype=torch.float64), None
+    )
+    assert torch.equal(a, ref_a)
+    assert torch.equal(bias, ref_bias)
+    x = torch.rand(2, 4, 7, 6, dtype=torch.float64, generator=gen)
+    value = (a * x.unsqueeze(1)).flatten(2).sum(2) + bias
+    assert torch.allclose(value, conv(x).flatten(1).gather(1, idx), atol=1e-12)
