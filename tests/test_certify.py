@@ -262,3 +262,19 @@ def test_conv_rows_are_the_transposed_convolution_of_one_hot_rows(kwargs) -> Non
     x = torch.rand(2, 4, 7, 6, dtype=torch.float64, generator=gen)
     value = (a * x.unsqueeze(1)).flatten(2).sum(2) + bias
     assert torch.allclose(value, conv(x).flatten(1).gather(1, idx), atol=1e-12)
+
+
+def test_kept_bounds_are_the_network_bounds() -> None:
+    """certify(keep_bounds=k) hands the exact verifier the same layer bounds that
+    network_bounds computes for the first k points, across its batches."""
+    net = small_nets()[1][1]
+    x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    y = net(x).argmax(1)
+    res = certify(net, x, y, epsilon=0.1, method="crown", batch_size=2, keep_bounds=3)
+    ref = network_bounds(net, x[:3], y[:3], epsilon=0.1, method="crown")
+    assert res.pre is not None and set(res.pre) == set(ref.pre)
+    for i, (lo, hi) in ref.pre.items():
+        assert res.pre[i][0].shape[0] == 3
+        assert torch.allclose(res.pre[i][0], lo, atol=1e-12)
+        assert torch.allclose(res.pre[i][1], hi, atol=1e-12)
+    assert certify(net, x, y, epsilon=0.1, method="crown").pre is None

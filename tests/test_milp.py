@@ -181,6 +181,82 @@ def test_exact_distance_matches_the_linear_closed_form(digits_linear: nn.Module)
         assert r.upper is not None and d <= r.upper <= d + 1e-4
 
 
+def maxpool_net(overlap: bool, seed: int) -> tuple[nn.Sequential, tuple[int, int, int]]:
+    """Conv -> max-pool -> linear, no ReLU: the max-pools are the only nonlinearity."""
+    torch.manual_seed(seed)
+    if overlap:  # 1x4x4 -> conv 1x3x3 -> 4 overlapping 2x2 windows
+        net = nn.Sequential(nn.Conv2d(1, 1, 2), nn.MaxPool2d(2, stride=1), nn.Flatten(),
+                            nn.Linear(4, 3))  # fmt: skip
+        shape = (1, 4, 4)
+    else:  # 1x3x3 -> conv 3x2x2 -> one 2x2 window per channel
+        net = nn.Sequential(nn.Conv2d(1, 3, 2), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3, 3))
+        shape = (1, 3, 3)
+    with torch.no_grad():
+        net[0].weight.mul_(8.0)
+        net[3].weight.mul_(3.0)
+        net[3].bias.zero_()
+    return net.eval(), shape
+
+
+def maxpool_min_margin(net: nn.Sequential, shape, x0: np.ndarray, y: int, eps: float) -> float:
+    """min over the l_inf ball (in [0,1]) of min_j f_y - f_j, by one LP per choice of
+    the maximal input in every pooling window (all choices enumerated)."""
+    fn = torch.nn.functional
+    d = math.prod(shape)
+    conv, pool, lin = net[0], net[1], net[3]
+    cw, cb = conv.weight.detach().double(), conv.bias.detach().double()
+    basis = torch.eye(d, dtype=torch.float64).view(d, *shape)
+    out = fn.conv2d(basis, cw)  # the convolution without bias, one basis image per row
+    zshape = out.shape[1:]
+    cmat = out.flatten(1).T.numpy()  # (conv outputs, d)
+    cz = cb.view(-1, 1, 1).expand(zshape).reshape(-1).numpy()
+    pos = torch.arange(math.prod(zshape), dtype=torch.float64).view(zshape[0], 1, *zshape[1:])
+    # window members per channel, channel-major like the pooled output
+    win = fn.unfold(pos, pool.kernel_size, stride=pool.stride).round().long()
+    win = win.permute(0, 2, 1).reshape(-1, win.shape[1]).numpy()  # (windows, kernel area)
+    w, b = lin.weight.detach().double().numpy(), lin.bias.detach().double().numpy()
+    bounds = [(max(v - eps, 0.0), min(v + eps, 1.0)) for v in x0]
+    best = math.inf
+    rows = np.arange(win.shape[0])
+    for choice in itertools.product(range(win.shape[1]), repeat=win.shape[0]):
+        top = win[rows, choice]
+        # every member of a window at most its chosen max: z_m - z_top <= 0
+        a_ub = np.vstack([cmat[win[r]] - cmat[top[r]] for r in rows])
+        b_ub = np.concatenate([cz[top[r]] - cz[win[r]] for r in rows])
+        lm, lc = w @ cmat[top], w @ cz[top] + b
+        for j in range(lm.shape[0]):
+            if j == y:
+                continue
+            res = linprog(lm[y] - lm[j], A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
+            if res.status == 0:
+                best = min(best, res.fun + lc[y] - lc[j])
+    return best
+
+
+def test_maxpool_milp_agrees_with_argmax_enumeration() -> None:
+    """The max-pool MILP is exact: verified iff the minimal margin, found by enumerating
+    which input is the max of every window, is positive (one binary per candidate,
+    exactly one of them the max). Disjoint and overlapping windows."""
+    by_milp: set[str] = set()
+    for overlap, seed, epsilons in ((False, 6, (0.3, 0.5)), (True, 5, (0.15, 0.3))):
+        net, shape = maxpool_net(overlap, seed)
+        gen = torch.Generator().manual_seed(2)
+        x = torch.rand(8, *shape, generator=gen)
+        y = net(x).argmax(1)
+        for eps in epsilons:
+            for i, r in enumerate(verify_exact(net, x, y, epsilon=eps, time_limit=10)):
+                x0 = x[i].flatten().double().numpy()
+                truth = maxpool_min_margin(net, shape, x0, int(y[i]), eps)
+                if abs(truth) < 1e-4:
+                    continue
+                if r.by == "milp":
+                    by_milp.add(r.status)
+                assert r.status == ("verified" if truth > 0 else "counterexample"), (truth, r)
+                if r.status == "verified":
+                    assert r.margin_lower is not None and r.margin_lower <= truth + 1e-6
+    assert by_milp == {"verified", "counterexample"}
+
+
 def test_maxpool_net_is_sound_against_crown_and_pgd() -> None:
     """Conv + overlapping max-pool: CROWN-certified => verified; verified => PGD fails."""
     from sparserobust.attacks import get_attack

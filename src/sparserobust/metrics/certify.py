@@ -665,6 +665,8 @@ class CertifyResult:
       ``unstable_ibp`` the same under plain interval bounds. ``layer_kinds``: ``relu``
       or ``maxpool`` per column.
     - ``epsilon``: radius in [0,1] pixel space; ``norm``: 2.0 or inf.
+    - ``pre``: with ``certify(keep_bounds=k)``, the input bounds of every nonlinear
+      layer (as :attr:`NetworkBounds.pre`) for the first ``k`` points; else None.
     """
 
     method: str
@@ -677,6 +679,7 @@ class CertifyResult:
     unstable_ibp: torch.Tensor
     layer_kinds: tuple[str, ...]
     seconds: float
+    pre: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def accuracy(self) -> float:
@@ -768,6 +771,7 @@ def certify(
     method: str = "crown",
     batch_size: int = 250,
     dtype: torch.dtype = torch.float64,
+    keep_bounds: int = 0,
 ) -> CertifyResult:
     """Certify ``model`` on ``x`` ``(N, C, H, W)`` in [0,1] with labels ``y`` ``(N,)``.
 
@@ -776,7 +780,9 @@ def certify(
     ``method``: ``ibp`` or ``crown``. ``batch_size`` points are bounded at a time
     (memory grows with it times the number of unstable neurons times the input
     size). Bounds are computed in ``dtype`` on the model's device; the model is in
-    eval mode meanwhile and its mode is restored.
+    eval mode meanwhile and its mode is restored. ``keep_bounds``: keep the nonlinear
+    layers' input bounds of the first that many points (``CertifyResult.pre``, on CPU),
+    for an exact verifier to reuse.
     """
     method = _check_method(method)
     if batch_size < 1:
@@ -790,6 +796,7 @@ def certify(
         k = layers[-1].out_shape[0]
         y = _check_labels(y, n, k)
         margins, correct, unstable, unstable_ibp = [], [], [], []
+        kept: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = []
         for i in range(0, n, batch_size):
             xb = x[i : i + batch_size].to(device)
             yb = y[i : i + batch_size].to(device)
@@ -798,6 +805,9 @@ def certify(
             xd = xb.to(dtype)
             res = _bound_pass(layers, xd, yb, eb, p, method)
             margins.append(res.margins.cpu())
+            if i < keep_bounds:
+                k = min(keep_bounds - i, xb.shape[0])
+                kept.append({j: (lo[:k].cpu(), hi[:k].cpu()) for j, (lo, hi) in res.pre.items()})
             unstable.append(res.unstable.cpu())
             if method == "ibp":
                 unstable_ibp.append(res.unstable.cpu())
@@ -810,9 +820,13 @@ def certify(
     seconds = time.perf_counter() - start
     log.info("%s l%s: %d points in %.2fs", method, norm, n, seconds)
     eps_out = float(eps[0]) if n and bool((eps == eps[0]).all()) else math.nan
+    pre = None
+    if kept:
+        pre = {j: (torch.cat([b[j][0] for b in kept]), torch.cat([b[j][1] for b in kept]))
+               for j in kept[0]}  # fmt: skip
     return CertifyResult(
         method, p, eps_out, m, cc, certified, torch.cat(unstable), torch.cat(unstable_ibp), kinds,
-        seconds,
+        seconds, pre,
     )  # fmt: skip
 
 
