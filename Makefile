@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run test lint install clean gpu-check mutation repro-linear repro-lenet300 repro-lenet5-cpu repro-lenet5-subset repro-lenet5 robust-lenet300 robust-lenet5 verify-lenet300
+.PHONY: run test lint install clean gpu-check mutation repro-linear repro-lenet300 repro-lenet5-cpu repro-lenet5-subset repro-lenet5 robust-lenet300 robust-lenet5 verify-lenet300 verify-lenet5
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -114,3 +114,9 @@ verify-lenet300: $(STAMP)
 	$(call STUDY,mnist_lenet300_verify)
 	$(TABLES) runs/mnist_lenet300_verify docs/results/lenet300_verify $(VERIFY_PLOTS)
 	$(BIN)/sparserobust report runs/mnist_lenet300_verify
+
+# The same on LeNet-5, one seed, at the levels where exact verification fits.
+verify-lenet5: $(STAMP)
+	$(call STUDY,mnist_lenet5_verify)
+	$(TABLES) runs/mnist_lenet5_verify docs/results/lenet5_verify $(VERIFY_PLOTS)
+	$(BIN)/sparserobust report runs/mnist_lenet5_verify
