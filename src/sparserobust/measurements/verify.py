@@ -26,7 +26,8 @@ class VerifySettings:
     """``epsilons``: radii in [0,1] pixel space; ``norm``: ``inf`` or ``2``; ``n``: points
     certified by IBP and CROWN (default: ``eval.n``); ``n_exact``: the first points
     decided exactly by MILP (l_inf only; 0 turns it off); ``time_limit``: seconds per
-    point before it counts as a timeout (never as verified); ``tighten``: LP-tighten
+    point for building and solving its MILP before it counts as a timeout (never as
+    verified; the bounds come from the batched certification pass); ``tighten``: LP-tighten
     the MILP's big-M bounds."""
 
     epsilons: tuple[float, ...] = ()
