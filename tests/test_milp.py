@@ -336,6 +336,11 @@ def test_solver_failure_is_a_status_never_verified(monkeypatch) -> None:
     results = verify_exact(net, x, y, epsilon=eps, time_limit=10)
     assert all(r.status == "error" for r in results if r.by == "milp")
 
+    monkeypatch.setattr(milp, "_stages", boom)  # building the network's matrices fails
+    results = verify_exact(net, x, y, epsilon=eps, time_limit=10)
+    assert any(r.by == "milp" for r in results)
+    assert all(r.status == "error" for r in results if r.by == "milp")
+
 
 def test_timeout_is_reported(digits, digits_lenet300: nn.Module) -> None:
     x, y = digits.test.x[:40], digits.test.y[:40]
