@@ -31,6 +31,13 @@ DATA ?= ../shared/data
 JOBS ?= 2
 TABLES := $(BIN)/python scripts/reproduction_tables.py
 STUDY = $(BIN)/sparserobust run configs/$(1).yaml --data-dir $(DATA) --out runs/$(1) -j $(JOBS) --no-progress
+# $(call REPORTED_STUDY,config,results dir,plots): the study, its tables and plots under
+# docs/results/<results dir>, and its report under runs/<config>/report/
+define REPORTED_STUDY
+	$(call STUDY,$(1))
+	$(TABLES) runs/$(1) docs/results/$(2) $(3)
+	$(BIN)/sparserobust report runs/$(1)
+endef
 
 repro-linear: $(STAMP)
 	$(call STUDY,mnist_linear)
@@ -74,14 +81,10 @@ ROBUST_PLOTS = --plot "autoattack_linf robust_acc@0.1" --plot "autoattack_linf r
 	  --plot "ddn_l2 median_norm"
 
 robust-lenet300: $(STAMP)
-	$(call STUDY,mnist_lenet300_at)
-	$(TABLES) runs/mnist_lenet300_at docs/results/lenet300_at $(ROBUST_PLOTS)
-	$(BIN)/sparserobust report runs/mnist_lenet300_at
+	$(call REPORTED_STUDY,mnist_lenet300_at,lenet300_at,$(ROBUST_PLOTS))
 
 robust-lenet5: $(STAMP)
-	$(call STUDY,mnist_lenet5_at)
-	$(TABLES) runs/mnist_lenet5_at docs/results/lenet5_at $(ROBUST_PLOTS)
-	$(BIN)/sparserobust report runs/mnist_lenet5_at
+	$(call REPORTED_STUDY,mnist_lenet5_at,lenet5_at,$(ROBUST_PLOTS))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -111,12 +114,8 @@ VERIFY_PLOTS = --plot "verify_linf exact robust_acc@0.02" --plot "verify_linf ex
 	  --plot "verify_linf exact robust_acc@0.1" --plot "verify_linf certified_acc crown@0.05"
 
 verify-lenet300: $(STAMP)
-	$(call STUDY,mnist_lenet300_verify)
-	$(TABLES) runs/mnist_lenet300_verify docs/results/lenet300_verify $(VERIFY_PLOTS)
-	$(BIN)/sparserobust report runs/mnist_lenet300_verify
+	$(call REPORTED_STUDY,mnist_lenet300_verify,lenet300_verify,$(VERIFY_PLOTS))
 
 # The same on LeNet-5, one seed, at the levels where exact verification fits.
 verify-lenet5: $(STAMP)
-	$(call STUDY,mnist_lenet5_verify)
-	$(TABLES) runs/mnist_lenet5_verify docs/results/lenet5_verify $(VERIFY_PLOTS)
-	$(BIN)/sparserobust report runs/mnist_lenet5_verify
+	$(call REPORTED_STUDY,mnist_lenet5_verify,lenet5_verify,$(VERIFY_PLOTS))

@@ -64,18 +64,23 @@ def pattern_pieces(net: nn.Sequential):
         yield np.vstack(a_rows), np.concatenate(c_rows), w @ mx, w @ cx + b
 
 
+def piece_min_margin(a, c, lm, lc, y: int, bounds) -> float:
+    """min_j f_y - f_j over one linear piece (``A x <= c``, logits ``lm x + lc``) of the
+    box ``bounds``, by one LP per class; inf where the piece is empty."""
+    best = math.inf
+    for j in range(lm.shape[0]):
+        if j == y:
+            continue
+        res = linprog(lm[y] - lm[j], A_ub=a, b_ub=c, bounds=bounds, method="highs")
+        if res.status == 0:
+            best = min(best, res.fun + lc[y] - lc[j])
+    return best
+
+
 def enum_min_margin(net: nn.Sequential, x0: np.ndarray, y: int, eps: float) -> float:
     """min over the l_inf ball (in [0,1]) of min_j f_y - f_j, by LP per pattern."""
     bounds = [(max(v - eps, 0.0), min(v + eps, 1.0)) for v in x0]
-    best = math.inf
-    for a, c, lm, lc in pattern_pieces(net):
-        for j in range(lm.shape[0]):
-            if j == y:
-                continue
-            res = linprog(lm[y] - lm[j], A_ub=a, b_ub=c, bounds=bounds, method="highs")
-            if res.status == 0:
-                best = min(best, res.fun + lc[y] - lc[j])
-    return best
+    return min(piece_min_margin(*piece, y, bounds) for piece in pattern_pieces(net))
 
 
 def enum_min_distance(net: nn.Sequential, x0: np.ndarray, y: int) -> float:
@@ -224,12 +229,7 @@ def maxpool_min_margin(net: nn.Sequential, shape, x0: np.ndarray, y: int, eps: f
         a_ub = np.vstack([cmat[win[r]] - cmat[top[r]] for r in rows])
         b_ub = np.concatenate([cz[top[r]] - cz[win[r]] for r in rows])
         lm, lc = w @ cmat[top], w @ cz[top] + b
-        for j in range(lm.shape[0]):
-            if j == y:
-                continue
-            res = linprog(lm[y] - lm[j], A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
-            if res.status == 0:
-                best = min(best, res.fun + lc[y] - lc[j])
+        best = min(best, piece_min_margin(a_ub, b_ub, lm, lc, y, bounds))
     return best
 
 

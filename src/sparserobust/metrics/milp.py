@@ -51,6 +51,7 @@ from torch import nn
 from sparserobust.errors import ConfigError
 from sparserobust.metrics.bounds import check_metric_inputs
 from sparserobust.metrics.certify import (
+    CertifyResult,
     Layer,
     _check_labels,
     _window_index,
@@ -587,33 +588,32 @@ class _PointBounds:
     seconds: float  # this point's share of the batched bound computation
 
 
+def _bounds_from(crown: CertifyResult, indices: Sequence[int]) -> list[_PointBounds]:
+    """The bounds that ``certify(keep_bounds=...)`` kept, for the points ``indices``."""
+    assert crown.pre is not None
+    share = crown.seconds / max(int(crown.certified.numel()), 1)
+    relu_crown, relu_ibp = crown.unstable_relus(), crown.unstable_relus(ibp=True)
+    pre = {j: (lo.numpy(), hi.numpy()) for j, (lo, hi) in crown.pre.items()}
+    return [
+        _PointBounds(
+            {j: (lo[i], hi[i]) for j, (lo, hi) in pre.items()},
+            crown.margins[i].double().numpy(),
+            {"ibp": int(relu_ibp[i]), "crown": int(relu_crown[i])},
+            share,
+        )
+        for i in indices
+    ]
+
+
 def _point_bounds(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int = _BOUND_BATCH
-) -> tuple[list[Layer], list[_PointBounds]]:
-    """CROWN (and IBP, for the unstable count) bounds of every point, ``batch`` at a time:
-    one batched pass instead of one per point (on LeNet-5 the per-point passes took
-    longer than a 3 s cap)."""
-    out: list[_PointBounds] = []
-    layers: list[Layer] = []
-    for i0 in range(0, x.shape[0], batch):
-        start = time.perf_counter()
-        xb, yb = x[i0 : i0 + batch], y[i0 : i0 + batch]
-        crown = network_bounds(model, xb, yb, epsilon=eps, method="crown")
-        ibp = network_bounds(model, xb, None, epsilon=eps, method="ibp")
-        layers = crown.layers
-        kinds = [layer.kind for layer in layers if layer.nonlinear]
-        relu_cols = [i for i, k in enumerate(kinds) if k == "relu"]
-        share = (time.perf_counter() - start) / xb.shape[0]
-        pre = {i: (lo.cpu().numpy(), hi.cpu().numpy()) for i, (lo, hi) in crown.pre.items()}
-        for j in range(xb.shape[0]):
-            out.append(_PointBounds(
-                {i: (lo[j], hi[j]) for i, (lo, hi) in pre.items()},
-                crown.margins[j].cpu().double().numpy(),
-                {"ibp": int(ibp.unstable[j, relu_cols].sum()),
-                 "crown": int(crown.unstable[j, relu_cols].sum())},
-                share,
-            ))  # fmt: skip
-    return layers, out
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
+) -> list[_PointBounds]:
+    """CROWN bounds of every point, :data:`_BOUND_BATCH` at a time: one batched pass
+    instead of one per point (on LeNet-5 the per-point passes took longer than a 3 s
+    cap)."""
+    crown = certify(model, x, y, epsilon=eps, method="crown", batch_size=_BOUND_BATCH,
+                    keep_bounds=x.shape[0])  # fmt: skip
+    return _bounds_from(crown, range(x.shape[0]))
 
 
 def _verify_one(
@@ -797,7 +797,7 @@ def _verify_many(
     clean_s = (time.perf_counter() - start) / max(n, 1)
     if bounds is None:
         todo = [i for i in range(n) if not wrong[i]]
-        _, found = _point_bounds(model, x[todo], y[todo], eps) if todo else ([], [])
+        found = _point_bounds(model, x[todo], y[todo], eps) if todo else []
         of = dict(zip(todo, found, strict=True))
     else:
         of = dict(enumerate(bounds))
@@ -1152,18 +1152,7 @@ def _exact_entry(
     rest = [i for i in range(n) if i not in decided]
     if rest:
         # the MILPs reuse the CROWN bounds of verify_points' certify pass
-        assert crown.pre is not None
-        share = crown.seconds / max(int(crown.certified.numel()), 1)
-        unstable = crown.unstable_relus(), crown.unstable_relus(ibp=True)
-        bounds = [
-            _PointBounds(
-                {j: (lo[i].numpy(), hi[i].numpy()) for j, (lo, hi) in crown.pre.items()},
-                crown.margins[i].double().numpy(),
-                {"ibp": int(unstable[1][i]), "crown": int(unstable[0][i])},
-                share,
-            )
-            for i in rest
-        ]
+        bounds = _bounds_from(crown, rest)
         layers = parse_network(model, x.shape[1:], device=x.device)
         exact = _verify_many(model, layers, x[rest], y[rest], eps, bounds, rest,
                              time_limit=time_limit, tighten=tighten, lp_fraction=_LP_FRACTION,
