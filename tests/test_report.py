@@ -102,7 +102,24 @@ def test_verdict_row_picks_best_sparsity_in_budget_and_its_change() -> None:
     clean[0.5] = [0.5, 0.5, 0.5]
     clean[0.9] = [0.5, 0.5, 0.5]
     (row,) = verdict_rows(_study(rob, clean), "rob", max_drop=0.01)
-    assert row.best is None and "no pruned model" in row.sentence
+    assert row.best is None and "no pruned model keeps" in row.sentence
+
+
+def test_verdict_of_a_method_with_no_pruned_value_says_not_measured() -> None:
+    """An incomplete run: the dense model is measured, no pruned model is yet. The row
+    must not claim that no pruned model is within the accuracy budget (0.5 is)."""
+    from sparserobust.verdict import NOT_MEASURED, below_text
+
+    clean = {0.0: [0.98] * 3, 0.5: [0.975] * 3}
+    rob = {0.0: [0.20, 0.21, 0.19], 0.5: [math.nan] * 3}
+    (row,) = verdict_rows(_study(rob, clean), "rob", max_drop=0.01)
+    assert row.best is None and row.verdict == NOT_MEASURED
+    assert "budget" not in row.sentence and "no verdict" in row.sentence
+    assert below_text(row) == ""
+    # one finite pruned value is enough for a verdict
+    rob[0.5] = [0.30, 0.31, 0.29]
+    (row,) = verdict_rows(_study(rob, clean), "rob", max_drop=0.01)
+    assert row.best == 0.5 and row.verdict == "better than dense"
 
 
 def test_noisy_change_is_no_gain() -> None:

@@ -32,6 +32,7 @@ from sparserobust.utils import atomic_write
 from sparserobust.verdict import (
     CLEAN,
     NORMS,
+    NOT_MEASURED,
     Cell,
     StudyData,
     below_text,
@@ -267,7 +268,9 @@ def verdict_section(
                 continue
             for v in verdict_rows(data, heads[norm], max_drop):
                 best = (
-                    "none in budget"
+                    "none measured"
+                    if v.verdict == NOT_MEASURED
+                    else "none in budget"
                     if v.best is None or v.clean is None
                     else f"{pct(v.best)} ({num(v.clean.mean)})"
                 )

@@ -398,6 +398,10 @@ def exact_metrics(data: StudyData) -> list[str]:
 # --- verdict ----------------------------------------------------------------------------
 
 
+# the verdict of a method none of whose pruned models has the metric (an incomplete run)
+NOT_MEASURED = "no pruned model measured"
+
+
 @dataclass
 class VerdictRow:
     """One method's row of a norm's verdict table."""
@@ -454,6 +458,22 @@ def verdict_rows(data: StudyData, label: str, max_drop: float) -> list[VerdictRo
                 below = t
                 break
         tested = max(pruned, default=0.0)
+        if not pruned:  # an incomplete run, or every pruned value NaN: no verdict at all
+            rows.append(
+                VerdictRow(
+                    method,
+                    label,
+                    None,
+                    None,
+                    None,
+                    cells[0.0],
+                    (math.nan,) * 3,  # type: ignore[arg-type]
+                    NOT_MEASURED,
+                    None,
+                    tested,
+                )
+            )
+            continue
         if not ok:
             rows.append(
                 VerdictRow(
@@ -508,6 +528,8 @@ def _gain(low: float, high: float, higher: bool) -> tuple[float, float]:
 
 def below_text(row: VerdictRow) -> str:
     """The "falls below dense" column."""
+    if row.verdict == NOT_MEASURED:
+        return ""
     if row.below_from is None:
         return f"not up to {pct(row.tested_to)}"
     return f"from {pct(row.below_from)}"
@@ -515,6 +537,8 @@ def below_text(row: VerdictRow) -> str:
 
 def sentence(row: VerdictRow, max_drop: float) -> str:
     """One plain sentence made from a verdict row's numbers."""
+    if row.verdict == NOT_MEASURED:
+        return f"{row.method}: no pruned model has a finite {row.label} yet, so no verdict."
     below = (
         f"it falls below dense from {pct(row.below_from)} sparsity"
         if row.below_from is not None
