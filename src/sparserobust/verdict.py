@@ -458,7 +458,7 @@ def verdict_rows(data: StudyData, label: str, max_drop: float) -> list[VerdictRo
                 below = t
                 break
         tested = max(pruned, default=0.0)
-        if not pruned:  # an incomplete run, or every pruned value NaN: no verdict at all
+        if not ok:  # no verdict: nothing measured yet (or all NaN), or none in budget
             rows.append(
                 VerdictRow(
                     method,
@@ -468,23 +468,7 @@ def verdict_rows(data: StudyData, label: str, max_drop: float) -> list[VerdictRo
                     None,
                     cells[0.0],
                     (math.nan,) * 3,  # type: ignore[arg-type]
-                    NOT_MEASURED,
-                    None,
-                    tested,
-                )
-            )
-            continue
-        if not ok:
-            rows.append(
-                VerdictRow(
-                    method,
-                    label,
-                    None,
-                    None,
-                    None,
-                    cells[0.0],
-                    (math.nan,) * 3,  # type: ignore[arg-type]
-                    "no pruned model within budget",
+                    "no pruned model within budget" if pruned else NOT_MEASURED,
                     below,
                     tested,
                 )
