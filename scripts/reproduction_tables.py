@@ -38,12 +38,12 @@ from sparserobust.report import (
     Cell,
     _plot,
     _slug,
-    collect,
     interval,
     metric_info,
     robustness_metrics,
 )
 from sparserobust.store import ResultStore
+from sparserobust.verdict import gather, same_points, sound_bounds, sound_change
 
 DEFAULT_METRICS = [  # those the study has, in this order (a metric listed twice: once)
     "autoattack_linf robust_acc@0.05",
@@ -343,7 +343,7 @@ def exact_gap_table(table: dict, store: Any) -> list[str]:
             gaps = []
             for a in attacks:
                 c = table.get(f"{a} robust_acc@{eps:g}", {}).get(method, {}).get(target)
-                gaps.append("-" if c is None else f"{c.mean - e:+.3f}")
+                gaps.append("-" if c is None else f"{round(c.mean - e, 3) + 0.0:+.3f}")
             seeds = cv.get((name, target, eps))
             cl = "-"
             if seeds:
@@ -352,6 +352,70 @@ def exact_gap_table(table: dict, store: Any) -> list[str]:
             lines.append(
                 f"| {name} | {target:g} | {exact_txt} | " + " | ".join(gaps) + f" | {cl} |"
             )
+        lines.append("")
+    return lines
+
+
+def sound_change_table(data: Any) -> list[str]:
+    """Markdown: per epsilon, each model's sound bounds on its true robust accuracy
+    (exact verified share <= true <= min(exact upper, attacks)) and the sound bounds on
+    its change from the dense model and from the level before (means over shared seeds);
+    'up' / 'down' where the change's bounds exclude 0. Empty unless the study's attacks
+    ran on the verified points."""
+    if not same_points(data.config):
+        return []
+    epsilons = sorted(
+        {r.eps for r in data.info.values() if r.metric == "exact_robust_accuracy" and r.eps}
+    )
+    if not epsilons:
+        return []
+    lines = [
+        "## Sound bounds and changes (verify)",
+        "",
+        "Per model: `[lower, upper]` bounds on the true robust accuracy on the verified "
+        "points (lower = MILP-verified share, upper = the smaller of the exact upper share "
+        "and every attack's robust accuracy), mean over seeds. A change's bounds are "
+        "`[mean(lower - upper of the other), mean(upper - lower of the other)]` over the "
+        "seeds both have: 'up' or 'down' where they exclude 0, so the change is proven, "
+        "not estimated.",
+        "",
+    ]
+
+    def change(a: dict, b: dict | None) -> str:
+        c = sound_change(a, b) if b else None
+        if c is None:
+            return "-"
+        lo, hi = (round(v, 6) + 0.0 for v in c[:2])  # accuracies are stored in float32
+        word = " up" if lo > 0 else " down" if hi < 0 else ""
+        return f"[{lo:+.3f}, {hi:+.3f}]{word}"
+
+    for eps in epsilons:
+        bounds = sound_bounds(data, "inf", eps)
+        lines += [
+            f"#### eps {eps:g}",
+            "",
+            "| method | sparsity | bounds | change from dense | change from the level before |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        methods = sorted({m for m, _ in bounds})
+        dense = next((bounds[(m, 0.0)] for m in methods if (m, 0.0) in bounds), None)
+        if dense is not None:
+            lows, ups = zip(*dense.values(), strict=True)
+            lines.append(
+                f"| dense | 0 | [{fmt(sum(lows) / len(lows))}, {fmt(sum(ups) / len(ups))}]"
+                " | - | - |"
+            )
+        for method in methods:
+            levels = sorted(s for m, s in bounds if m == method and s > 0)
+            before = dense
+            for s in levels:
+                per = bounds[(method, s)]
+                lows, ups = zip(*per.values(), strict=True)
+                lines.append(
+                    f"| {method} | {s:g} | [{fmt(sum(lows) / len(lows))}, "
+                    f"{fmt(sum(ups) / len(ups))}] | {change(per, dense)} | {change(per, before)} |"
+                )
+                before = per
         lines.append("")
     return lines
 
@@ -475,6 +539,10 @@ class Runs:
                 raise ValueError(f"{d} repeats seeds {sorted(seen & set(seeds))}")
             seen |= set(seeds)
 
+    def get_meta(self, key: str) -> str | None:
+        """The first run's metadata (the runs' configs differ only in their seeds)."""
+        return self.stores[0].get_meta(key)  # type: ignore[no-any-return]
+
     def models(self) -> list[Any]:
         return [m for st in self.stores for m in st.models()]
 
@@ -503,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}: merge only runs of one config with other seeds", file=sys.stderr)
         return 2
     try:
-        table, metrics = collect(store)  # type: ignore[arg-type]
+        data = gather(store, bootstrap=False)  # type: ignore[arg-type]
+        table = data.table
         info = metric_info(store)  # type: ignore[arg-type]
         add_combined(store, table, info)
         wanted = [m for m in dict.fromkeys(args.metric or DEFAULT_METRICS) if m in table]
@@ -527,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         times = solve_times(store)
         out += solve_time_table(times)
         out += exact_gap_table(table, store)
+        out += sound_change_table(data)
         out += ["## Evaluation flags", "", *flags(store)]
         out += ["## Compute per stage", "", *stage_times(store, args.run_dirs)]
     finally:

@@ -540,10 +540,52 @@ def test_verify_study_report_reads_as_a_bracket(tmp_path: Path) -> None:
             line = next(
                 ln for ln in block.splitlines() if ln.startswith(f"| {name} | {target:g} |")
             )
-            assert f"| {pgd - ex:+.3f} |" in line
+            assert f"| {round(pgd - ex, 3) + 0.0:+.3f} |" in line
             assert line.endswith(f"| {over} / {under} of 20 |")
             checked += 1
     assert checked == 4
+
+    # sound bounds: lower = verified share, upper = min(exact upper, every attack), and the
+    # change from dense is [lower - dense upper, upper - dense lower], all by hand
+    sound = text.split("## Sound bounds and changes (verify)")[1].split("\n## ")[0]
+
+    def bounds(key: str, eps: float) -> tuple[float, float]:
+        (entry,) = [
+            e for e in got[(key, "verify:linf")]["detail"]["epsilons"] if e["epsilon"] == eps
+        ]
+        ex = entry["exact"]
+        attacked = [
+            r["value"]
+            for meas in ("attack:pgd:linf", "attack:fgsm:linf")
+            for r in got[(key, meas)]["records"]
+            if r["label"].endswith(f"robust_acc@{eps:g}")
+        ]
+        assert len(attacked) == 2
+        return ex["robust_accuracy"], min([ex["robust_accuracy_upper"], *attacked])
+
+    for eps in (0.02, 0.05):
+        block = sound.split(f"#### eps {eps:g}")[1].split("####")[0]
+        dl, du = bounds("s0/dense/0.0000", eps)
+        pl, pu = bounds("s0/global-magnitude/0.9000", eps)
+        assert f"| dense | 0 | [{dl:.3f}, {du:.3f}] | - | - |" in block
+        lo, hi = round(pl - du, 6) + 0.0, round(pu - dl, 6) + 0.0
+        word = " up" if lo > 0 else " down" if hi < 0 else ""
+        change = f"[{lo:+.3f}, {hi:+.3f}]{word}"
+        row = f"| global-magnitude | 0.9 | [{pl:.3f}, {pu:.3f}] | {change} | {change} |"
+        assert row in block, (row, block)
+
+
+def test_sound_change_pairs_seeds_and_proves_only_when_bounds_exclude_zero() -> None:
+    from sparserobust.verdict import sound_change
+
+    a = {0: (0.30, 0.30), 1: (0.20, 0.40), 2: (0.9, 0.9)}
+    b = {0: (0.10, 0.25), 1: (0.10, 0.15)}
+    lo, hi, n = sound_change(a, b)  # type: ignore[misc]
+    # seeds 0 and 1 only: lower = mean(0.30-0.25, 0.20-0.15), upper = mean(0.30-0.10, 0.40-0.10)
+    assert n == 2 and lo == pytest.approx(0.05) and hi == pytest.approx(0.25)
+    lo, hi, _ = sound_change(b, a)  # type: ignore[misc]
+    assert lo == pytest.approx(-0.25) and hi == pytest.approx(-0.05)
+    assert sound_change(a, {5: (0.0, 1.0)}) is None
 
 
 def test_metric_info_has_one_record_per_label(two_runs: tuple[Path, Path]) -> None:

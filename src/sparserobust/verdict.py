@@ -729,6 +729,56 @@ def _violated(b: Bracket) -> str | None:
     return None
 
 
+def sound_bounds(
+    data: StudyData, norm: str, eps: float
+) -> dict[tuple[str, float], dict[int, tuple[float, float]]]:
+    """``{(method, sparsity): {seed: (lower, upper)}}``: per model, bounds that hold for
+    the true robust accuracy on the verified points at ``eps``. ``lower`` is the exact
+    (verified) share; ``upper`` the smaller of the exact upper share (timeouts counted
+    robust) and every attack's robust accuracy at ``eps``. Only meaningful where the
+    attacks ran on the verified points (:func:`same_points`); the dense model sits at
+    sparsity 0 of every method. Models without an exact value are left out."""
+    exact = _label_of(data, "exact_robust_accuracy", eps, norm)
+    upper = _label_of(data, "exact_robust_accuracy_upper", eps, norm)
+    attacks = [
+        label
+        for label, r in data.info.items()
+        if r.metric == "robust_accuracy" and r.eps == eps and r.norm == norm
+    ]
+    out: dict[tuple[str, float], dict[int, tuple[float, float]]] = {}
+    if exact is None:
+        return out
+    for method, cells in data.table.get(exact, {}).items():
+        for s in cells:
+            per: dict[int, tuple[float, float]] = {}
+            for seed, low in data.seed_values.get((exact, method, s), {}).items():
+                ups = [
+                    data.seed_values.get((label, method, s), {}).get(seed, math.nan)
+                    for label in [upper, *attacks]
+                    if label is not None
+                ]
+                ups = [u for u in ups if math.isfinite(u)]
+                if math.isfinite(low):
+                    per[seed] = (low, min(ups) if ups else 1.0)
+            if per:
+                out[(method, s)] = per
+    return out
+
+
+def sound_change(
+    a: dict[int, tuple[float, float]], b: dict[int, tuple[float, float]]
+) -> tuple[float, float, int] | None:
+    """Bounds on the mean over shared seeds of (true value of ``a`` - true value of
+    ``b``), from per-seed ``(lower, upper)`` bounds: ``(mean(lower_a - upper_b),
+    mean(upper_a - lower_b), seeds)``; None without a shared seed."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    lo = sum(a[s][0] - b[s][1] for s in seeds) / len(seeds)
+    hi = sum(a[s][1] - b[s][0] for s in seeds) / len(seeds)
+    return lo, hi, len(seeds)
+
+
 def same_points(config: dict[str, Any]) -> bool:
     """Whether the study's verify measurement certifies and decides exactly the same
     points its attacks run on (``verify.n`` and ``n_exact`` equal to ``eval.n``)."""
