@@ -13,8 +13,12 @@ into ``OUT_DIR``:
 - one small PNG per selected metric (mean, 95% band, clean accuracy dotted);
 - where the study has the ``verify`` measurement: a table of the MILP's median and
   p95 seconds per point and its timeout rate per sparsity and epsilon, and
-  ``verify_solve_time.png`` (both against sparsity); and how far each attack and
-  CLEVER l_inf are from the exact answer.
+  ``verify_solve_time.png`` (both against sparsity); the verify measurement's seconds
+  per model; the bracket ``CROWN <= exact <= attacked`` per model; how far each attack
+  and CLEVER l_inf are from the exact answer; and sound bounds on each model's true
+  robust accuracy and on its change from dense and from the level before.
+
+``--seed N`` (repeatable) reads only those seeds' models, e.g. while a study is running.
 
 Every number in ``docs/reproduction.md`` comes from these files.
 """
@@ -43,7 +47,7 @@ from sparserobust.report import (
     robustness_metrics,
 )
 from sparserobust.store import ResultStore
-from sparserobust.verdict import gather, same_points, sound_bounds, sound_change
+from sparserobust.verdict import brackets, gather, same_points, sound_bounds, sound_change
 
 DEFAULT_METRICS = [  # those the study has, in this order (a metric listed twice: once)
     "autoattack_linf robust_acc@0.05",
@@ -72,17 +76,18 @@ DEFAULT_METRICS = [  # those the study has, in this order (a metric listed twice
     "compact params (not robustness)",
     "compact FLOPs (not robustness)",
     *(
-        f"{m}@{e}"
+        f"{m}@{e}{suffix}"
         for e in ("0.02", "0.05", "0.1")
-        for m in (
-            "autoattack_linf robust_acc",
-            "pgd_linf robust_acc",
-            "verify_linf certified_acc ibp",
-            "verify_linf certified_acc crown",
-            "verify_linf exact robust_acc",
-            "verify_linf exact robust_acc upper (not robustness)",
-            "verify_linf resolved share (not robustness)",
-            "verify_linf unstable relus crown (not robustness)",
+        for m, suffix in (
+            ("autoattack_linf robust_acc", ""),
+            ("pgd_linf robust_acc", ""),
+            ("verify_linf certified_acc ibp", ""),
+            ("verify_linf certified_acc crown", ""),
+            ("verify_linf exact robust_acc", ""),
+            ("verify_linf exact robust_acc upper", " (not robustness)"),
+            ("verify_linf resolved share", " (not robustness)"),
+            ("verify_linf unstable relus ibp", " (not robustness)"),
+            ("verify_linf unstable relus crown", " (not robustness)"),
         )
     ),
 ]
@@ -217,6 +222,8 @@ def solve_times(store: Any) -> dict[tuple[str, float], dict[str, dict[float, lis
             continue
         n_exact = min(n_exact, int(r["params"].get("n") or n_exact))
         per = out.setdefault((r["method"], float(r["target_sparsity"])), {})
+        if r.get("seconds") is not None:  # the whole measurement, all epsilons
+            per.setdefault("model_s", {}).setdefault(0.0, []).append(float(r["seconds"]))
         timeouts = {
             float(rec["eps"]): rec["value"]
             for rec in r["numbers"].get("records", [])
@@ -238,7 +245,9 @@ def solve_time_table(times: dict) -> list[str]:
     median and p95 seconds per point and its timeout rate (mean over seeds; max)."""
     if not times:
         return []
-    epsilons = sorted({e for per in times.values() for v in per.values() for e in v})
+    epsilons = sorted(
+        {e for per in times.values() for k, v in per.items() if k != "model_s" for e in v}
+    )
     lines = [
         "## Exact verification cost (MILP)",
         "",
@@ -247,6 +256,23 @@ def solve_time_table(times: dict) -> list[str]:
         "seeds [largest seed]. Wall times vary from run to run and machine to machine.",
         "",
     ]
+    if any("model_s" in per for per in times.values()):
+        levels = sorted({t for _, t in times})
+        methods = sorted({m for m, _ in times if m != "dense"}) or ["dense"]
+        lines += [
+            "#### Seconds per model (the whole verify measurement: every epsilon, IBP, "
+            "CROWN, PGD pre-check and MILP)",
+            "",
+            "| method | " + " | ".join(f"{t:g}" for t in levels) + " |",
+            "| --- | " + " | ".join("---" for _ in levels) + " |",
+        ]
+        for method in methods:
+            cells = []
+            for t in levels:
+                per = times.get((method, t)) or times.get(("dense", t)) or {}
+                cells.append(_mean_max(per, "model_s", 0.0, 0))
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
     for eps in epsilons:
         lines += [
             f"#### eps {eps:g}",
@@ -356,6 +382,38 @@ def exact_gap_table(table: dict, store: Any) -> list[str]:
     return lines
 
 
+def bracket_table(data: Any) -> list[str]:
+    """Markdown: one row per model (means over seeds) and one column per verified
+    epsilon, each cell ``CROWN <= exact <= attacked`` (exact as ``low-high`` where points
+    timed out; attacked = the lowest robust accuracy of any attack at that epsilon)."""
+    table = brackets(data)
+    if not table:
+        return []
+    keys = sorted(table)
+    lines = [
+        "## Bracket per model (verify)",
+        "",
+        "Each cell: CROWN certified <= exact (MILP; `low-high` where points timed out) <= "
+        "attacked (the lowest robust accuracy of any attack), mean over seeds; `!` marks a "
+        "broken inequality (a soundness bug).",
+        "",
+        "| model | " + " | ".join(f"l_{n} eps {e:g}" for n, e in keys) + " |",
+        "| --- | " + " | ".join("---" for _ in keys) + " |",
+    ]
+    rows: dict[tuple[str, float], list[str]] = {}
+    for k, key in enumerate(keys):
+        for b in table[key]:
+            exact = fmt(b.exact)
+            if math.isfinite(b.exact_upper) and b.exact_upper > b.exact + 1e-6:
+                exact += f"-{fmt(b.exact_upper)}"
+            cell = f"{fmt(b.crown)} <= {exact} <= {fmt(b.attacked)}" + (" !" if b.broken else "")
+            rows.setdefault((b.method, b.sparsity), [""] * len(keys))[k] = cell
+    for (method, s), cells in sorted(rows.items(), key=lambda kv: (kv[0][1] > 0, kv[0])):
+        name = "dense" if s == 0 else f"{method} {s * 100:g}%"
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def sound_change_table(data: Any) -> list[str]:
     """Markdown: per epsilon, each model's sound bounds on its true robust accuracy
     (exact verified share <= true <= min(exact upper, attacks)) and the sound bounds on
@@ -428,8 +486,9 @@ def _mean_max(per: dict, key: str, eps: float, digits: int = 2) -> str:
 
 
 def solve_time_plot(times: dict) -> bytes:
-    """PNG: median solve seconds (log scale) and timeout rate against sparsity, one line
-    per method and epsilon (mean over seeds; dense drawn at sparsity 0 of every method)."""
+    """PNG against sparsity, one line per method (and epsilon): the verify measurement's
+    seconds per model (log scale), the MILP's p95 seconds per point (log scale) and its
+    timeout rate (mean over seeds; dense drawn at sparsity 0 of every method)."""
     import io
 
     import matplotlib
@@ -437,31 +496,37 @@ def solve_time_plot(times: dict) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     methods = sorted({m for m, _ in times if m != "dense"})
-    epsilons = sorted({e for per in times.values() for v in per.values() for e in v})
+    epsilons = sorted(
+        {e for per in times.values() for k, v in per.items() if k != "model_s" for e in v}
+    )
     styles = ["-", "--", ":", "-."]
-    for k, eps in enumerate(epsilons):
-        for method in methods:
-            keys = sorted(t for m, t in times if m in (method, "dense"))
-            for ax, key in zip(axes, ("median_s", "timeout_rate"), strict=True):
+    panels = [("model_s", [0.0]), ("p95_s", epsilons), ("timeout_rate", epsilons)]
+    for ax, (key, eps_list) in zip(axes, panels, strict=True):
+        for k, eps in enumerate(eps_list):
+            for method in methods:
                 pts = []
-                for t in keys:
+                for t in sorted(t for m, t in times if m in (method, "dense")):
                     per = times.get((method, t)) or times.get(("dense", t)) or {}
                     vals = per.get(key, {}).get(eps, [])
-                    if vals:
+                    if vals and (key == "timeout_rate" or sum(vals) > 0):  # log axes
                         pts.append((1 - t, sum(vals) / len(vals)))
                 if pts:
                     xs, ys = zip(*pts, strict=True)
-                    ax.plot(xs, ys, styles[k % 4], marker="o", ms=3, label=f"{method} eps {eps:g}")
-    for ax, title in zip(axes, ("median seconds per point", "timeout rate"), strict=True):
+                    label = method if key == "model_s" else f"{method} eps {eps:g}"
+                    ax.plot(xs, ys, styles[k % 4], marker="o", ms=3, label=label)
+    titles = ("verify seconds per model", "p95 seconds per point", "timeout rate")
+    for ax, title in zip(axes, titles, strict=True):
         ax.set_xscale("log")
         ax.invert_xaxis()
         ax.set_xlabel("share of weights kept")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
-    axes[1].legend(fontsize=7)
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    axes[2].legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -523,7 +588,8 @@ class Runs:
     """Several run directories of one study that differ only in their seeds, read as
     one store (``models()`` and ``results()`` concatenated)."""
 
-    def __init__(self, run_dirs: list[Path]) -> None:
+    def __init__(self, run_dirs: list[Path], seeds: list[int] | None = None) -> None:
+        self.seeds = set(seeds) if seeds else None  # read only these seeds' models
         self.stores = [ResultStore(d, create=False) for d in run_dirs]
         configs = []
         for d, st in zip(run_dirs, self.stores, strict=True):
@@ -544,10 +610,20 @@ class Runs:
         return self.stores[0].get_meta(key)  # type: ignore[no-any-return]
 
     def models(self) -> list[Any]:
-        return [m for st in self.stores for m in st.models()]
+        return [
+            m
+            for st in self.stores
+            for m in st.models()
+            if self.seeds is None or m.seed in self.seeds
+        ]
 
     def results(self) -> list[dict[str, Any]]:
-        return [r for st in self.stores for r in st.results()]
+        return [
+            r
+            for st in self.stores
+            for r in st.results()
+            if self.seeds is None or r["seed"] in self.seeds
+        ]
 
     def close(self) -> None:
         for st in self.stores:
@@ -560,13 +636,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--metric", action="append", help="metric to tabulate (repeatable)")
     ap.add_argument("--plot", action="append", help="metric to plot (repeatable)")
+    ap.add_argument(
+        "--seed", action="append", type=int, help="read only this seed's models (repeatable)"
+    )
     args = ap.parse_args(argv)
     for run_dir in args.run_dirs:
         if not (run_dir / "results.sqlite").exists():
             print(f"error: {run_dir} has no results.sqlite: run the study first", file=sys.stderr)
             return 2
     try:
-        store = Runs(args.run_dirs)
+        store = Runs(args.run_dirs, args.seed)
     except ValueError as exc:
         print(f"error: {exc}: merge only runs of one config with other seeds", file=sys.stderr)
         return 2
@@ -582,7 +661,9 @@ def main(argv: list[str] | None = None) -> int:
         out = [
             f"# Tables for `{', '.join(d.name for d in args.run_dirs)}`",
             "",
-            f"Generated by `python scripts/reproduction_tables.py {names} {args.out_dir}`. "
+            f"Generated by `python scripts/reproduction_tables.py {names} {args.out_dir}"
+            + "".join(f" --seed {s}" for s in args.seed or [])
+            + "`. "
             f"Seeds {seeds}; cells are the mean over seeds [95% Student-t interval]. "
             "Columns are target sparsities (fraction of Linear/Conv weights removed).",
             "",
@@ -595,6 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         out += ["## Peaks (sparsity of the largest mean)", "", *peaks(wanted, table, info)]
         times = solve_times(store)
         out += solve_time_table(times)
+        out += bracket_table(data)
         out += exact_gap_table(table, store)
         out += sound_change_table(data)
         out += ["## Evaluation flags", "", *flags(store)]

@@ -604,6 +604,13 @@ def test_reproduction_tables_script(small_run: Path, tmp_path: Path) -> None:
     assert "Seeds [0, 1]" in merged and "0.5 [" not in merged.split("####")[0]
     row = next(ln for ln in merged.splitlines() if ln.startswith("| random |"))
     assert row.count("[") == 3  # dense, 0.5 and 0.9: a mean with an interval each
+    # --seed reads one seed's models only: the merged runs' seed-1 table equals seed 1's own
+    assert mod.main([str(small_run), str(other), str(out / "s1"), "--seed", "1"]) == 0
+    assert mod.main([str(other), str(out / "own")]) == 0
+    only = (out / "s1" / "tables.md").read_text()
+    assert "Seeds [1]" in only and "--seed 1`" in only
+    clean = lambda t: t.split("#### clean_accuracy")[1].split("####")[0]  # noqa: E731
+    assert clean(only) == clean((out / "own" / "tables.md").read_text())
     assert mod.main([str(small_run), str(small_run), str(out)]) == 2
     third = tmp_path / "other"
     run_study(

@@ -301,7 +301,7 @@ def test_sweep_resume_matches_uninterrupted(
     monkeypatch.setattr(sweep_module, "_prune_level", interrupt)
     with pytest.raises(KeyboardInterrupt):
         _sweep(digits_lenet300, tmp_path / "b", method, digits)
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "b").glob("*.st")) == [
         f"{method}-s0.5000.st",
         f"{method}-s0.8000.st",
     ]
@@ -311,6 +311,10 @@ def test_sweep_resume_matches_uninterrupted(
     resumed = _sweep(digits_lenet300, tmp_path / "b", method, digits)
     assert not stale.exists()
     assert [r["resumed"] for r in resumed] == [True, True, False]
+    # a resumed level reports the seconds it took when it ran, not 0 or None
+    for r in resumed[:2]:
+        side = Path(r["path"]).parent / f".{Path(r['path']).name}.seconds"
+        assert r["seconds"] == float(side.read_text()) and r["seconds"] > 0
     for r_full, r_res in zip(full, resumed, strict=True):
         a, b = Path(r_full["path"]), Path(r_res["path"])
         assert read_metadata(a) == read_metadata(b)

@@ -485,14 +485,18 @@ def test_verify_study_report_reads_as_a_bracket(tmp_path: Path) -> None:
     assert (tmp_path / "tables" / "verify_solve_time.png").stat().st_size > 1000
     con = sqlite3.connect(run / "results.sqlite")
     rows = con.execute(
-        "SELECT model_key, numbers FROM results WHERE measurement = 'verify:linf'"
+        "SELECT model_key, numbers, seconds FROM results WHERE measurement = 'verify:linf'"
     ).fetchall()
     con.close()
     assert len(rows) == 2
     section = text.split("## Exact verification cost (MILP)")[1].split("\n## ")[0]
-    for key, raw in rows:
+    for key, raw, seconds in rows:
         numbers = json.loads(raw)
         method, target = key.split("/")[1], float(key.split("/")[2])
+        per_model = section.split("#### Seconds per model")[1].split("####")[0]
+        row = next(ln for ln in per_model.splitlines() if ln.startswith("| global-magnitude |"))
+        cell = row.strip("| ").split(" | ")[1 if target == 0 else 2]  # columns: 0, 0.9
+        assert cell == f"{seconds:.0f} [{seconds:.0f}]"
         for eps in ("0.02", "0.05"):
             t = numbers["solve_time"][eps]
             (timeouts,) = [

@@ -365,7 +365,7 @@ def sparsity_sweep(
     records: list[dict[str, Any]] = []
     for i in range(done):
         meta = read_metadata(paths[i])
-        records.append(_record(paths[i], meta, seconds=None, resumed=True))
+        records.append(_record(paths[i], meta, seconds=_stored_seconds(paths[i]), resumed=True))
     bar = tqdm(total=len(levels), initial=done, desc=f"prune {method}", disable=not progress)
     for i in range(done, len(levels)):
         start = time.perf_counter()
@@ -402,6 +402,8 @@ def sparsity_sweep(
             save_checkpoint(paths[i], work, meta)
         seconds = time.perf_counter() - start
         path = paths[i] if out is not None else None
+        if path is not None:  # beside the checkpoint, which stays byte-identical across runs
+            _seconds_path(path).write_text(f"{seconds!r}\n")
         records.append(_record(path, level_meta, seconds=seconds, resumed=False))
         acc = level_meta.get("accuracy")
         bar.set_postfix(
@@ -476,6 +478,20 @@ def _prune_level(
         "accuracy": accuracy,
         "seed": seed,
     }
+
+
+def _seconds_path(checkpoint: Path) -> Path:
+    return checkpoint.parent / f".{checkpoint.name}.seconds"
+
+
+def _stored_seconds(checkpoint: Path) -> float | None:
+    """The seconds a finished level took, as written beside its checkpoint; None where
+    the file is missing or unreadable (a sweep from before it was written)."""
+    try:
+        value = float(_seconds_path(checkpoint).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def _record(
