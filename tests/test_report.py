@@ -432,6 +432,50 @@ def test_brackets_pick_the_strongest_attack_and_catch_unsound_bounds() -> None:
     assert row.broken is None
 
 
+def test_sound_bounds_take_the_lowest_upper_bound_per_seed() -> None:
+    from sparserobust.verdict import sound_bounds
+
+    data = _bracket_study({"exact": 0.6, "upper": 0.7, "pgd": 0.8, "aa": 0.65})
+    per_seed = {  # seed 1: AutoAttack below the exact upper share; seed 2: no AutoAttack
+        "exact": {1: 0.6, 2: 0.5},
+        "upper": {1: 0.7, 2: 0.55},
+        "pgd": {1: 0.8, 2: 0.9},
+        "aa": {1: 0.65},
+    }
+    for label, seeds in per_seed.items():
+        data.seed_values[(label, "m", 0.9)] = seeds
+    assert sound_bounds(data, "inf", 0.05) == {("m", 0.9): {1: (0.6, 0.65), 2: (0.5, 0.55)}}
+    assert sound_bounds(data, "inf", 0.1) == {}  # no exact value at that epsilon
+    del data.seed_values[("upper", "m", 0.9)]
+    assert sound_bounds(data, "inf", 0.05)[("m", 0.9)][2] == (0.5, 0.9)
+
+
+def test_sound_change_table_compares_with_dense_and_the_level_before() -> None:
+    import importlib.util
+
+    from sparserobust.verdict import Cell
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "reproduction_tables.py"
+    spec = importlib.util.spec_from_file_location("reproduction_tables", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    same = {"eval": {"n": 50, "measurements": {"verify": {"n_exact": 50}}}}
+    data = _bracket_study({"exact": 0.0, "upper": 0.0, "aa": 0.0}, same)
+    bounds = {0.0: (0.10, 0.40), 0.5: (0.45, 0.50), 0.9: (0.30, 0.35)}  # (exact, aa)
+    for label, k in (("exact", 0), ("upper", 1), ("aa", 1)):
+        for t, b in bounds.items():
+            data.table[label].setdefault("m", {})[t] = Cell(b[k], math.nan, math.nan, 1, t)
+            data.seed_values[(label, "m", t)] = {0: b[k]}
+    lines = mod.sound_change_table(data)
+    assert "| dense | 0 | [0.100, 0.400] | - | - |" in lines
+    # 50%: from dense [0.45 - 0.40, 0.50 - 0.10], proven up; 90%: from dense [-0.10, +0.25]
+    # open, from 50% [0.30 - 0.50, 0.35 - 0.45] proven down
+    assert "| m | 0.5 | [0.450, 0.500] | [+0.050, +0.400] up | [+0.050, +0.400] up |" in lines
+    assert "| m | 0.9 | [0.300, 0.350] | [-0.100, +0.250] | [-0.200, -0.100] down |" in lines
+    assert mod.sound_change_table(_bracket_study({"exact": 0.5}, {})) == []  # other points
+
+
 def test_verify_study_report_reads_as_a_bracket(tmp_path: Path) -> None:
     """A real study with the verify measurement and two attacks on the same points:
     each report line holds the stored numbers, and they are ordered."""
