@@ -649,6 +649,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}: merge only runs of one config with other seeds", file=sys.stderr)
         return 2
+    if not store.models():
+        have = sorted({m.seed for st in store.stores for m in st.models()})
+        why = (
+            f"no model of seed(s) {args.seed} in these runs (they have seeds {have}): pick "
+            "one of those"
+            if args.seed and have
+            else "these runs have no model yet: run the study first"
+        )
+        print(f"error: {why}", file=sys.stderr)
+        store.close()
+        return 2
     try:
         data = gather(store, bootstrap=False)  # type: ignore[arg-type]
         table = data.table

@@ -611,6 +611,8 @@ def test_reproduction_tables_script(small_run: Path, tmp_path: Path) -> None:
     assert "Seeds [1]" in only and "--seed 1`" in only
     clean = lambda t: t.split("#### clean_accuracy")[1].split("####")[0]  # noqa: E731
     assert clean(only) == clean((out / "own" / "tables.md").read_text())
+    assert mod.main([str(small_run), str(out / "s7"), "--seed", "7"]) == 2  # no such seed
+    assert not (out / "s7").exists()
     assert mod.main([str(small_run), str(small_run), str(out)]) == 2
     third = tmp_path / "other"
     run_study(
