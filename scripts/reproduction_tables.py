@@ -47,7 +47,14 @@ from sparserobust.report import (
     robustness_metrics,
 )
 from sparserobust.store import ResultStore
-from sparserobust.verdict import brackets, gather, same_points, sound_bounds, sound_change
+from sparserobust.verdict import (
+    brackets,
+    change_text,
+    gather,
+    same_points,
+    sound_bounds,
+    sound_change,
+)
 
 DEFAULT_METRICS = [  # those the study has, in this order (a metric listed twice: once)
     "autoattack_linf robust_acc@0.05",
@@ -440,12 +447,7 @@ def sound_change_table(data: Any) -> list[str]:
     ]
 
     def change(a: dict, b: dict | None) -> str:
-        c = sound_change(a, b) if b else None
-        if c is None:
-            return "-"
-        lo, hi = (round(v, 6) + 0.0 for v in c[:2])  # accuracies are stored in float32
-        word = " up" if lo > 0 else " down" if hi < 0 else ""
-        return f"[{lo:+.3f}, {hi:+.3f}]{word}"
+        return change_text(sound_change(a, b) if b else None)
 
     for eps in epsilons:
         bounds = sound_bounds(data, "inf", eps)

@@ -621,6 +621,10 @@ def test_verify_study_report_reads_as_a_bracket(tmp_path: Path) -> None:
         change = f"[{lo:+.3f}, {hi:+.3f}]{word}"
         row = f"| global-magnitude | 0.9 | [{pl:.3f}, {pu:.3f}] | {change} | {change} |"
         assert row in block, (row, block)
+        # the report's bracket line carries the same proven change from dense
+        part = md.split(f"### l_inf, eps {eps:g}")[1].split("###")[0]
+        line = next(ln for ln in part.splitlines() if ln.startswith("| global-magnitude 90% |"))
+        assert f"| {change} |" in line, line
 
 
 def test_sound_change_pairs_seeds_and_proves_only_when_bounds_exclude_zero() -> None:

@@ -779,6 +779,16 @@ def sound_change(
     return lo, hi, len(seeds)
 
 
+def change_text(change: tuple[float, float, int] | None) -> str:
+    """``[low, high]`` of a :func:`sound_change`, with ``up`` / ``down`` where both bounds
+    agree (rounded to 10^-6: accuracies are stored in float32); ``-`` for None."""
+    if change is None:
+        return "-"
+    lo, hi = (round(v, 6) + 0.0 for v in change[:2])
+    word = " up" if lo > 0 else " down" if hi < 0 else ""
+    return f"[{lo:+.3f}, {hi:+.3f}]{word}"
+
+
 def same_points(config: dict[str, Any]) -> bool:
     """Whether the study's verify measurement certifies and decides exactly the same
     points its attacks run on (``verify.n`` and ``n_exact`` equal to ``eval.n``)."""
