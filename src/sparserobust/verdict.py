@@ -652,6 +652,15 @@ def _label_of(data: StudyData, metric: str, eps: float, norm: str) -> str | None
     return None
 
 
+def _attack_labels(data: StudyData, eps: float, norm: str) -> list[str]:
+    """Every attack's robust-accuracy label at ``eps`` in ``norm``."""
+    return [
+        label
+        for label, r in data.info.items()
+        if r.metric == "robust_accuracy" and r.eps == eps and r.norm == norm
+    ]
+
+
 def _mean(data: StudyData, label: str | None, method: str, sparsity: float) -> float:
     if label is None:
         return math.nan
@@ -676,11 +685,7 @@ def brackets(data: StudyData) -> dict[tuple[str, float], list[Bracket]]:
         ibp = _label_of(data, "certified_accuracy_ibp", eps, norm)
         exact = _label_of(data, "exact_robust_accuracy", eps, norm)
         upper = _label_of(data, "exact_robust_accuracy_upper", eps, norm)
-        attacks = [
-            label
-            for label, r in data.info.items()
-            if r.metric == "robust_accuracy" and r.eps == eps and r.norm == norm
-        ]
+        attacks = _attack_labels(data, eps, norm)
         rows: list[Bracket] = []
         assert crown is not None
         dense_done = False
@@ -740,11 +745,7 @@ def sound_bounds(
     sparsity 0 of every method. Models without an exact value are left out."""
     exact = _label_of(data, "exact_robust_accuracy", eps, norm)
     upper = _label_of(data, "exact_robust_accuracy_upper", eps, norm)
-    attacks = [
-        label
-        for label, r in data.info.items()
-        if r.metric == "robust_accuracy" and r.eps == eps and r.norm == norm
-    ]
+    attacks = _attack_labels(data, eps, norm)
     out: dict[tuple[str, float], dict[int, tuple[float, float]]] = {}
     if exact is None:
         return out
