@@ -4,9 +4,12 @@ counts a failure as verified, and brackets certified <= exact <= attacked."""
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import math
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -391,3 +394,34 @@ def test_verify_points_brackets(digits, digits_lenet300: nn.Module) -> None:
         verify_points(digits_lenet300, x, y, epsilons=[0.5], norm="2", n_exact=2)
     with pytest.raises(ConfigError):
         verify_exact(digits_lenet300, x[:1], y[:1], epsilon=0.1, time_limit=0)
+
+
+SPURIOUS_INFEASIBLE = Path(__file__).parent / "data" / "highs_spurious_infeasible.mps.gz"
+
+
+def _read_fixture(tmp_path: Path) -> milp._Model:
+    path = tmp_path / "model.mps"
+    path.write_bytes(gzip.decompress(SPURIOUS_INFEASIBLE.read_bytes()))
+    m = milp._Model()  # presolve off, one thread, as every MILP here
+    m.h.readModel(str(path))
+    m.h.setOptionValue("time_limit", 60.0)
+    return m
+
+
+def test_spurious_infeasible_is_solved_again_with_presolve(tmp_path: Path) -> None:
+    """The class-5 MILP of one point of the LeNet-300-100 verify study (random 99%,
+    seed 2, eps 0.1), saved by HiGHS. It has a feasible point, the clean input, yet
+    HiGHS 1.16 without presolve calls it infeasible; the verifier recorded that point
+    as an error. ``_run_checked`` runs it again with presolve and gets the optimum."""
+    plain = _read_fixture(tmp_path)
+    plain.h.run()
+    hs = plain.hp.HighsModelStatus
+    if plain.h.getModelStatus() != hs.kInfeasible:
+        pytest.skip("this HiGHS solves the model without presolve: the retry is not exercised")
+    m = _read_fixture(tmp_path)
+    status = milp._run_checked(m, time.perf_counter() + 60)
+    assert status == hs.kOptimal
+    assert m.h.getInfo().objective_function_value == pytest.approx(2.9919538, abs=1e-5)
+    presolve = m.h.getOptionValue("presolve")  # (status, value) in highspy 1.16
+    presolve = presolve[-1] if isinstance(presolve, tuple) else presolve
+    assert presolve == "off"  # later runs keep the cheap setting
