@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from pathlib import Path
 
@@ -25,19 +24,18 @@ from sparserobust.attacks.autoattack import AutoAttack
 from sparserobust.checkpoint import load_checkpoint
 from sparserobust.data import load_dataset
 from sparserobust.errors import StoreError
-from sparserobust.store import ResultStore
+from sparserobust.store import ResultStore, sha256_file
 
 
 def _milp_counterexamples(store: ResultStore, key: str, eps: float) -> list[int]:
-    row = store.conn.execute(
-        "select numbers from results where model_key=? and measurement='verify:linf'", (key,)
-    ).fetchone()
-    if row is None:
+    verify = [r for r in store.results()
+              if r["model_key"] == key and r["measurement"] == "verify:linf"]  # fmt: skip
+    if not verify:
         sys.exit(
             f"error: {key} has no verify:linf result in {store.run_dir}: give a model key "
             "of a verify study (e.g. s0/dns/0.9900)"
         )
-    for e in json.loads(row[0])["detail"]["epsilons"]:
+    for e in verify[0]["numbers"]["detail"]["epsilons"]:
         if abs(e["epsilon"] - eps) < 1e-12:
             return [
                 p["index"]
@@ -73,7 +71,10 @@ def main() -> None:
         if not idx:
             print(f"| {key} | 0 | - | - |")
             continue
-        model, _ = load_checkpoint(Path(args.run) / found.checkpoint)
+        path = Path(args.run) / found.checkpoint
+        if not path.is_file() or sha256_file(path) != found.checkpoint_sha256:
+            sys.exit(f"error: {path} is missing or not the file the study measured: re-run it")
+        model, _ = load_checkpoint(path)
         x, y = test.x[idx], test.y[idx]
         res = AutoAttack(norm="inf").run(model, x, y, epsilons=[args.eps], seed=0)
         ours = int((res.clean_correct & ~res.success[0]).sum())
