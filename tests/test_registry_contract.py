@@ -302,6 +302,8 @@ HASHES_NOW = {
     "mnist_lenet5_at.yaml": ("9026e5aaf8e56084", "ceb9967546ae9cc5"),
     "mnist_lenet300_verify.yaml": ("6f1d2d5d1606dabc", "f7679db0c47732e3"),
     "mnist_lenet5_verify.yaml": ("ce8fa4f61cfadafa", "5d142fc2d9d5cc12"),
+    "fashion_lenet300.yaml": ("62f9682959590c4e", "57cdc1ab3b4a1938"),
+    "mnist_lenet5_aa.yaml": ("c7323dcbee50a59e", "ffd174e692143c29"),
 }
 """Configs that changed on purpose after version 0.1, or are newer, pinned at their
 current values. The two LeNet studies gained AutoAttack at eps 0.05/0.1/0.2 as their
@@ -309,7 +311,8 @@ l_inf headline and dropped CLEVER (opt-in now); LeNet-300-100 also gained struct
 pruning (issue 14); the verify study's AutoAttack skips CROWN-certified points
 (``skip_certified``) and it gained CLEVER l_inf on 100 points (never run before);
 LeNet-300-100 and the two adversarial-training studies gained the ``structure``
-measurement (an added cell). Every result they share with 0.1 (PGD, DeepFool, C&W, DDN,
+measurement (an added cell). The Fashion-MNIST and LeNet-5 AutoAttack studies (issue 29)
+are new, with their dense control fronts. Every result they share with 0.1 (PGD, DeepFool, C&W, DDN,
 the masking check, activations, bounds) keeps its identity."""
 
 

@@ -168,6 +168,41 @@ class ReportSettings:
     headline_l2: str | None = field(default=None, metadata=NEW_FIELD)
 
 
+FRONT = "dense-front"
+"""The method name of dense-front models in the results store (never a pruning method)."""
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    """Control models measured beside the pruned ones.
+
+    ``dense_front``: dense models trained to a lower clean accuracy by another route
+    than pruning, one per entry; each entry overrides fields of ``train`` (e.g.
+    ``{weight_decay: 0.01}`` or ``{epochs: 1}``). They are measured like every model,
+    and with the dense model they draw a clean-vs-robust accuracy front: the report says
+    whether each pruned model lies above it (sparsity helps beyond the accuracy-robustness
+    trade-off), on it, or below (:mod:`sparserobust.control`)."""
+
+    dense_front: tuple[TrainSettings, ...] = ()
+
+    def front_models(self) -> dict[str, TrainSettings]:
+        """The dense-front entries by their id (:func:`front_id`), in config order."""
+        return {front_id(v): v for v in self.dense_front}
+
+
+def front_id(variant: TrainSettings) -> str:
+    """A dense-front model's identity: its overrides in short (``weight_decay=0.01``),
+    so the order of ``control.dense_front`` never changes which stored model is which."""
+    view = _hash_view(variant)
+    return ",".join(f"{k}={_front_value(view[k])}" for k in sorted(view) if view[k] is not None)
+
+
+def _front_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return _digest(value)[:8]
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """A whole study: dense training, pruning sweeps, evaluation, report."""
@@ -180,6 +215,7 @@ class StudyConfig:
     pruning: PruningSettings = field(default_factory=PruningSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
+    control: ControlSettings = field(default_factory=ControlSettings, metadata=NEW_FIELD)
     data_dir: str | None = None
     device: str = "auto"
     # evaluate convolutional models in channels-last layout (measurements about 1.5x
@@ -218,10 +254,12 @@ class StudyConfig:
     :meth:`models_hash`."""
 
     def models_hash(self) -> str:
-        """:meth:`config_hash` without the eval fields that only choose measurements:
-        equal for two configs that train and prune the same models and measure them on
-        the same images with the same batch size."""
-        data = {k: v for k, v in _hash_view(self).items() if k not in self.NOT_HASHED}
+        """:meth:`config_hash` without the eval fields that only choose measurements and
+        without the dense-front models: equal for two configs that train and prune the
+        same models and measure them on the same images with the same batch size."""
+        data = {
+            k: v for k, v in _hash_view(self).items() if k not in self.NOT_HASHED and k != "control"
+        }
         data["eval"] = {k: v for k, v in data["eval"].items() if k not in self.MEASUREMENT_FIELDS}
         return _digest(data)
 
@@ -430,6 +468,14 @@ MAX_EPS = {"inf": 1.0, "2": 100.0}
 """Largest epsilon per norm, in [0,1] pixel space (l2: above any image's diameter here)."""
 
 
+def _check_train(t: TrainSettings, where: str) -> None:
+    """The ranges of a dense training recipe (``train`` or a dense-front entry)."""
+    _check_positive(t.epochs, f"{where}.epochs", allow_zero=True, maximum=MAX_EPOCHS)
+    _check_positive(t.lr, f"{where}.lr", maximum=MAX_LR)
+    _check_positive(t.batch_size, f"{where}.batch_size", maximum=MAX_COUNT)
+    _check_positive(t.weight_decay, f"{where}.weight_decay", allow_zero=True, maximum=1.0)
+
+
 def validate(config: StudyConfig) -> StudyConfig:
     """Check names and ranges; returns the config or raises ConfigError naming the key."""
     from sparserobust.data import dataset_names
@@ -452,11 +498,17 @@ def validate(config: StudyConfig) -> StudyConfig:
             raise ConfigError(f"seeds[{i}]: must be in [0, 2**32), got {_short(seed)}")
     if len(set(config.seeds)) != len(config.seeds):
         raise ConfigError("seeds: duplicate seeds")
-    t = config.train
-    _check_positive(t.epochs, "train.epochs", allow_zero=True, maximum=MAX_EPOCHS)
-    _check_positive(t.lr, "train.lr", maximum=MAX_LR)
-    _check_positive(t.batch_size, "train.batch_size", maximum=MAX_COUNT)
-    _check_positive(t.weight_decay, "train.weight_decay", allow_zero=True, maximum=1.0)
+    _check_train(config.train, "train")
+    for i, variant in enumerate(config.control.dense_front):
+        where = f"control.dense_front[{i}]"
+        _check_train(variant, where)
+        if variant == TrainSettings():
+            raise ConfigError(
+                f"{where}: sets nothing, so it is the dense model itself: give the train "
+                "settings this front model changes (e.g. weight_decay: 0.01)"
+            )
+    if len(set(config.control.dense_front)) != len(config.control.dense_front):
+        raise ConfigError("control.dense_front: duplicate entries")
     p = config.pruning
     from sparserobust.pruning.registry import method_names
 

@@ -149,11 +149,16 @@ def diagnostics(data: StudyData) -> bytes | None:
 
 
 def tradeoff(
-    points: Sequence[tuple[str, float, float, float, bool]], label: str, zoom: float = 0.05
+    points: Sequence[tuple[str, float, float, float, bool]],
+    label: str,
+    zoom: float = 0.05,
+    front: Sequence[tuple[str, float, float]] = (),
 ) -> bytes:
     """Clean accuracy (x) against robust accuracy ``label`` (y), one point per model kind
-    labelled with its sparsity; the Pareto front is ringed and joined. When some models
-    lose more than ``zoom`` clean accuracy, a second panel shows only those within it."""
+    labelled with its sparsity; the Pareto front is ringed and joined. ``front`` (id,
+    clean, robust; :func:`sparserobust.control.mean_front`) is the dense control front,
+    drawn as a dashed line. When some models lose more than ``zoom`` clean accuracy, a
+    second panel shows only those within it."""
     plt = _pyplot()
     top = max((p[2] for p in points if math.isfinite(p[2])), default=1.0)
     near = [p for p in points if p[2] >= top - zoom]
@@ -171,12 +176,23 @@ def tradeoff(
                 ax.annotate(
                     pct(p[1]), (p[2], p[3]), fontsize=6, xytext=(3, 2), textcoords="offset points"
                 )
-        front = sorted((p for p in shown if p[4]), key=lambda p: p[2])
-        if front:
-            ax.plot([p[2] for p in front], [p[3] for p in front], color="grey", lw=1, zorder=0)
-            ax.scatter(
+        if len(front) > 1:
+            ax.plot(
+                [p[1] for p in front],
                 [p[2] for p in front],
-                [p[3] for p in front],
+                color="black",
+                ls="--",
+                marker="s",
+                ms=3,
+                lw=1,
+                label="dense control front",
+            )
+        pareto = sorted((p for p in shown if p[4]), key=lambda p: p[2])
+        if pareto:
+            ax.plot([p[2] for p in pareto], [p[3] for p in pareto], color="grey", lw=1, zorder=0)
+            ax.scatter(
+                [p[2] for p in pareto],
+                [p[3] for p in pareto],
                 s=90,
                 facecolors="none",
                 edgecolors="red",

@@ -33,7 +33,14 @@ from sparserobust.data import Split, resolve_data_dir
 from sparserobust.engine.executors import EXECUTOR_NAMES, Executor, make_executor
 from sparserobust.engine.plan import Resources, Task, plan
 from sparserobust.engine.scheduler import run_tasks
-from sparserobust.engine.tasks import dense_rel, model_key, study_data
+from sparserobust.engine.tasks import (
+    FRONT,
+    dense_rel,
+    front_key,
+    front_rel,
+    model_key,
+    study_data,
+)
 from sparserobust.errors import CheckpointError, ConfigError, StoreError
 from sparserobust.measurements import Cell, plan_cells, records_of, timed_run_cell
 from sparserobust.pruning import sparsity_report
@@ -127,7 +134,7 @@ def drop_untrusted_models(store: ResultStore, run_dir: Path) -> list[str]:
     dense = {r.seed: r.model_key for r in rows if r.method == "dense"}
 
     def parent_key(r: ModelRow) -> str | None:
-        if r.method == "dense":
+        if r.method in ("dense", FRONT):
             return None
         if r.parent in (None, "dense.st"):
             return dense.get(r.seed)
@@ -167,8 +174,9 @@ class StudyRecorder:
             if not self.only_adds_measurements():
                 raise StoreError(
                     f"{self.run_dir} holds results of another config (hash {stored}, this one "
-                    f"is {self.hash}; a config may only add measurements to a run directory): "
-                    "use another --out, or --force to start this directory over"
+                    f"is {self.hash}; a config may only add measurements or dense-front "
+                    "models to a run directory): use another --out, or --force to start this "
+                    "directory over"
                 )
             log.warning(
                 "%s: the config adds measurements to this run directory (hash %s -> %s); "
@@ -182,7 +190,8 @@ class StudyRecorder:
         self.store.set_meta("provenance", json.dumps(self.prov, sort_keys=True))
 
     def only_adds_measurements(self) -> bool:
-        """Whether this config differs from the stored one only by added measurements:
+        """Whether this config differs from the stored one only by added measurements
+        or added dense-front models (``control.dense_front``):
         the same models, images and batch size (:meth:`StudyConfig.models_hash`), and
         every measurement the stored config planned still planned with the same
         identity, so no stored number is orphaned or computed under other settings."""
@@ -194,6 +203,8 @@ class StudyRecorder:
         except (ConfigError, TypeError, ValueError):
             return False
         if old.models_hash() != self.config.models_hash():
+            return False
+        if not set(old.control.front_models()) <= set(self.config.control.front_models()):
             return False
         for seed in old.seeds:
             new_cells = {(c.key, params_hash(c.params)) for c in plan_cells(self.config.eval, seed)}
@@ -209,6 +220,11 @@ class StudyRecorder:
             accuracy, seconds = out
             log.info("dense model, seed %d: accuracy %.4f in %.1fs", task.what, accuracy, seconds)
             self.register_dense(task.what, accuracy, seconds)
+        elif task.kind == "front":
+            seed, front = task.what
+            accuracy, seconds = out
+            log.info("dense-front model %s, seed %d: accuracy %.4f", front, seed, accuracy)
+            self.register_front(seed, front, accuracy, seconds)
         elif task.kind == "sweep":
             seed, method = task.what
             log.info("sweep %s, seed %d: %d levels", method, seed, len(out))
@@ -226,6 +242,13 @@ class StudyRecorder:
         model, _ = load_checkpoint(self.run_dir / rel)
         self._register(
             model_key(seed, "dense", 0.0), seed, "dense", 0.0, model, accuracy, rel, None, seconds
+        )
+
+    def register_front(self, seed: int, front: str, accuracy: float, seconds: float) -> None:
+        rel = front_rel(seed, front)
+        model, _ = load_checkpoint(self.run_dir / rel)
+        self._register(
+            front_key(seed, front), seed, FRONT, 0.0, model, accuracy, rel, None, seconds
         )
 
     def register_sweep(self, seed: int, method: str, records: list[dict[str, Any]]) -> None:

@@ -24,6 +24,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sparserobust.control import (
+    ABOVE,
+    BELOW,
+    ON,
+    OUTSIDE,
+    FrontPosition,
+    front_positions,
+    has_front,
+    mean_front,
+)
 from sparserobust.errors import ConfigError, StoreError
 from sparserobust.measurements import Record, records_of
 from sparserobust.pruning.masks import SPARSITY_NOTE
@@ -264,11 +274,15 @@ def verdict_section(
             "verdict",
             "below dense",
         ]
+        fronted = any(has_front(d) for d, h in runs if norm in h)
+        if fronted:
+            header.append("vs dense front [95%]")
         rows = []
         said: list[str] = []
         for data, heads in runs:
             if norm not in heads:
                 continue
+            where = {(p.method, p.target): p for p in front_positions(data, heads[norm])}
             for v in verdict_rows(data, heads[norm], max_drop):
                 best = (
                     "none measured"
@@ -292,6 +306,7 @@ def verdict_section(
                         change,
                         v.verdict,
                         below_text(v),
+                        *([front_text(where.get((v.method, v.best)))] if fronted else []),
                     ]
                 )
                 said.append((f"{data.name}, " if several else "") + v.sentence)
@@ -402,13 +417,18 @@ def write_report(
             pts = tradeoff_points(data, label)
             front = [p for p in pts if p[4]]
             lines += ["## Trade-off: clean vs robust accuracy", ""]
-            lines += [image("tradeoff", figures.tradeoff(pts, label)) or "", ""]
+            dense_front = mean_front(data, label) if has_front(data) else []
+            lines += [
+                image("tradeoff", figures.tradeoff(pts, label, front=dense_front)) or "",
+                "",
+            ]
             lines.append(
                 "Pareto front (no other model is better in both): "
                 + ", ".join(f"{p[0]} {pct(p[1])}" for p in sorted(front, key=lambda p: p[2]))
                 + "."
             )
             lines.append("")
+            lines += front_section(data, label)
         if data.distances:
             lines += [
                 "## Security curves",
@@ -451,6 +471,75 @@ def write_report(
     page = _html(md, images)
     atomic_write(out / "report.html", lambda p: p.write_text(page))
     return out / "report.md"
+
+
+def front_text(p: FrontPosition | None) -> str:
+    """A model's position against the dense front, with the difference and interval."""
+    if p is None:
+        return ""
+    if p.position == OUTSIDE:
+        return OUTSIDE
+    d, lo, hi = p.difference
+    return f"{p.position} ({d:+.3f}{span(lo, hi, signed=True)})"
+
+
+def front_section(data: StudyData, label: str) -> list[str]:
+    """The dense control front's section: each pruned model against a dense model of
+    the same clean accuracy (:mod:`sparserobust.control`); empty without a front."""
+    positions = front_positions(data, label)
+    if not positions:
+        return []
+    ids = [p[0] for p in mean_front(data, label) if p[0] != "dense"]
+    lines = [
+        "## Against the dense control front",
+        "",
+        f"Is each pruned model more robust ({label}) than a dense model of the same clean "
+        f"accuracy? The front: the dense model and {len(ids)} dense models trained to lower "
+        f"accuracy by another route ({', '.join(f'`{i}`' for i in ids)}; dashed in the "
+        "trade-off plot), joined per seed by straight lines. Difference: the model minus "
+        "its seed's front at its own clean accuracy, mean over seeds [95% Student-t, "
+        "paired by seed]; above / below: the interval excludes 0; outside: less accurate "
+        "than every front model.",
+        "",
+    ]
+    rows = []
+    for p in positions:
+        d, lo, hi = p.difference
+        rows.append(
+            [
+                p.method,
+                pct(p.target),
+                num(p.clean),
+                num(p.robust),
+                num(p.front),
+                "" if not math.isfinite(d) else f"{d:+.3f}{span(lo, hi, signed=True)}",
+                p.position,
+            ]
+        )
+    header = [
+        "method",
+        "sparsity",
+        "clean",
+        "robust",
+        "front at same clean",
+        "difference",
+        "position",
+    ]
+    lines += _table(header, rows)
+    counts = {k: sum(p.position == k for p in positions) for k in (ABOVE, ON, BELOW, OUTSIDE)}
+    lines += [
+        "",
+        f"{counts[ABOVE]} model kinds lie above the front, {counts[ON]} on it, "
+        f"{counts[BELOW]} below and {counts[OUTSIDE]} outside its accuracy range"
+        + (
+            f"; {len(positions) - sum(counts.values())} are compared on one seed only "
+            "(no interval: run 2 or more seeds)."
+            if len(positions) > sum(counts.values())
+            else "."
+        ),
+        "",
+    ]
+    return lines
 
 
 def _ranking_section(data: StudyData, heads: dict[str, str]) -> list[str]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from sparserobust.config import FRONT
 from sparserobust.measurements import Record, records_of
 from sparserobust.store import ResultStore
 
@@ -71,6 +72,9 @@ class StudyData:
         default_factory=dict
     )
     flags: list[tuple[str, float, str, str, str]] = field(default_factory=list)
+    front: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    """The dense-front models' values (``control.dense_front``): label (``CLEAN`` for
+    clean accuracy) -> seed -> front id -> value; :mod:`sparserobust.control` reads it."""
 
     def is_accuracy(self, label: str) -> bool:
         """Whether ``label`` is an accuracy (clipped to [0, 1])."""
@@ -172,6 +176,13 @@ def gather(store: ResultStore, name: str = "", bootstrap: bool = True) -> StudyD
     info: dict[str, Record] = {}
     data = StudyData(name or str(config.get("name", "?")), config, {}, [], info)
     models = store.models()
+    front = {m.model_key: m for m in models if m.method == FRONT}  # control.py
+    for m in front.values():
+        data.front.setdefault(CLEAN, {}).setdefault(m.seed, {})[front_name(m.model_key)] = (
+            m.accuracy
+        )
+    models = [m for m in models if m.method != FRONT]
+    kept = {m.model_key for m in models}
     methods = sorted({m.method for m in models if m.method != "dense"}) or ["dense"]
 
     def targets(method: str) -> list[str]:
@@ -182,6 +193,14 @@ def gather(store: ResultStore, name: str = "", bootstrap: bool = True) -> StudyD
         for meth in targets(m.method):
             entries[(CLEAN, meth, m.target_sparsity)][m.seed] = (m.accuracy, m.sparsity, reps)
     for r in store.results():
+        if r["model_key"] in front:
+            for rec in records_of(r["numbers"]):
+                data.front.setdefault(rec.label, {}).setdefault(r["seed"], {})[
+                    front_name(r["model_key"])
+                ] = rec.value
+            continue
+        if r["model_key"] not in kept:
+            continue
         numbers = r["numbers"]
         recs = records_of(numbers)
         dist = _distances(numbers)
@@ -211,6 +230,11 @@ def gather(store: ResultStore, name: str = "", bootstrap: bool = True) -> StudyD
         data.seed_values[key] = {s: v[0] for s, v in seeds.items()}
     data.metrics = sorted(k for k in data.table if k != CLEAN)
     return data
+
+
+def front_name(model_key: str) -> str:
+    """The front id of a dense-front model's store key (``s0/dense-front/<id>``)."""
+    return model_key.split("/", 2)[2]
 
 
 def _cell(

@@ -15,8 +15,10 @@ from typing import Any
 
 from sparserobust.config import StudyConfig
 from sparserobust.engine.tasks import (
+    front_key,
     model_key,
     task_dense,
+    task_front,
     task_measure,
     task_sweep,
 )
@@ -24,8 +26,9 @@ from sparserobust.errors import StoreError
 from sparserobust.measurements import Cell, plan_cells
 from sparserobust.store import ResultStore, params_hash
 
-KIND_ORDER = {"dense": 0, "sweep": 1, "measure": 2}
-"""Among ready tasks, dense models first, then sweeps (they gate the most work)."""
+KIND_ORDER = {"dense": 0, "sweep": 1, "front": 2, "measure": 3}
+"""Among ready tasks, dense models first, then sweeps (they gate the most work), then
+the dense-front models."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,8 @@ class Task:
     ``args`` is called in the driver just before the task is submitted (a
     measurement learns its model's checkpoint path once the sweep registered it).
     ``what`` identifies the work for the driver's bookkeeping: the seed (dense),
-    ``(seed, method)`` (sweep) or ``(model_key, cell)`` (measure)."""
+    ``(seed, method)`` (sweep), ``(seed, front id)`` (front) or ``(model_key, cell)``
+    (measure)."""
 
     id: str
     kind: str
@@ -130,6 +134,25 @@ def plan(config: StudyConfig, store: ResultStore, resources: Resources | None = 
                 )
             for k in keys:
                 measures(seed, k, () if k in registered else (sweep_id,))
+        for front in config.control.front_models():
+            key = front_key(seed, front)
+            front_deps: tuple[str, ...] = ()
+            if store.get_model(key) is None:
+                front_task = f"front:s{seed}:{front}"
+                front_deps = (front_task,)
+                tasks.append(
+                    Task(
+                        front_task,
+                        "front",
+                        seed,
+                        task_front,
+                        _const((seed, front)),
+                        (seed, front),
+                        (),
+                        res,
+                    )
+                )
+            measures(seed, key, front_deps)
     return tasks
 
 

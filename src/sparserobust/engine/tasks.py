@@ -11,6 +11,8 @@ or in a Ray worker.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from sparserobust.checkpoint import load_checkpoint, save_checkpoint
-from sparserobust.config import StudyConfig
+from sparserobust.config import FRONT, StudyConfig
 from sparserobust.data import Dataset, load_dataset
 from sparserobust.measurements import Cell, timed_run_cell
 from sparserobust.models import build_model, model_spec
@@ -44,18 +46,40 @@ def dense_rel(seed: int) -> str:
     return f"checkpoints/s{seed}/dense.st"
 
 
-def dense_train_config(config: StudyConfig, seed: int) -> TrainConfig:
-    """The dense recipe: the config's train settings over the model's defaults."""
+def dense_train_config(config: StudyConfig, seed: int, front: str | None = None) -> TrainConfig:
+    """The dense recipe: the config's train settings over the model's defaults; with
+    ``front`` (a :func:`~sparserobust.config.front_id`), that dense-front entry's
+    overrides on top."""
     spec = model_spec(config.model)
-    t = config.train
-    return TrainConfig(
-        epochs=spec.epochs if t.epochs is None else t.epochs,
-        lr=spec.lr if t.lr is None else t.lr,
-        batch_size=spec.batch_size if t.batch_size is None else t.batch_size,
-        weight_decay=spec.weight_decay if t.weight_decay is None else t.weight_decay,
+    layers = [config.train]
+    if front is not None:
+        layers.append(config.control.front_models()[front])
+    out = TrainConfig(
+        epochs=spec.epochs,
+        lr=spec.lr,
+        batch_size=spec.batch_size,
+        weight_decay=spec.weight_decay,
         seed=seed,
-        adversarial=t.adversarial,
     )
+    for t in layers:
+        changes = {k: getattr(t, k) for k in TRAIN_FIELDS if getattr(t, k) is not None}
+        out = dataclasses.replace(out, **changes)
+    return out
+
+
+TRAIN_FIELDS = ("epochs", "lr", "batch_size", "weight_decay", "adversarial")
+"""The fields of :class:`~sparserobust.config.TrainSettings` that override a recipe."""
+
+
+def front_key(seed: int, front: str) -> str:
+    """The store key of seed ``seed``'s dense-front model ``front``."""
+    return f"s{seed}/{FRONT}/{front}"
+
+
+def front_rel(seed: int, front: str) -> str:
+    """The checkpoint of a dense-front model, relative to the run directory."""
+    digest = hashlib.sha256(front.encode()).hexdigest()[:12]
+    return f"checkpoints/s{seed}/{FRONT}-{digest}.st"
 
 
 def base_meta(config: StudyConfig, data: Dataset, seed: int) -> dict[str, Any]:
@@ -80,25 +104,31 @@ def train_dense_checkpoint(
     data: Dataset,
     device: torch.device,
     progress: bool,
+    front: str | None = None,
 ) -> tuple[float, float]:
-    """Train seed ``seed``'s dense model and save its checkpoint; (accuracy, seconds)."""
+    """Train seed ``seed``'s dense model (or its dense-front model ``front``) and save
+    its checkpoint; (accuracy, seconds)."""
     start = time.perf_counter()
     seed_everything(seed)
     info = data.info
     model = build_model(config.model, info.input_shape, info.num_classes, info.mean, info.std).to(
         device
     )
-    tc = dense_train_config(config, seed)
-    train_model(model, data.train, tc, progress=progress, desc=f"train dense seed {seed}")
+    tc = dense_train_config(config, seed, front)
+    what = "dense" if front is None else f"{FRONT} {front}"
+    train_model(model, data.train, tc, progress=progress, desc=f"train {what} seed {seed}")
     acc = evaluate_accuracy(model, data.test)
     meta = {
         **base_meta(config, data, seed),
         "accuracy": acc,
-        "method": "dense",
+        "method": "dense" if front is None else FRONT,
         "sparsity": 0.0,
         "train": tc.as_dict(),
     }
-    save_checkpoint(run_dir / dense_rel(seed), model, meta)
+    if front is not None:
+        meta["front"] = front
+    rel = dense_rel(seed) if front is None else front_rel(seed, front)
+    save_checkpoint(run_dir / rel, model, meta)
     return acc, time.perf_counter() - start
 
 
@@ -176,6 +206,12 @@ def task_dense(config: StudyConfig, run_dir: Path, seed: int) -> tuple[float, fl
     """Train and save seed ``seed``'s dense model: (test accuracy, seconds)."""
     device = resolve_device(config.device)
     return train_dense_checkpoint(config, run_dir, seed, study_data(config), device, False)
+
+
+def task_front(config: StudyConfig, run_dir: Path, seed: int, front: str) -> tuple[float, float]:
+    """Train and save seed ``seed``'s dense-front model ``front``: (accuracy, seconds)."""
+    device = resolve_device(config.device)
+    return train_dense_checkpoint(config, run_dir, seed, study_data(config), device, False, front)
 
 
 def task_sweep(config: StudyConfig, run_dir: Path, seed: int, method: str) -> list[dict[str, Any]]:
