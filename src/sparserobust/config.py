@@ -16,8 +16,6 @@ import hashlib
 import json
 import math
 import os
-import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +24,23 @@ from typing import Any
 import yaml
 
 from sparserobust.errors import ConfigError
+from sparserobust.settings import (
+    MAX_COUNT,
+    MAX_DEPTH,
+    MAX_EPOCHS,
+    MAX_EPS,
+    MAX_LR,
+    NAME_PATTERN,
+    NEW_FIELD,
+    SEED_LIMIT,
+    StrictLoader,
+    build,
+    build_settings,
+    check_positive,
+    check_shape,
+    short,
+)
 from sparserobust.training import AdversarialTraining
-
-NEW_FIELD = {"hash_default": False}
-"""Metadata of a field added after version 0.1: the config hash leaves it out while it
-has its default, so adding it changed no existing hash (and no run directory)."""
 
 
 @dataclass(frozen=True)
@@ -304,176 +314,23 @@ def _plain(value: Any) -> Any:
     return value
 
 
-MAX_INT = 2**63 - 1
-"""No integer setting may exceed this (SQLite's and torch's int64)."""
-MAX_FLOAT = 1e12
-"""No number in a config is this large; each setting has its own, tighter range."""
-MAX_DEPTH = 32
-"""How deeply a config's mappings and lists may nest."""
-MAX_NODES = 100_000
-"""How many values (after YAML aliases are expanded) a config may hold."""
-SEED_LIMIT = 2**32
-"""Seeds are in [0, 2**32): numpy's seed range."""
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-"""A study name: it names the folder ``runs/<name>-<hash>``, so no path separators."""
-
-
-def _short(value: Any) -> str:
-    """``repr(value)`` cut to 60 characters (a one-line error for any input)."""
-    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "a huge integer"
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _key_text(key: Any) -> str:
-    """A config key as it appears in a message: plain names as they are, anything else
-    (spaces, newlines, control characters) quoted, so a message stays one line."""
-    text = str(key)
-    return text if re.fullmatch(r"[A-Za-z0-9_.-]{1,60}", text) else _short(text)
-
-
 def check_name(name: str) -> str:
     """A study name confined to its run folder: letters, digits, ``.``, ``_``, ``-``,
     starting with a letter or digit, at most 100 characters; ConfigError otherwise."""
     if not NAME_PATTERN.fullmatch(name):
         raise ConfigError(
-            f"name: {_short(name)} is not a valid study name: use letters, digits, '.', '_' "
+            f"name: {short(name)} is not a valid study name: use letters, digits, '.', '_' "
             "and '-' (at most 100, starting with a letter or digit); it names runs/<name>-<hash>"
         )
     return name
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert YAML ``value`` to type ``tp``; ConfigError naming ``where`` if impossible."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, where)
-    if origin is dict:
-        # a settings block: kept as given, validated against its owner's dataclass later
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        bad = [k for k in value if not isinstance(k, str)]
-        if bad:
-            raise ConfigError(f"{where}: keys must be names, got {bad[0]!r}")
-        _, item_tp = typing.get_args(tp)
-        if item_tp is Any:
-            return dict(value)
-        return {k: _coerce(v, item_tp, f"{where}.{_key_text(k)}") for k, v in value.items()}
-    if tp is Any:
-        return value
-    if origin is tuple:
-        (item_tp, _) = typing.get_args(tp)
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
-        return tuple(_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {_short(value)}")
-        if abs(value) > MAX_INT:
-            raise ConfigError(f"{where}: {_short(value)} is far too large: give a sane value")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {_short(value)}")
-        try:
-            number = float(value)
-        except OverflowError:
-            number = math.inf
-        if not math.isfinite(number) or abs(number) > MAX_FLOAT:
-            raise ConfigError(
-                f"{where}: expected a finite number of sane size, got {_short(value)}"
-            )
-        return number
-    if tp is str:
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        if "\x00" in str(value):
-            raise ConfigError(f"{where}: contains a NUL character: remove it")
-        return str(value)
-    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover
-
-
-def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    prefix = f"{where}." if where else ""
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        raise ConfigError(
-            f"{prefix}{_key_text(unknown[0])}: unknown key; "
-            f"allowed keys are {', '.join(sorted(fields))}"
-        )
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], f"{prefix}{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{prefix}{name}: required key is missing")
-    try:
-        return cls(**kwargs)
-    except ConfigError as exc:
-        raise ConfigError(f"{where or 'config'}: {exc}") from None
-
-
-def build_settings(cls: Any, data: Any, where: str) -> Any:
-    """A settings dataclass ``cls`` from a config ``params:`` mapping ``data``;
-    ConfigError naming the key (``where.key``) for an unknown key or a bad value."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
-    return _build(cls, data, where)
-
-
-def _check_positive(
-    value: float | int | None,
-    where: str,
-    allow_zero: bool = False,
-    maximum: float | None = None,
-) -> None:
-    """ConfigError unless ``value`` is None or in ``(0, maximum]`` (``[0, maximum]``
-    with ``allow_zero``)."""
-    if value is None:
-        return
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{where}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(f"{where}: must be at most {maximum:g}, got {_short(value)}")
-
-
-MAX_EPOCHS = 10_000
-MAX_COUNT = 1_000_000
-"""Largest number of images, steps, batch size etc. a config may ask for."""
-MAX_LR = 10.0
-MAX_EPS = {"inf": 1.0, "2": 100.0}
-"""Largest epsilon per norm, in [0,1] pixel space (l2: above any image's diameter here)."""
-
-
 def _check_train(t: TrainSettings, where: str) -> None:
     """The ranges of a dense training recipe (``train`` or a dense-front entry)."""
-    _check_positive(t.epochs, f"{where}.epochs", allow_zero=True, maximum=MAX_EPOCHS)
-    _check_positive(t.lr, f"{where}.lr", maximum=MAX_LR)
-    _check_positive(t.batch_size, f"{where}.batch_size", maximum=MAX_COUNT)
-    _check_positive(t.weight_decay, f"{where}.weight_decay", allow_zero=True, maximum=1.0)
+    check_positive(t.epochs, f"{where}.epochs", allow_zero=True, maximum=MAX_EPOCHS)
+    check_positive(t.lr, f"{where}.lr", maximum=MAX_LR)
+    check_positive(t.batch_size, f"{where}.batch_size", maximum=MAX_COUNT)
+    check_positive(t.weight_decay, f"{where}.weight_decay", allow_zero=True, maximum=1.0)
 
 
 def validate(config: StudyConfig) -> StudyConfig:
@@ -495,7 +352,7 @@ def validate(config: StudyConfig) -> StudyConfig:
         raise ConfigError("seeds: give at least one seed")
     for i, seed in enumerate(config.seeds):
         if not 0 <= seed < SEED_LIMIT:
-            raise ConfigError(f"seeds[{i}]: must be in [0, 2**32), got {_short(seed)}")
+            raise ConfigError(f"seeds[{i}]: must be in [0, 2**32), got {short(seed)}")
     if len(set(config.seeds)) != len(config.seeds):
         raise ConfigError("seeds: duplicate seeds")
     _check_train(config.train, "train")
@@ -535,11 +392,11 @@ def validate(config: StudyConfig) -> StudyConfig:
                 f"({', '.join(p.methods)}): add it there or remove its grid"
             )
         check_sparsities(levels, f"pruning.grids.{m}")
-    _check_positive(p.retrain_epochs, "pruning.retrain_epochs", allow_zero=True, maximum=MAX_EPOCHS)
-    _check_positive(p.retrain_lr, "pruning.retrain_lr", maximum=MAX_LR)
+    check_positive(p.retrain_epochs, "pruning.retrain_epochs", allow_zero=True, maximum=MAX_EPOCHS)
+    check_positive(p.retrain_lr, "pruning.retrain_lr", maximum=MAX_LR)
     e = config.eval
-    _check_positive(e.n, "eval.n", maximum=MAX_COUNT)
-    _check_positive(e.batch_size, "eval.batch_size", maximum=MAX_COUNT)
+    check_positive(e.n, "eval.n", maximum=MAX_COUNT)
+    check_positive(e.batch_size, "eval.batch_size", maximum=MAX_COUNT)
     from sparserobust.attacks.registry import attack_names, is_fixed_epsilon
 
     for i, a in enumerate(e.attacks):
@@ -551,12 +408,12 @@ def validate(config: StudyConfig) -> StudyConfig:
         if a.norm is not None and a.norm not in ("inf", "2"):
             raise ConfigError(f"{key}.norm: must be inf or 2, got {a.norm!r}")
         for j, eps in enumerate(a.eps):
-            _check_positive(eps, f"{key}.eps[{j}]", maximum=MAX_EPS[attack_norm(a)])
+            check_positive(eps, f"{key}.eps[{j}]", maximum=MAX_EPS[attack_norm(a)])
         if is_fixed_epsilon(a.name) and not a.eps:
             raise ConfigError(f"{key}.eps: {a.name} needs at least one epsilon")
-        _check_positive(a.steps, f"{key}.steps", maximum=MAX_COUNT)
-        _check_positive(a.restarts, f"{key}.restarts", maximum=MAX_COUNT)
-        _check_positive(a.search_steps, f"{key}.search_steps", maximum=MAX_COUNT)
+        check_positive(a.steps, f"{key}.steps", maximum=MAX_COUNT)
+        check_positive(a.restarts, f"{key}.restarts", maximum=MAX_COUNT)
+        check_positive(a.search_steps, f"{key}.search_steps", maximum=MAX_COUNT)
         _check_attack_builds(a, key)
     _check_measurements(e)
     for i, mask in enumerate(e.masking):
@@ -566,17 +423,17 @@ def validate(config: StudyConfig) -> StudyConfig:
         if not mask.eps:
             raise ConfigError(f"{key}.eps: give at least one epsilon")
         for j, eps in enumerate(mask.eps):
-            _check_positive(eps, f"{key}.eps[{j}]", maximum=MAX_EPS[mask.norm])
-        _check_positive(mask.n, f"{key}.n", maximum=MAX_COUNT)
-        _check_positive(mask.steps, f"{key}.steps", maximum=MAX_COUNT)
+            check_positive(eps, f"{key}.eps[{j}]", maximum=MAX_EPS[mask.norm])
+        check_positive(mask.n, f"{key}.n", maximum=MAX_COUNT)
+        check_positive(mask.steps, f"{key}.steps", maximum=MAX_COUNT)
         if not mask.against:
             raise ConfigError(f"{key}.against: name at least one gradient attack of eval.attacks")
         masking_references(e, mask, key)
     c = e.clever
-    _check_positive(c.n, "eval.clever.n", allow_zero=True, maximum=MAX_COUNT)
-    _check_positive(c.n_batches, "eval.clever.n_batches", maximum=MAX_COUNT)
-    _check_positive(c.batch_size, "eval.clever.batch_size", maximum=MAX_COUNT)
-    _check_positive(c.radius, "eval.clever.radius", maximum=MAX_EPS["2"])
+    check_positive(c.n, "eval.clever.n", allow_zero=True, maximum=MAX_COUNT)
+    check_positive(c.n_batches, "eval.clever.n_batches", maximum=MAX_COUNT)
+    check_positive(c.batch_size, "eval.clever.batch_size", maximum=MAX_COUNT)
+    check_positive(c.radius, "eval.clever.radius", maximum=MAX_EPS["2"])
     for i, norm in enumerate(c.norms):
         if norm not in ("inf", "2"):
             raise ConfigError(f"eval.clever.norms[{i}]: must be inf or 2, got {norm!r}")
@@ -730,7 +587,7 @@ def config_from_dict(data: dict[str, Any]) -> StudyConfig:
     if not isinstance(data, dict):
         raise ConfigError("the config must be a YAML mapping of keys to values")
     check_shape(data)
-    return validate(_build(StudyConfig, data, ""))
+    return validate(build(StudyConfig, data, ""))
 
 
 def load_config(path: str | os.PathLike[str]) -> StudyConfig:
@@ -739,7 +596,7 @@ def load_config(path: str | os.PathLike[str]) -> StudyConfig:
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist: check the path")
     try:
-        data = yaml.load(p.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+        data = yaml.load(p.read_text(), Loader=StrictLoader)  # noqa: S506 - a SafeLoader
     except ConfigError as exc:
         raise ConfigError(f"{p}: {exc}") from None
     except RecursionError:
@@ -756,49 +613,6 @@ def load_config(path: str | os.PathLike[str]) -> StudyConfig:
         raise ConfigError(f"config file {p} is empty: see configs/ for examples")
     check_shape(data, str(p))
     return config_from_dict(data)
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader that refuses a mapping with a key given twice (plain YAML
-    keeps the last one silently)."""
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
-            self.flatten_mapping(node)
-            seen: set[Any] = set()
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    duplicate = key in seen
-                    seen.add(key)
-                except TypeError:
-                    raise ConfigError(
-                        f"line {key_node.start_mark.line + 1}: a key must be a name"
-                    ) from None
-                if duplicate:
-                    raise ConfigError(
-                        f"line {key_node.start_mark.line + 1}: key {_short(key)} is given "
-                        "twice: keep one"
-                    )
-        return super().construct_mapping(node, deep=deep)
-
-
-def check_shape(data: Any, where: str = "config") -> None:
-    """ConfigError when ``data`` nests deeper than :data:`MAX_DEPTH` or holds more
-    than :data:`MAX_NODES` values (YAML aliases counted as often as they are used)."""
-    stack: list[tuple[Any, int]] = [(data, 0)]
-    count = 0
-    while stack:
-        value, depth = stack.pop()
-        count += 1
-        if depth > MAX_DEPTH:
-            raise ConfigError(f"{where} nests too deeply: flatten it (at most {MAX_DEPTH} levels)")
-        if count > MAX_NODES:
-            raise ConfigError(f"{where} holds more than {MAX_NODES} values: shorten it")
-        if isinstance(value, dict):
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list | tuple):
-            stack.extend((v, depth + 1) for v in value)
 
 
 def quick_config() -> StudyConfig:

@@ -127,7 +127,7 @@ class Measurement(ABC):
         block = settings.measurements.get(self.name)
         if block is None:
             return []
-        from sparserobust.config import build_settings
+        from sparserobust.settings import build_settings
 
         return [build_settings(self.settings_type, block, f"eval.measurements.{self.name}")]
 
