@@ -36,6 +36,7 @@ from sparserobust.control import (
 )
 from sparserobust.errors import ConfigError, StoreError
 from sparserobust.measurements import Record, records_of
+from sparserobust.plausible import implausible
 from sparserobust.pruning.masks import SPARSITY_NOTE
 from sparserobust.store import ResultStore
 from sparserobust.utils import atomic_write
@@ -200,33 +201,21 @@ def completeness(config: dict[str, Any], store: ResultStore) -> tuple[int, int, 
 
 
 def data_warnings(store: ResultStore) -> list[tuple[str, str, str]]:
-    """Stored numbers that cannot be right (a fraction outside [0,1], a sparsity that
-    disagrees with its counts): a damaged or hand-edited database."""
-    out: list[tuple[str, str, str]] = []
-    for m in store.models():
-        if not 0.0 <= m.accuracy <= 1.0:
-            out.append((m.model_key, "models", f"clean accuracy {m.accuracy} is outside [0,1]"))
-        if m.total_weights <= 0 or abs(m.sparsity - m.pruned_weights / m.total_weights) > 1e-6:
-            out.append(
-                (m.model_key, "models", f"sparsity {m.sparsity} disagrees with its weight counts")
-            )
-    for r in store.results():
-        for rec in records_of(r["numbers"]):
-            if rec.metric in FRACTION_METRICS and not (
-                math.isnan(rec.value) or 0.0 <= rec.value <= 1.0
-            ):
-                out.append(
-                    (
-                        r["model_key"],
-                        r["measurement"],
-                        f"{rec.label} = {rec.value} not in [0,1]",
-                    )
-                )
-    return out
+    """Stored numbers that cannot be right (:mod:`sparserobust.plausible`): (model key,
+    measurement, what is wrong); a damaged or hand-edited database."""
+    return [
+        (x.model_key, x.measurement, x.what) for x in implausible(store.models(), store.results())
+    ]
 
 
-FRACTION_METRICS = ("robust_accuracy", "active_relu_fraction", "vanishing_share")
-"""Record metrics that are fractions in [0,1]."""
+def flagged_text(data: StudyData, label: str, method: str) -> str:
+    """`` (depends on a flagged number)`` when a number the verdict of ``method`` for
+    ``label`` is computed from (its own or the dense model's value, or a clean accuracy
+    that decides the accuracy budget) cannot be right; else empty."""
+    for x in data.implausible:
+        if x.label in (label, CLEAN) and x.method in (method, "dense"):
+            return " (depends on a flagged number)"
+    return ""
 
 
 def _row(cells: list[str]) -> str:
@@ -304,7 +293,7 @@ def verdict_section(
                         best,
                         value,
                         change,
-                        v.verdict,
+                        v.verdict + flagged_text(data, v.label, v.method),
                         below_text(v),
                         *([front_text(where.get((v.method, v.best)))] if fronted else []),
                     ]
@@ -355,11 +344,14 @@ def write_report(
     ``RUN_DIR/report``), reading the database without writing to it (a read-only run
     directory works with ``out_dir`` elsewhere); returns the markdown path. A run
     that has not finished is labelled incomplete at the top. ``seeds`` restricts the
-    report to those seeds (ConfigError for a seed the study does not have)."""
+    report to those seeds (ConfigError for a seed the study does not have); a report of
+    a subset of the seeds says so at the top and, without ``out_dir``, goes to
+    ``RUN_DIR/report-seeds-<seeds>``, never over the full report."""
     from sparserobust import figures
 
     run = Path(run_dir)
     with ResultStore(run, readonly=True) as raw:
+        study_seeds = sorted(json.loads(raw.get_meta("config") or "{}").get("seeds") or [])
         store: Any = raw if seeds is None else SeedView(raw, seeds)
         config_hash = store.get_meta("config_hash") or "?"
         prov = json.loads(store.get_meta("provenance") or "{}")
@@ -370,7 +362,13 @@ def write_report(
     if max_accuracy_drop is None:
         max_accuracy_drop = float((config.get("report") or {}).get("max_accuracy_drop", 0.01))
     heads = headlines(data)
-    out = Path(out_dir) if out_dir is not None else run / "report"
+    subset = seeds is not None and sorted(set(seeds)) != study_seeds
+    if out_dir is not None:
+        out = Path(out_dir)
+    elif subset:  # never over the full report
+        out = run / ("report-seeds-" + "-".join(str(s) for s in sorted(set(seeds or []))))
+    else:
+        out = run / "report"
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise StoreError(f"{out} exists and is not a folder: move it away and re-run the report")
     try:
@@ -398,6 +396,13 @@ def write_report(
         f"{max_accuracy_drop:.3g} of the dense model; {data.interval_note()}.",
         "",
     ]
+    if subset:
+        lines += [
+            f"**Subset report**: seeds {sorted(set(seeds or []))} of the study's "
+            f"{study_seeds}; every number and verdict below uses only those seeds. "
+            "The full report is `sparserobust report RUN_DIR` (in `RUN_DIR/report/`).",
+            "",
+        ]
     if done[0] < done[1] or done[2] < done[3]:
         lines += [
             f"**Incomplete run**: {done[0]} of {done[1]} models and {done[2]} of {done[3]} "

@@ -29,6 +29,7 @@ import numpy as np
 
 from sparserobust.config import FRONT
 from sparserobust.measurements import Record, records_of
+from sparserobust.plausible import Implausible, implausible
 from sparserobust.store import ResultStore
 
 CLEAN = "clean_accuracy"
@@ -72,6 +73,8 @@ class StudyData:
         default_factory=dict
     )
     flags: list[tuple[str, float, str, str, str]] = field(default_factory=list)
+    implausible: list[Implausible] = field(default_factory=list)
+    """Stored numbers that cannot be right (:mod:`sparserobust.plausible`)."""
     front: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
     """The dense-front models' values (``control.dense_front``): label (``CLEAN`` for
     clean accuracy) -> seed -> front id -> value; :mod:`sparserobust.control` reads it."""
@@ -176,6 +179,8 @@ def gather(store: ResultStore, name: str = "", bootstrap: bool = True) -> StudyD
     info: dict[str, Record] = {}
     data = StudyData(name or str(config.get("name", "?")), config, {}, [], info)
     models = store.models()
+    all_results = store.results()
+    data.implausible = implausible(models, all_results)
     front = {m.model_key: m for m in models if m.method == FRONT}  # control.py
     for m in front.values():
         data.front.setdefault(CLEAN, {}).setdefault(m.seed, {})[front_name(m.model_key)] = (
@@ -192,7 +197,7 @@ def gather(store: ResultStore, name: str = "", bootstrap: bool = True) -> StudyD
         reps = _binomial(m.accuracy, n_test, m.model_key) if n_test else None
         for meth in targets(m.method):
             entries[(CLEAN, meth, m.target_sparsity)][m.seed] = (m.accuracy, m.sparsity, reps)
-    for r in store.results():
+    for r in all_results:
         if r["model_key"] in front:
             for rec in records_of(r["numbers"]):
                 data.front.setdefault(rec.label, {}).setdefault(r["seed"], {})[
