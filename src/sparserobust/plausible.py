@@ -56,11 +56,16 @@ class Implausible:
 
 
 def _model_checks(m: Any) -> list[Implausible]:
+    """A model row's clean accuracy and sparsity (fields a reader lacks are skipped)."""
     out = []
     where = (m.model_key, m.method, m.target_sparsity, "models")
-    if not (math.isfinite(m.accuracy) and 0.0 <= m.accuracy <= 1.0):
-        out.append(Implausible(*where, CLEAN, f"clean accuracy {m.accuracy} is outside [0,1]"))
-    if m.total_weights <= 0 or abs(m.sparsity - m.pruned_weights / m.total_weights) > 1e-6:
+    accuracy = getattr(m, "accuracy", None)
+    if accuracy is not None and not (math.isfinite(accuracy) and 0.0 <= accuracy <= 1.0):
+        out.append(Implausible(*where, CLEAN, f"clean accuracy {accuracy} is outside [0,1]"))
+    total, pruned = getattr(m, "total_weights", None), getattr(m, "pruned_weights", None)
+    if (total is not None and pruned is not None) and (
+        total <= 0 or abs(m.sparsity - pruned / total) > 1e-6
+    ):
         out.append(
             Implausible(*where, CLEAN, f"sparsity {m.sparsity} disagrees with its weight counts")
         )
@@ -152,12 +157,11 @@ def implausible(models: list[Any], results: list[dict[str, Any]]) -> list[Implau
     for r in results:
         recs = records_of(r["numbers"])
         found = _record_checks(recs) + _attack_checks(r["numbers"], recs)
-        if r["measurement"].split(":")[0] == "verify":
+        measurement = str(r.get("measurement", ""))
+        if measurement.split(":")[0] == "verify":
             found += _verify_checks(r["numbers"], recs)
         out += [
-            Implausible(
-                r["model_key"], r["method"], r["target_sparsity"], r["measurement"], label, what
-            )
+            Implausible(r["model_key"], r["method"], r["target_sparsity"], measurement, label, what)
             for label, what in found
         ]
     return out
