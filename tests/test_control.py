@@ -233,3 +233,31 @@ def test_report_has_the_front_section_and_column(front_run: tuple[Path, dict]) -
     data = load_study(front_run[0])
     for p in front_positions(data, LABEL):
         assert f"| global-magnitude | {100 * p.target:.4g}% |" in md
+
+
+# --- compare: runs on different datasets, one summary table ----------------------------
+
+
+def test_compare_puts_datasets_side_by_side(front_run: tuple[Path, dict], tmp_path: Path) -> None:
+    from sparserobust.report import write_comparison
+    from tests.test_data import make_tiny_mnist
+
+    make_tiny_mnist(tmp_path / "data", "FashionMNIST", n_train=200, n_test=40)
+    fashion = {
+        **copy.deepcopy(SMALL),
+        "name": "front-fashion",
+        "dataset": "fashion-mnist",
+        "data_dir": str(tmp_path / "data"),
+        "train": {"epochs": 1},
+        "eval": {**SMALL["eval"], "n": 40},
+    }
+    run_study(config_from_dict(fashion), tmp_path / "fashion", progress=False)
+    md = write_comparison([front_run[0], tmp_path / "fashion"], tmp_path / "cmp").read_text()
+    summary = md.split("## Summary", 1)[1].split("## Verdict", 1)[0]
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r.split(" | ")[:3] for r in rows[1:]] == [
+        ["| digits", "lenet300", "global-magnitude"],
+        ["| fashion-mnist", "lenet300", "global-magnitude"],
+    ]
+    assert rows[1].endswith("|") and "no front" not in rows[1]  # the digits run has a front
+    assert "no front" in rows[2]

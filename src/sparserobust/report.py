@@ -478,6 +478,48 @@ def write_report(
     return out / "report.md"
 
 
+def summary_section(runs: list[tuple[StudyData, dict[str, str]]], max_drop: float) -> list[str]:
+    """One table over runs (datasets, models): per method, the l_inf verdict (better than
+    dense / no gain / worse), the best sparsity within the accuracy budget, its change
+    from dense [95%] and its position against the dense control front."""
+    rows = []
+    for data, heads in runs:
+        label = heads.get("inf")
+        if label is None:
+            continue
+        where = {(p.method, p.target): p for p in front_positions(data, label)}
+        for v in verdict_rows(data, label, max_drop):
+            best = (
+                "–" if v.best is None or v.clean is None else f"{pct(v.best)} ({num(v.clean.mean)})"
+            )
+            d, lo, hi = v.change
+            rows.append(
+                [
+                    str(data.config.get("dataset")),
+                    str(data.config.get("model")),
+                    v.method,
+                    f"`{label}`",
+                    v.verdict + flagged_text(data, v.label, v.method),
+                    best,
+                    "" if v.best is None else f"{d:+.3f}{span(lo, hi, signed=True)}",
+                    front_text(where.get((v.method, v.best))) if has_front(data) else "no front",
+                ]
+            )
+    if not rows:
+        return []
+    header = [
+        "dataset",
+        "model",
+        "method",
+        "l_inf headline",
+        "C1 verdict",
+        "best sparsity (clean acc.)",
+        "change from dense [95%]",
+        "vs dense front [95%]",
+    ]
+    return ["## Summary: does sparsity help, per dataset and model", "", *_table(header, rows), ""]
+
+
 def front_text(p: FrontPosition | None) -> str:
     """A model's position against the dense front, with the difference and interval."""
     if p is None:
@@ -733,6 +775,7 @@ def write_comparison(
         + "; ".join(sorted({d.interval_note() for d, _ in runs}))
         + ".",
         "",
+        *summary_section(runs, drop),
         "## Verdict",
         "",
         *verdict,
