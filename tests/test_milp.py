@@ -19,8 +19,8 @@ from torch import nn
 
 import sparserobust.metrics.milp as milp
 from sparserobust.errors import ConfigError
-from sparserobust.metrics.bounds import local_bounds
 from sparserobust.metrics.certify import certified_radius, certify
+from sparserobust.metrics.margin import local_bounds
 from sparserobust.metrics.milp import minimal_distance, verify_exact, verify_points
 from sparserobust.models import Normalize
 

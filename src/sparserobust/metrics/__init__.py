@@ -1,8 +1,7 @@
-"""Metrics: robustness summaries, CLEVER scores, active ReLUs, local margin bounds,
+"""Metrics: robustness summaries, CLEVER scores, active ReLUs, local margin ratios,
 certified bounds (IBP, CROWN) and exact MILP verification."""
 
 from sparserobust.metrics.activations import ActiveReLUs, active_relu_fraction
-from sparserobust.metrics.bounds import LocalBounds, local_bounds
 from sparserobust.metrics.certify import (
     CertifyResult,
     NetworkBounds,
@@ -11,6 +10,7 @@ from sparserobust.metrics.certify import (
     network_bounds,
 )
 from sparserobust.metrics.clever import CleverResult, clever_scores
+from sparserobust.metrics.margin import LocalBounds, local_bounds
 from sparserobust.metrics.milp import (
     DistanceResult,
     ExactResult,

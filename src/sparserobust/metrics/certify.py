@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparserobust.errors import ConfigError, DataError, ModelError
-from sparserobust.metrics.bounds import check_metric_inputs, parse_metric_norm
+from sparserobust.metrics.margin import check_metric_inputs, parse_metric_norm
 from sparserobust.models.common import Normalize
 from sparserobust.pruning.masks import effective_weight
 from sparserobust.utils import eval_mode, model_device

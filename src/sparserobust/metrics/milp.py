@@ -49,7 +49,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparserobust.errors import ConfigError
-from sparserobust.metrics.bounds import check_metric_inputs
 from sparserobust.metrics.certify import (
     CertifyResult,
     Layer,
@@ -59,6 +58,7 @@ from sparserobust.metrics.certify import (
     network_bounds,
     parse_network,
 )
+from sparserobust.metrics.margin import check_metric_inputs
 from sparserobust.utils import eval_mode, model_device
 
 log = logging.getLogger(__name__)
@@ -1110,7 +1110,7 @@ def verify_points(
     per-point records.
     """
     from sparserobust.attacks import get_attack
-    from sparserobust.metrics.bounds import parse_metric_norm
+    from sparserobust.metrics.margin import parse_metric_norm
 
     p = parse_metric_norm(norm)
     eps_list = [float(e) for e in epsilons]
