@@ -274,3 +274,19 @@ def test_kept_bounds_are_the_network_bounds() -> None:
         assert torch.allclose(res.pre[i][0], lo, atol=1e-12)
         assert torch.allclose(res.pre[i][1], hi, atol=1e-12)
     assert certify(net, x, y, epsilon=0.1, method="crown").pre is None
+
+
+def test_old_metrics_imports_warn_and_name_the_new_home() -> None:
+    """docs/verification.md used to import the verifiers from sparserobust.metrics: that
+    still works, with a DeprecationWarning, and gives the very same objects."""
+    import sparserobust.measurements.verify as measurement
+    import sparserobust.metrics as metrics
+    import sparserobust.verify as verify
+
+    for name in ("certify", "certified_radius", "verify_exact", "minimal_distance"):
+        with pytest.warns(DeprecationWarning, match="sparserobust.verify"):
+            assert getattr(metrics, name) is getattr(verify, name)
+    with pytest.warns(DeprecationWarning, match="sparserobust.measurements.verify"):
+        assert metrics.verify_points is measurement.verify_points
+    with pytest.raises(AttributeError):
+        metrics.no_such_name  # noqa: B018
