@@ -122,6 +122,8 @@ def _check_method(method: str) -> str:
 
 
 def check_labels(y: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """``y`` as int64 labels after checking it is ``(n,)`` with values in ``[0, k)``;
+    else :class:`DataError`."""
     if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] != n:
         raise DataError(f"labels must be a tensor of shape ({n},)")
     if n and (int(y.min()) < 0 or int(y.max()) >= k):

@@ -88,6 +88,7 @@ class MilpModel:
         self.binaries: list[np.ndarray] = []
 
     def add_cols(self, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+        """New continuous columns with bounds ``[lower, upper]``; returns their indices."""
         n = len(lower)
         if n:
             self.h.addVars(n, np.asarray(lower, float), np.asarray(upper, float))
@@ -96,6 +97,7 @@ class MilpModel:
         return idx
 
     def add_rows(self, a: sp.csr_matrix, lower: np.ndarray, upper: np.ndarray) -> None:
+        """Constraints ``lower <= a @ cols <= upper`` (``a`` widened to all columns)."""
         if a.shape[0] == 0:
             return
         a = sp.csr_matrix(a)
@@ -107,11 +109,13 @@ class MilpModel:
         )  # fmt: skip
 
     def widen(self, e: sp.csr_matrix) -> sp.csr_matrix:
+        """``e`` with as many columns as the model has now (the new ones zero)."""
         e = sp.csr_matrix(e)
         e.resize((e.shape[0], self.ncols))
         return e
 
     def set_objective(self, row: sp.csr_matrix, sense_min: bool = True) -> None:
+        """Minimise (or maximise) ``row @ cols``; every other cost is zero."""
         cost = np.zeros(self.ncols)
         row = self.widen(row)
         cost[row.indices] = row.data
@@ -120,6 +124,7 @@ class MilpModel:
         self.h.changeObjectiveSense(sense)
 
     def make_integer(self) -> None:
+        """Declare the binary columns (``binaries``) integer: the LP becomes the MILP."""
         if not self.binaries:
             return
         idx = np.concatenate(self.binaries).astype(np.int32)
@@ -171,6 +176,12 @@ def _next_reads(stages: Sequence[Stage], k: int, n: int) -> np.ndarray:
 
 @dataclass
 class BuiltMilp:
+    """The MILP of one point: the model, the logits as ``logits @ cols + logits0``, the
+    free input pixels (columns ``input_cols`` at the flat positions ``input_index``; the
+    rest of the input is ``x_fixed``), the unstable ReLUs after LP tightening
+    (``unstable_lp``), whether the tightening finished (``lp_complete``), and the number
+    of binary columns."""
+
     model: MilpModel
     logits: sp.csr_matrix
     logits0: np.ndarray
@@ -345,6 +356,7 @@ def _maxpool_constraints(
 
 
 def input_from(built: BuiltMilp, sol: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
+    """The input image (float64, ``shape``) of a solver solution ``sol`` over all columns."""
     x = built.x_fixed.copy()
     x[built.input_index] = sol[built.input_cols]
     return torch.from_numpy(x).view(*shape)
