@@ -7,7 +7,7 @@ models are cached in ``--models-dir``. For each model and l_inf epsilon:
 - IBP and CROWN on the first ``--n-certify`` test images: certified accuracy,
   wall-clock and CPU seconds (float64 and float32), mean unstable ReLUs per
   point under IBP and CROWN;
-- exact verification (:func:`sparserobust.metrics.milp.verify_points`) of the first
+- exact verification (:func:`sparserobust.measurements.verify.verify_points`) of the first
   ``--n-exact`` test images with ``--time-limit`` seconds per point: counts per
   status, resolved share, how each point was decided, median / p95 seconds;
 - with ``--lp``, the same MILP points again with LP tightening, for the unstable
@@ -29,11 +29,11 @@ import torch
 
 from sparserobust.checkpoint import load_checkpoint, save_checkpoint
 from sparserobust.data import load_dataset
-from sparserobust.metrics.certify import certify
-from sparserobust.metrics.milp import verify_points
+from sparserobust.measurements.verify import verify_points
 from sparserobust.models import build_model
 from sparserobust.pruning.sweep import prune_model
 from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
+from sparserobust.verify import certify
 
 log = logging.getLogger("verification")
 

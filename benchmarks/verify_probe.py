@@ -3,7 +3,7 @@
 For each checkpoint and l_inf epsilon, on the first ``--n`` test images: IBP and CROWN
 certified counts, unstable units per nonlinear layer under CROWN (ReLU: ``l < 0 < u``;
 max-pool: windows with no dominating input), CROWN's seconds, and with ``--exact`` the
-exact verdicts of :func:`sparserobust.metrics.milp.verify_points` (``--time-limit``
+exact verdicts of :func:`sparserobust.measurements.verify.verify_points` (``--time-limit``
 seconds per point): counts per status, mean MILP binaries, seconds per point. Prints a
 markdown table; one thread.
 
@@ -22,7 +22,8 @@ import torch
 
 from sparserobust.checkpoint import load_checkpoint
 from sparserobust.data import load_dataset
-from sparserobust.metrics import certify, verify_points
+from sparserobust.measurements.verify import verify_points
+from sparserobust.verify import certify
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`make mutation`: mutmut over attacks/, metrics/, pruning/ and report.py (docs/testing.md).
+"""`make mutation`: mutmut over attacks/ metrics/ verify/ pruning/ report.py (docs/testing.md).
 
 Run from the repository root. Config: [tool.mutmut] in pyproject.toml (files to mutate, the
 test selection). This wrapper does three things mutmut's own CLI does not:
@@ -9,13 +9,13 @@ test selection). This wrapper does three things mutmut's own CLI does not:
    ``device=``/``desc=``/``strict=``/``frozen=``/``stacklevel=`` keywords (equivalent on
    a CPU run).
 2. It runs a random sample (fixed seed, sizes in DEFAULT_SAMPLE) of the mutants of
-   each package: the full sets (11,110 mutants, about 3 hours at ~1 mutant/s on 2
+   each package: the full sets (12,416 mutants, about 3.5 hours at ~1 mutant/s on 2
    shared cores) are too slow for a routine hand run.
 3. It prints the counts per package (killed / survived / timeout / no tests / score),
    and the surviving mutants, and writes them to mutants/summary.json.
 
     python mutation/run.py [--sample-pruning N] [--sample-attacks N] [--sample-metrics N]
-                           [--sample-report N] [--seed S]
+                           [--sample-verify N] [--sample-report N] [--seed S]
     python mutation/run.py --resume [--packages pruning ...]  # the survivors again
                            (after a change of [tool.mutmut], mutmut forgets all results)
     python mutation/run.py --summary      # counts of the last run, without running
@@ -44,8 +44,8 @@ SKIPPED = {
     "calls": ("Error", "Exception", "Warning", "warn", "echo", "print"),
     "loggers": {"log", "logger", "logging"},
 }
-PACKAGES = ("attacks", "metrics", "pruning", "report")
-DEFAULT_SAMPLE = {"pruning": 500, "attacks": 300, "metrics": 100, "report": 100}
+PACKAGES = ("attacks", "metrics", "verify", "pruning", "report")
+DEFAULT_SAMPLE = {"pruning": 500, "attacks": 300, "metrics": 100, "verify": 100, "report": 100}
 
 
 def _call_name(node: cst.Call) -> str:
@@ -105,6 +105,8 @@ def _patch_operators() -> None:
 def package_of(mutant_name: str) -> str | None:
     # sparserobust.pruning.magnitude.x_fn__mutmut_3 / sparserobust.report.x_fn__mutmut_1
     parts = mutant_name.split(".")
+    if parts[1:3] == ["measurements", "verify"]:
+        return "verify"  # verify_points: the study's combination of the verifiers
     return parts[1] if len(parts) > 2 and parts[1] in PACKAGES else None
 
 
@@ -226,6 +228,7 @@ def main() -> None:
     ap.add_argument("--sample-pruning", type=int, default=DEFAULT_SAMPLE["pruning"])
     ap.add_argument("--sample-attacks", type=int, default=DEFAULT_SAMPLE["attacks"])
     ap.add_argument("--sample-metrics", type=int, default=DEFAULT_SAMPLE["metrics"])
+    ap.add_argument("--sample-verify", type=int, default=DEFAULT_SAMPLE["verify"])
     ap.add_argument("--sample-report", type=int, default=DEFAULT_SAMPLE["report"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--summary", action="store_true", help="only print the last run's counts")
@@ -242,6 +245,7 @@ def main() -> None:
         "pruning": args.sample_pruning,
         "attacks": args.sample_attacks,
         "metrics": args.sample_metrics,
+        "verify": args.sample_verify,
         "report": args.sample_report,
     }
 

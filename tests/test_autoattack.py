@@ -154,7 +154,7 @@ def test_skip_certified_skips_exactly_the_crown_certified_points(
     digits, digits_lenet300, monkeypatch
 ) -> None:
     from sparserobust.attacks.autoattack import CERTIFIED, CERTIFY_MARGIN
-    from sparserobust.metrics import certify
+    from sparserobust.verify import certify
 
     # CROWN always pays here, whatever this machine's timings (the gate: next test)
     monkeypatch.setattr(AutoAttack, "_survivor_cost", lambda self, per_point: math.inf)

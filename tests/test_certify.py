@@ -11,15 +11,15 @@ from torch import nn
 
 from sparserobust.attacks import get_attack
 from sparserobust.errors import ConfigError, ModelError
-from sparserobust.metrics.certify import (
+from sparserobust.models import Normalize, build_model
+from sparserobust.pruning.sweep import prune_model
+from sparserobust.verify import (
     certified_radius,
     certify,
     forward_layers,
     network_bounds,
     parse_network,
 )
-from sparserobust.models import Normalize, build_model
-from sparserobust.pruning.sweep import prune_model
 
 
 def small_nets() -> list[tuple[str, nn.Sequential]]:
@@ -199,9 +199,7 @@ def test_row_chunks_fit_the_budget_on_the_widest_tensor(monkeypatch) -> None:
     sized on the widest tensor, the nonlinear layer's own input included (sizing on the
     layers before it let CROWN on LeNet-5 ask for 4 GiB per pass), and chunking changes
     no bound."""
-    import importlib
-
-    cert = importlib.import_module("sparserobust.metrics.certify")  # the module, not the function
+    import sparserobust.verify.crown as cert
 
     model = build_model("lenet5", (1, 28, 28), 10, [0.13], [0.31]).eval()
     layers = parse_network(model, (1, 28, 28))
@@ -241,9 +239,7 @@ def test_conv_rows_are_the_transposed_convolution_of_one_hot_rows(kwargs) -> Non
     each neuron's receptive field; that must equal the adjoint (transposed convolution) of
     a one-hot row, for every stride, padding, dilation and group layout, and the row's
     value at the input must be the neuron's value."""
-    import importlib
-
-    cert = importlib.import_module("sparserobust.metrics.certify")
+    import sparserobust.verify.crown as cert
 
     torch.manual_seed(3)
     conv = nn.Conv2d(4, 6, (3, 2), **kwargs).double()
@@ -278,3 +274,19 @@ def test_kept_bounds_are_the_network_bounds() -> None:
         assert torch.allclose(res.pre[i][0], lo, atol=1e-12)
         assert torch.allclose(res.pre[i][1], hi, atol=1e-12)
     assert certify(net, x, y, epsilon=0.1, method="crown").pre is None
+
+
+def test_old_metrics_imports_warn_and_name_the_new_home() -> None:
+    """docs/verification.md used to import the verifiers from sparserobust.metrics: that
+    still works, with a DeprecationWarning, and gives the very same objects."""
+    import sparserobust.measurements.verify as measurement
+    import sparserobust.metrics as metrics
+    import sparserobust.verify as verify
+
+    for name in ("certify", "certified_radius", "verify_exact", "minimal_distance"):
+        with pytest.warns(DeprecationWarning, match="sparserobust.verify"):
+            assert getattr(metrics, name) is getattr(verify, name)
+    with pytest.warns(DeprecationWarning, match="sparserobust.measurements.verify"):
+        assert metrics.verify_points is measurement.verify_points
+    with pytest.raises(AttributeError):
+        metrics.no_such_name  # noqa: B018

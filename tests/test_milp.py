@@ -17,12 +17,19 @@ import torch
 from scipy.optimize import linprog
 from torch import nn
 
-import sparserobust.metrics.milp as milp
+import sparserobust.verify.exact as exact
+import sparserobust.verify.milp as milp
 from sparserobust.errors import ConfigError
-from sparserobust.metrics.bounds import local_bounds
-from sparserobust.metrics.certify import certified_radius, certify
-from sparserobust.metrics.milp import minimal_distance, verify_exact, verify_points
+from sparserobust.measurements.verify import verify_points
+from sparserobust.metrics import local_bounds
 from sparserobust.models import Normalize
+from sparserobust.verify import (
+    STATUSES,
+    certified_radius,
+    certify,
+    minimal_distance,
+    verify_exact,
+)
 
 
 def tiny_net(sizes: tuple[int, ...], seed: int) -> nn.Sequential:
@@ -303,7 +310,7 @@ def milp_case(status: str):
 def test_unconfirmed_counterexamples_are_not_reported(monkeypatch) -> None:
     """If our forward pass disagrees with the solver, the point is an error, not broken."""
     net, x, y, eps, honest = milp_case("counterexample")
-    monkeypatch.setattr(milp, "_is_adversarial", lambda *a, **k: False)
+    monkeypatch.setattr(exact, "is_misclassified", lambda *a, **k: False)
     for r_honest, r in zip(honest, verify_exact(net, x, y, epsilon=eps, time_limit=10),
                            strict=True):  # fmt: skip
         assert r.status != "counterexample"
@@ -335,11 +342,11 @@ def test_solver_failure_is_a_status_never_verified(monkeypatch) -> None:
     def boom(*args, **kwargs):
         raise RuntimeError("solver crashed")
 
-    monkeypatch.setattr(milp, "_decide", boom)
+    monkeypatch.setattr(exact, "_decide", boom)
     results = verify_exact(net, x, y, epsilon=eps, time_limit=10)
     assert all(r.status == "error" for r in results if r.by == "milp")
 
-    monkeypatch.setattr(milp, "_stages", boom)  # building the network's matrices fails
+    monkeypatch.setattr(exact, "network_stages", boom)  # building the network's matrices fails
     results = verify_exact(net, x, y, epsilon=eps, time_limit=10)
     assert any(r.by == "milp" for r in results)
     assert all(r.status == "error" for r in results if r.by == "milp")
@@ -385,7 +392,7 @@ def test_verify_points_brackets(digits, digits_lenet300: nn.Module) -> None:
     for entry in rec["epsilons"]:
         assert entry["ibp_accuracy"] <= entry["crown_accuracy"]
         ex = entry["exact"]
-        assert ex["n"] == 8 == sum(ex[s] for s in milp.STATUSES)
+        assert ex["n"] == 8 == sum(ex[s] for s in STATUSES)
         assert len(ex["points"]) == 8
         assert ex["crown_accuracy"] <= ex["robust_accuracy"] <= ex["robust_accuracy_upper"]
         assert ex["robust_accuracy_upper"] <= ex["pgd_accuracy"] + 1e-9
@@ -399,10 +406,10 @@ def test_verify_points_brackets(digits, digits_lenet300: nn.Module) -> None:
 SPURIOUS_INFEASIBLE = Path(__file__).parent / "data" / "highs_spurious_infeasible.mps.gz"
 
 
-def _read_fixture(tmp_path: Path) -> milp._Model:
+def _read_fixture(tmp_path: Path) -> milp.MilpModel:
     path = tmp_path / "model.mps"
     path.write_bytes(gzip.decompress(SPURIOUS_INFEASIBLE.read_bytes()))
-    m = milp._Model()  # presolve off, one thread, as every MILP here
+    m = milp.MilpModel()  # presolve off, one thread, as every MILP here
     m.h.readModel(str(path))
     m.h.setOptionValue("time_limit", 60.0)
     return m
@@ -412,14 +419,14 @@ def test_spurious_infeasible_is_solved_again_with_presolve(tmp_path: Path) -> No
     """The class-5 MILP of one point of the LeNet-300-100 verify study (random 99%,
     seed 2, eps 0.1), saved by HiGHS. It has a feasible point, the clean input, yet
     HiGHS 1.16 without presolve calls it infeasible; the verifier recorded that point
-    as an error. ``_run_checked`` runs it again with presolve and gets the optimum."""
+    as an error. ``run_checked`` runs it again with presolve and gets the optimum."""
     plain = _read_fixture(tmp_path)
     plain.h.run()
     hs = plain.hp.HighsModelStatus
     if plain.h.getModelStatus() != hs.kInfeasible:
         pytest.skip("this HiGHS solves the model without presolve: the retry is not exercised")
     m = _read_fixture(tmp_path)
-    status = milp._run_checked(m, time.perf_counter() + 60)
+    status = milp.run_checked(m, time.perf_counter() + 60)
     assert status == hs.kOptimal
     assert m.h.getInfo().objective_function_value == pytest.approx(2.9919538, abs=1e-5)
     presolve = m.h.getOptionValue("presolve")  # (status, value) in highspy 1.16

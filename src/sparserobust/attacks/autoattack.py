@@ -18,7 +18,7 @@ none did, ``"certified"`` where ``skip_certified`` proved it), and
 ``details["seconds_by_attack"]`` the time each attack took.
 
 ``skip_certified=True`` (off by default) bounds the points APGD-CE leaves robust
-with CROWN (:func:`sparserobust.metrics.certify`, float64) and runs the remaining
+with CROWN (:func:`sparserobust.verify.certify`, float64) and runs the remaining
 attacks only on those it cannot certify: no attack can break a certified point, so
 the robust accuracy is the same up to the attacks' random draws (fewer points take
 part in them), and the certified share comes for free. It pays where CROWN certifies
@@ -342,7 +342,7 @@ class AutoAttack(FixedEpsilonAttack):
         """Bool mask over ``idx``: the points CROWN certifies at ``epsilon`` (coded
         ``certified``); all False where CROWN cannot bound the model."""
         from sparserobust.errors import SparseRobustError
-        from sparserobust.metrics.certify import certify
+        from sparserobust.verify import certify
 
         none = torch.zeros(idx.numel(), dtype=torch.bool, device=idx.device)
         if self._certify_failed or idx.numel() == 0:

@@ -2,20 +2,26 @@
 
 Switched on with ``eval.measurements: {verify: {epsilons: [...], ...}}``. Each model's
 records then read as a bracket per epsilon: certified (IBP <= CROWN) <= exact <=
-attacked (any attack's robust accuracy at the same epsilon).
+attacked (any attack's robust accuracy at the same epsilon). :func:`verify_points` is
+the combination the measurement runs: bounds on every point, then a PGD pre-check and
+the MILP (:mod:`sparserobust.verify`) on the first ``n_exact``.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from sparserobust.errors import ConfigError
 from sparserobust.measurements.base import Cell, Measurement, Record, numbers
+from sparserobust.utils import eval_mode, model_device
 
 if TYPE_CHECKING:
     from sparserobust.config import EvalSettings
@@ -76,8 +82,6 @@ class VerifyMeasurement(Measurement):
         cell: Cell,
         batch_size: int,
     ) -> dict[str, Any]:
-        from sparserobust.metrics.milp import verify_points
-
         p = cell.params
         norm = str(p["norm"])
         out = verify_points(
@@ -155,3 +159,152 @@ class VerifyMeasurement(Measurement):
                     )
         # solve times are wall-clock metadata, not numbers: they differ from run to run
         return numbers(records, flags, detail=out, solve_time=timing)
+
+
+# -- the study's combination of bounds, attack pre-check and MILP ---------------------------
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(np.asarray(values, dtype=float), q)) if values else None
+
+
+def verify_points(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epsilons: Sequence[float],
+    norm: float | str = "inf",
+    n_exact: int = 20,
+    time_limit: float = 30.0,
+    seed: int = 0,
+    tighten: bool = False,
+    batch_size: int = 250,
+) -> dict[str, Any]:
+    """Certified (IBP, CROWN) and exact robust accuracy per epsilon, as a JSON-able dict.
+
+    ``x``: ``(N, C, H, W)`` images in [0,1], ``y``: labels ``(N,)``; ``epsilons``:
+    radii in [0,1] pixel space for ``norm`` (2 or inf). IBP and CROWN certify all
+    N points. The first ``n_exact`` points are decided exactly (l_inf only): a
+    misclassified point or a PGD adversarial (seeded by ``seed``, re-checked by
+    our forward pass) is a counterexample, a CROWN-certified point is verified,
+    the rest go to the MILP with ``time_limit`` seconds each.
+
+    Per epsilon the record holds ``ibp_accuracy``/``crown_accuracy`` (fractions
+    of N), mean unstable ReLUs per point under IBP and CROWN (and LP on the MILP
+    points), and under ``exact``: counts per status, ``robust_accuracy``
+    (verified / n_exact), its upper end ``robust_accuracy_upper`` ((n_exact -
+    counterexamples) / n_exact; equal when nothing timed out), ``resolved_share``,
+    the bracket on the exact subset (``crown_accuracy``, ``pgd_accuracy``),
+    median and p95 of per-point seconds (all points and MILP points only), and
+    per-point records.
+    """
+    from sparserobust.attacks import get_attack
+    from sparserobust.metrics.margin import parse_metric_norm
+    from sparserobust.verify import certify
+
+    p = parse_metric_norm(norm)
+    eps_list = [float(e) for e in epsilons]
+    if not eps_list or any(not (math.isfinite(e) and e >= 0) for e in eps_list):
+        raise ConfigError("epsilons must be a non-empty list of finite numbers >= 0")
+    n = int(x.shape[0])
+    n_ex = max(0, min(int(n_exact), n))
+    if n_ex and math.isfinite(p):
+        raise ConfigError("exact verification handles l_inf only: set n_exact=0 for l2")
+    if not (time_limit > 0):
+        raise ConfigError(f"time_limit must be > 0 seconds, got {time_limit}")
+    device = model_device(model)
+    record: dict[str, Any] = {
+        "norm": "inf" if math.isinf(p) else "2",
+        "n_points": n,
+        "n_exact": n_ex,
+        "time_limit_s": time_limit,
+        "lp_tightening": tighten,
+        "seed": seed,
+        "epsilons": [],
+    }
+    with eval_mode(model):
+        for eps in eps_list:
+            ibp = certify(model, x, y, epsilon=eps, norm=norm, method="ibp", batch_size=batch_size)
+            crown = certify(model, x, y, epsilon=eps, norm=norm, method="crown",
+                            batch_size=batch_size, keep_bounds=n_ex)  # fmt: skip
+            entry: dict[str, Any] = {
+                "epsilon": eps,
+                "clean_accuracy": float(crown.clean_correct.float().mean()) if n else math.nan,
+                "ibp_accuracy": ibp.accuracy,
+                "crown_accuracy": crown.accuracy,
+                "ibp_seconds": round(ibp.seconds, 4),
+                "crown_seconds": round(crown.seconds, 4),
+                "unstable_relus_ibp_mean": float(crown.unstable_relus(ibp=True).float().mean()),
+                "unstable_relus_crown_mean": float(crown.unstable_relus().float().mean()),
+            }
+            if n_ex:
+                entry["exact"] = _exact_entry(
+                    model, x[:n_ex].to(device), y[:n_ex].to(device), eps, crown, time_limit,
+                    seed, tighten, get_attack,
+                )  # fmt: skip
+            record["epsilons"].append(entry)
+    return record
+
+
+def _exact_entry(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, crown: Any,
+    time_limit: float, seed: int, tighten: bool, get_attack: Any,
+) -> dict[str, Any]:  # fmt: skip
+    from sparserobust.verify import STATUSES, ExactResult, parse_network
+    from sparserobust.verify.exact import (
+        CEX_TOL,
+        LP_FRACTION,
+        bounds_from,
+        check_counterexample,
+        verify_many,
+    )
+
+    n = x.shape[0]
+    start = time.perf_counter()
+    pgd = get_attack("pgd", "inf").run(model, x, y, epsilons=[eps], seed=seed)
+    attack_seconds = (time.perf_counter() - start) / max(n, 1)
+    decided: dict[int, ExactResult] = {}
+    for i in range(n):
+        t0 = time.perf_counter()
+        adv = pgd.x_adv[0, i]
+        if bool(pgd.success[0, i]):
+            checked = check_counterexample(model, x[i], adv, int(y[i]), eps)
+            if checked is not None:
+                by = "clean" if not bool(pgd.clean_correct[i]) else "attack"
+                point_s = attack_seconds + time.perf_counter() - t0
+                decided[i] = ExactResult(i, eps, "counterexample", by, point_s,
+                                         counterexample=checked.cpu())  # fmt: skip
+    rest = [i for i in range(n) if i not in decided]
+    if rest:
+        # the MILPs reuse the CROWN bounds of verify_points' certify pass
+        bounds = bounds_from(crown, rest)
+        layers = parse_network(model, x.shape[1:], device=x.device)
+        exact = verify_many(model, layers, x[rest], y[rest], eps, bounds, rest,
+                             time_limit=time_limit, tighten=tighten, lp_fraction=LP_FRACTION,
+                             cex_tol=CEX_TOL)  # fmt: skip
+        for r in exact:
+            r.seconds += attack_seconds
+            decided[r.index] = r
+    results = [decided[i] for i in range(n)]
+    counts = {s: sum(r.status == s for r in results) for s in STATUSES}
+    secs = [r.seconds for r in results]
+    milp_secs = [r.seconds for r in results if r.by == "milp"]
+    lp = [r.unstable["lp"] for r in results if "lp" in r.unstable]
+    crown_sub = crown.certified[:n]
+    return {
+        "n": n,
+        **counts,
+        "robust_accuracy": counts["verified"] / n,
+        "robust_accuracy_upper": (n - counts["counterexample"]) / n,
+        "resolved_share": (counts["verified"] + counts["counterexample"]) / n,
+        "crown_accuracy": float(crown_sub.float().mean()),
+        "pgd_accuracy": float((pgd.clean_correct & ~pgd.success[0]).float().mean()),
+        "by": {b: sum(r.by == b for r in results) for b in ("clean", "attack", "crown", "milp")},
+        "unstable_relus_lp_mean": float(np.mean(lp)) if lp else None,
+        "seconds_median": _percentile(secs, 50),
+        "seconds_p95": _percentile(secs, 95),
+        "milp_seconds_median": _percentile(milp_secs, 50),
+        "milp_seconds_p95": _percentile(milp_secs, 95),
+        "points": [r.as_dict() for r in results],
+    }

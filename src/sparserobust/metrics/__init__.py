@@ -1,23 +1,16 @@
-"""Metrics: robustness summaries, CLEVER scores, active ReLUs, local margin bounds,
-certified bounds (IBP, CROWN) and exact MILP verification."""
+"""Metrics (estimates): robustness summaries, CLEVER scores, active ReLUs, local
+margin ratios and evaluation checks. Sound and exact verification is
+:mod:`sparserobust.verify`."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
 
 from sparserobust.metrics.activations import ActiveReLUs, active_relu_fraction
-from sparserobust.metrics.bounds import LocalBounds, local_bounds
-from sparserobust.metrics.certify import (
-    CertifyResult,
-    NetworkBounds,
-    certified_radius,
-    certify,
-    network_bounds,
-)
 from sparserobust.metrics.clever import CleverResult, clever_scores
-from sparserobust.metrics.milp import (
-    DistanceResult,
-    ExactResult,
-    minimal_distance,
-    verify_exact,
-    verify_points,
-)
+from sparserobust.metrics.margin import LocalBounds, local_bounds
 from sparserobust.metrics.robustness import (
     clean_accuracy,
     median_norm,
@@ -29,25 +22,43 @@ from sparserobust.metrics.robustness import (
 
 __all__ = [
     "ActiveReLUs",
-    "CertifyResult",
     "CleverResult",
-    "DistanceResult",
-    "ExactResult",
     "LocalBounds",
-    "NetworkBounds",
     "active_relu_fraction",
-    "certified_radius",
-    "certify",
     "clean_accuracy",
     "clever_scores",
     "local_bounds",
     "median_norm",
-    "minimal_distance",
-    "network_bounds",
     "rho",
     "robust_accuracy",
     "success_rate",
     "summarize",
-    "verify_exact",
-    "verify_points",
 ]
+
+# Names this package exported before verification moved to sparserobust.verify (and the
+# study's verify_points to sparserobust.measurements.verify): still importable from here,
+# with a DeprecationWarning, for code written against the old documented import.
+_MOVED = {
+    "CertifyResult": "sparserobust.verify",
+    "DistanceResult": "sparserobust.verify",
+    "ExactResult": "sparserobust.verify",
+    "NetworkBounds": "sparserobust.verify",
+    "certified_radius": "sparserobust.verify",
+    "certify": "sparserobust.verify",
+    "minimal_distance": "sparserobust.verify",
+    "network_bounds": "sparserobust.verify",
+    "verify_exact": "sparserobust.verify",
+    "verify_points": "sparserobust.measurements.verify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _MOVED[name]
+    warnings.warn(
+        f"sparserobust.metrics.{name} moved: import it from {module}",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(importlib.import_module(module), name)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from sparserobust.errors import ConfigError
-from sparserobust.metrics.bounds import check_metric_inputs
+from sparserobust.metrics.margin import check_metric_inputs
 from sparserobust.utils import eval_mode, model_device
 
 log = logging.getLogger(__name__)

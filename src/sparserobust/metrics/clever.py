@@ -62,7 +62,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sparserobust.errors import ConfigError
-from sparserobust.metrics.bounds import (
+from sparserobust.metrics.margin import (
     check_metric_inputs,
     dual_norm,
     margin_gradient_norms,

@@ -12,9 +12,9 @@ bound of the local affine piece. All distances are in [0,1] pixel space of the
 model's input; margins are in logit units; gradient norms in logit units per
 unit of l_p distance.
 
-This module also holds the helpers the CLEVER module shares: norm parsing,
-input checks and the batched "all classes in one backward" gradient of the
-margins ``g_j = f_c - f_j``.
+This module also holds the helpers that CLEVER, the activation count and the
+verifiers (:mod:`sparserobust.verify`) share: norm parsing, input checks and the
+batched "all classes in one backward" gradient of the margins ``g_j = f_c - f_j``.
 """
 
 from __future__ import annotations
