@@ -193,7 +193,8 @@ def test_exact_distance_matches_the_linear_closed_form(digits_linear: nn.Module)
     for r, d in zip(results, closed.tolist(), strict=True):
         assert r.status == "exact"
         assert r.lower == pytest.approx(d, abs=1e-6)
-        assert r.upper is not None and d <= r.upper <= d + 1e-4
+        # the upper end is a float32 counterexample: equal to the closed form up to rounding
+        assert r.upper is not None and d - 1e-6 <= r.upper <= d + 1e-4
 
 
 def maxpool_net(overlap: bool, seed: int) -> tuple[nn.Sequential, tuple[int, int, int]]:
