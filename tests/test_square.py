@@ -233,8 +233,28 @@ def test_incremental_first_layer_gives_the_plain_forward_result(
         monkeypatch.setattr(square, "INCREMENTAL", False)
         plain = Square(norm=INF, steps=300).run(model, x, y, epsilons=[0.05, 0.1], seed=3)
         assert 0 < int(fast.success.sum()) < fast.success.numel()
-        assert torch.equal(fast.success, plain.success)
-        torch.testing.assert_close(fast.x_adv, plain.x_adv, rtol=0, atol=1e-6)
+        # the two paths sum in another order: a margin that ties up to float rounding may be
+        # accepted by one and not the other, and since every proposal draws from one
+        # generator the paths then part (4 of 240 outcomes with torch 2.14.1's CPU
+        # kernels). So the search is compared in distribution, and the update itself to
+        # the full forward pass below: a wrong update is far off in both
+        assert abs(int(fast.success.sum()) - int(plain.success.sum())) <= 0.03 * x.shape[0]
+        img = square.as_image(x)
+        head = square.AffineHead.of(model, img)
+        gen = torch.Generator().manual_seed(1)
+        h = head.head(img)
+        for size in (1, 2, 5):
+            r, c = torch.randint(0, 8 - size + 1, (2,), generator=gen).tolist()
+            win = (slice(None), slice(None), slice(r, r + size), slice(c, c + size))
+            new = torch.rand(img[win].shape, generator=gen)
+            changed = img.clone()
+            changed[win] = new
+            torch.testing.assert_close(
+                head.update(h, img[win], new, win, tuple(img.shape)),
+                head.head(changed),
+                rtol=0,
+                atol=1e-5,
+            )
     conv = torch.nn.Sequential(
         torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(72, 10)
     )
