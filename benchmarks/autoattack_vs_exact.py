@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from pathlib import Path
 
 import torch
 
@@ -24,6 +23,7 @@ from sparserobust.attacks.autoattack import AutoAttack
 from sparserobust.checkpoint import load_checkpoint
 from sparserobust.data import load_dataset
 from sparserobust.errors import StoreError
+from sparserobust.rundir import checkpoint_path
 from sparserobust.store import ResultStore, sha256_file
 
 
@@ -71,7 +71,7 @@ def main() -> None:
         if not idx:
             print(f"| {key} | 0 | - | - |")
             continue
-        path = Path(args.run) / found.checkpoint
+        path = checkpoint_path(args.run, found.checkpoint)  # confined by get_model too
         if not path.is_file() or sha256_file(path) != found.checkpoint_sha256:
             sys.exit(f"error: {path} is missing or not the file the study measured: re-run it")
         model, _ = load_checkpoint(path)

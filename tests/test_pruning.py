@@ -306,7 +306,8 @@ def test_sweep_resume_matches_uninterrupted(
         f"{method}-s0.8000.st",
     ]
     monkeypatch.setattr(sweep_module, "_prune_level", real)
-    stale = tmp_path / "b" / f".{method}-s0.9000.st.abc123.tmp"  # what a kill mid-write leaves
+    # what a kill mid-write leaves: mkstemp's name (8 random characters) for this level
+    stale = tmp_path / "b" / f".{method}-s0.9000.st.abc123de.tmp"
     stale.write_bytes(b"half a file")
     resumed = _sweep(digits_lenet300, tmp_path / "b", method, digits)
     assert not stale.exists()

@@ -12,6 +12,7 @@ from sparserobust.data import load_dataset
 from sparserobust.errors import CheckpointError, ConfigError, ModelError
 from sparserobust.models import build_model, model_spec
 from sparserobust.pruning import SPARSITY_NOTE, sparsity_report
+from sparserobust.rundir import check_output
 from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
 from sparserobust.utils import resolve_device, seed_everything
 
@@ -31,7 +32,11 @@ def train_reference(
 ) -> dict[str, Any]:
     """Train a dense ``model_name`` on ``dataset`` with the model's default recipe
     (overridable), evaluate it on the test split and, with ``out``, write a
-    checkpoint. Returns the metadata record (accuracy is a fraction in [0,1])."""
+    checkpoint (checked against the output-path policy before training,
+    :func:`~sparserobust.rundir.check_output`). Returns the metadata record (accuracy
+    is a fraction in [0,1])."""
+    if out is not None:
+        check_output(out, what="the checkpoint to write (--out)")
     spec = model_spec(model_name)
     config = TrainConfig(
         epochs=spec.epochs if epochs is None else epochs,

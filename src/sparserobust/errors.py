@@ -37,5 +37,11 @@ class StoreError(SparseRobustError):
     """The results store cannot be read or written (locked, read-only, full)."""
 
 
+class UnsafePathError(StoreError):
+    """A path leaves the directory it must stay in (a checkpoint path of a database that
+    points out of its run), or an output would overwrite what no command may (another
+    run's files, a database, a device, a FIFO, a symbolic link)."""
+
+
 class ClusterError(SparseRobustError):
     """A compute cluster (Ray) cannot be reached, or lost the workers of a task."""

@@ -6,41 +6,20 @@ import csv
 import dataclasses
 import json
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
-from sparserobust.errors import ConfigError, StoreError
+from sparserobust import rundir
 from sparserobust.measurements import records_of
 from sparserobust.store import ResultStore
 from sparserobust.utils import atomic_write
 
 
 def check_output(run_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
-    """``path`` if an export may be written there: not inside the run directory (the
-    database, checkpoints and report are never overwritten) and not an existing
-    non-regular file (device, FIFO, directory, symbolic link). StoreError otherwise."""
-    target = Path(path)
-    if "\x00" in str(target):
-        raise ConfigError("the output path contains a NUL character: remove it")
-    run = Path(run_dir).resolve()
-    full = target.parent.resolve() / target.name
-    if full == run or run in full.parents:
-        raise StoreError(
-            f"refusing to write {target} inside the run directory {run_dir}: "
-            "export to a path outside it"
-        )
-    try:
-        mode = os.lstat(target).st_mode
-    except FileNotFoundError:
-        return target
-    except OSError as exc:
-        raise StoreError(f"cannot use {target} ({exc.strerror}): choose another path") from None
-    if not stat.S_ISREG(mode):
-        raise StoreError(
-            f"refusing to replace {target}: it is not a regular file; choose another path"
-        )
-    return target
+    """``path`` if an export of ``run_dir`` may be written there: the output-path policy
+    of every command (:func:`sparserobust.rundir.check_output`): not inside any run
+    directory (its own included), not over a database or a non-regular file."""
+    return rundir.check_output(path, what="the export path")
 
 
 def _flatten(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparserobust.checkpoint import load_checkpoint, verify_checkpoint
+from sparserobust.checkpoint import load_checkpoint
 from sparserobust.config import AttackSettings, EvalSettings, StudyConfig, check_sparsities
 from sparserobust.data import Split, resolve_data_dir
 from sparserobust.engine.executors import EXECUTOR_NAMES, Executor, make_executor
@@ -41,18 +40,23 @@ from sparserobust.engine.tasks import (
     model_key,
     study_data,
 )
-from sparserobust.errors import CheckpointError, ConfigError, StoreError
+from sparserobust.errors import ConfigError, StoreError, UnsafePathError
 from sparserobust.measurements import Cell, plan_cells, records_of, timed_run_cell
 from sparserobust.pruning import sparsity_report
 from sparserobust.pruning.sweep import prune_model
-from sparserobust.store import (
-    ModelRow,
-    ResultStore,
+from sparserobust.rundir import (
+    DB_NAME,
     RunLock,
+    check_force_target,
+    check_layout,
+    check_output,
+    checkpoint_path,
+    clean_stale_temps,
+    drop_untrusted_models,
     open_no_follow,
-    provenance,
-    sha256_file,
+    start_over,
 )
+from sparserobust.store import ModelRow, ResultStore, provenance, sha256_file
 from sparserobust.training import evaluate_accuracy
 from sparserobust.utils import resolve_device
 
@@ -104,57 +108,6 @@ def default_run_dir(config: StudyConfig) -> Path:
     return Path("runs") / f"{config.name}-{config.config_hash()}"
 
 
-def drop_untrusted_models(store: ResultStore, run_dir: Path) -> list[str]:
-    """Forget every model whose checkpoint is not intact, and everything built on it.
-
-    A model row is trusted only when its file exists, has the SHA-256 stored with the
-    row, loads, fits its architecture (mask shapes) and holds finite weights. An
-    untrusted row, its results and the rows of every model derived from it (pruned
-    levels name their parent file; the dense model is every sweep's root) are deleted
-    in one transaction, and their checkpoint files removed, so planning recomputes
-    them. Returns the deleted model keys."""
-    rows = store.models()
-    bad: set[str] = set()
-    for row in rows:
-        path = run_dir / row.checkpoint
-        why = None
-        if not path.is_file():
-            why = "missing"
-        elif sha256_file(path) != row.checkpoint_sha256:
-            why = "its SHA-256 does not match the database"
-        else:
-            try:
-                verify_checkpoint(path)
-            except CheckpointError as exc:
-                why = str(exc)
-        if why is not None:
-            log.warning("not trusting model %s (%s): recomputing it", row.model_key, why)
-            bad.add(row.model_key)
-    by_file = {(r.seed, r.method, Path(r.checkpoint).name): r.model_key for r in rows}
-    dense = {r.seed: r.model_key for r in rows if r.method == "dense"}
-
-    def parent_key(r: ModelRow) -> str | None:
-        if r.method in ("dense", FRONT):
-            return None
-        if r.parent in (None, "dense.st"):
-            return dense.get(r.seed)
-        return by_file.get((r.seed, r.method, str(r.parent)))
-
-    changed = True
-    while changed:
-        changed = False
-        for r in rows:
-            if r.model_key not in bad and parent_key(r) in bad:
-                log.warning("not trusting model %s: built on an untrusted one", r.model_key)
-                bad.add(r.model_key)
-                changed = True
-    doomed = [r for r in rows if r.model_key in bad]
-    store.delete_models([r.model_key for r in doomed])
-    for r in doomed:
-        (run_dir / r.checkpoint).unlink(missing_ok=True)
-    return [r.model_key for r in doomed]
-
-
 class StudyRecorder:
     """The driver's side of a study: checks the run directory's config and records
     every finished task in the results store (the only writer)."""
@@ -169,6 +122,16 @@ class StudyRecorder:
         self.hash = config.config_hash()
 
     def check_config(self) -> None:
+        """Refuse a run directory of another config (:meth:`check_compatible`), then
+        record this config and the provenance."""
+        self.check_compatible()
+        self.store.set_meta("config_hash", self.hash)
+        self.store.set_meta("config", json.dumps(self.config.to_dict(), sort_keys=True))
+        self.store.set_meta("provenance", json.dumps(self.prov, sort_keys=True))
+
+    def check_compatible(self) -> None:
+        """StoreError when the run directory holds results of another config (one that
+        this config does not merely add measurements to); writes nothing."""
         stored = self.store.get_meta("config_hash")
         if stored is not None and stored != self.hash:
             if not self.only_adds_measurements():
@@ -185,9 +148,6 @@ class StudyRecorder:
                 stored,
                 self.hash,
             )
-        self.store.set_meta("config_hash", self.hash)
-        self.store.set_meta("config", json.dumps(self.config.to_dict(), sort_keys=True))
-        self.store.set_meta("provenance", json.dumps(self.prov, sort_keys=True))
 
     def only_adds_measurements(self) -> bool:
         """Whether this config differs from the stored one only by added measurements
@@ -257,7 +217,14 @@ class StudyRecorder:
             key = model_key(seed, method, target)
             if self.store.get_model(key) is not None:
                 continue
-            rel = str(Path(rec["path"]).resolve().relative_to(self.run_dir.resolve()))
+            try:
+                rel = Path(rec["path"]).resolve().relative_to(self.run_dir.resolve()).as_posix()
+            except ValueError:
+                raise UnsafePathError(
+                    f"{rec['path']} lies outside the run directory {self.run_dir} (a folder "
+                    "of the run is a symbolic link?): remove the link and re-run"
+                ) from None
+            checkpoint_path(self.run_dir, rel)
             model, meta = load_checkpoint(self.run_dir / rel)
             self._register(
                 key,
@@ -314,18 +281,6 @@ def _attach_log(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def _check_force_target(run: Path) -> None:
-    """Refuse ``--force`` on a folder that holds files but is not a run directory: it
-    only ever deletes a run's own database, checkpoints and report."""
-    if not (run / "results.sqlite").is_file():
-        others = [p.name for p in run.iterdir() if p.name not in (".lock", "run.log")]
-        if others:
-            raise StoreError(
-                f"--force: {run} is not a sparserobust run directory (no results.sqlite; "
-                f"it holds {others[0]!r}): choose the run directory with --out"
-            )
-
-
 def task_resources(device: torch.device) -> Resources:
     """One CPU per task, and a quarter of a GPU when the study runs on CUDA (four
     tasks share a GPU; the models of this field are small)."""
@@ -359,17 +314,18 @@ def run_study(
     kind = executor or ("local" if jobs > 1 else "inline")
     if kind not in EXECUTOR_NAMES:
         raise ConfigError(f"unknown executor {kind!r}: choose one of {', '.join(EXECUTOR_NAMES)}")
-    run = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    raw = run_dir if run_dir is not None else default_run_dir(config)
+    run = check_output(raw, folder=True, own_run=raw, what="the run directory (--out)")
     start = time.perf_counter()
     with RunLock(run):
+        check_layout(run)
         if force:
-            _check_force_target(run)
-            for name in ("results.sqlite", "results.sqlite-wal", "results.sqlite-shm"):
-                (run / name).unlink(missing_ok=True)
-            shutil.rmtree(run / "checkpoints", ignore_errors=True)
-            shutil.rmtree(run / "report", ignore_errors=True)
-        for stale in run.rglob(".*.tmp"):  # temp files of a killed run: never trusted
-            stale.unlink(missing_ok=True)
+            check_force_target(run)
+            start_over(run)
+        if (run / DB_NAME).is_file():  # validated as this config's run before any delete
+            with ResultStore(run, create=False) as store:
+                StudyRecorder(config, run, store, {}).check_compatible()
+            clean_stale_temps(run, config)  # a killed run's temp files, and only those
         handler = _attach_log(run)
         try:
             device = resolve_device(config.device)

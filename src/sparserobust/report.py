@@ -38,6 +38,7 @@ from sparserobust.errors import ConfigError, StoreError
 from sparserobust.measurements import Record, records_of
 from sparserobust.plausible import implausible
 from sparserobust.pruning.masks import SPARSITY_NOTE
+from sparserobust.rundir import check_output
 from sparserobust.store import ResultStore
 from sparserobust.utils import atomic_write
 from sparserobust.verdict import (
@@ -334,6 +335,12 @@ class SeedView:
         return [r for r in self.store.results() if r["seed"] in self.seeds]
 
 
+def write_output(path: Path, write: Any, own_run: Path | None = None) -> None:
+    """Atomically write one file of a report or comparison, after the output-path
+    policy (:func:`~sparserobust.rundir.check_output`) allowed that very file."""
+    atomic_write(check_output(path, own_run=own_run), write)
+
+
 def write_report(
     run_dir: str | Path,
     max_accuracy_drop: float | None = None,
@@ -363,14 +370,15 @@ def write_report(
         max_accuracy_drop = float((config.get("report") or {}).get("max_accuracy_drop", 0.01))
     heads = headlines(data)
     subset = seeds is not None and sorted(set(seeds)) != study_seeds
-    if out_dir is not None:
-        out = Path(out_dir)
-    elif subset:  # never over the full report
-        out = run / ("report-seeds-" + "-".join(str(s) for s in sorted(set(seeds or []))))
-    else:
-        out = run / "report"
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise StoreError(f"{out} exists and is not a folder: move it away and re-run the report")
+    default = run / "report"
+    if subset:  # never over the full report
+        default = run / ("report-seeds-" + "-".join(str(s) for s in sorted(set(seeds or []))))
+    out = check_output(
+        out_dir if out_dir is not None else default,
+        folder=True,
+        own_run=run,
+        what="the report folder (--out)",
+    )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -383,7 +391,7 @@ def write_report(
     def image(name: str, png: bytes | None) -> str | None:
         if png is None:
             return None
-        atomic_write(out / f"{name}.png", lambda p: p.write_bytes(png))
+        write_output(out / f"{name}.png", lambda p: p.write_bytes(png), run)
         images[name] = png
         return f"![{name}]({name}.png)"
 
@@ -472,9 +480,9 @@ def write_report(
     ]
     lines += _details(data, image)
     md = "\n".join(lines) + "\n"
-    atomic_write(out / "report.md", lambda p: p.write_text(md))
+    write_output(out / "report.md", lambda p: p.write_text(md), run)
     page = _html(md, images)
-    atomic_write(out / "report.html", lambda p: p.write_text(page))
+    write_output(out / "report.html", lambda p: p.write_text(page), run)
     return out / "report.md"
 
 
@@ -748,6 +756,7 @@ def write_comparison(
 
     if len(run_dirs) < 2:
         raise ConfigError("compare needs two or more run directories")
+    out = check_output(out_dir, folder=True, what="the comparison folder (--out)")
     runs = []
     names: list[str] = []
     for d in run_dirs:
@@ -758,8 +767,13 @@ def write_comparison(
         runs.append((data, headlines(data)))
     drops = {float((d.config.get("report") or {}).get("max_accuracy_drop", 0.01)) for d, _ in runs}
     drop = max_accuracy_drop if max_accuracy_drop is not None else max(drops)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the comparison folder {out} ({exc.strerror}): "
+            "give a writable one with --out"
+        ) from None
     verdict, _ = verdict_section(runs, drop)
     lines = [
         "# sparserobust comparison",
@@ -787,13 +801,13 @@ def write_comparison(
     images: dict[str, bytes] = {}
     png = figures.overview(runs, compare=True)
     if png is not None:
-        atomic_write(out / "overview.png", lambda p: p.write_bytes(png))
+        write_output(out / "overview.png", lambda p: p.write_bytes(png))
         images["overview"] = png
         lines.append("![overview](overview.png)")
     md = "\n".join(lines) + "\n"
-    atomic_write(out / "compare.md", lambda p: p.write_text(md))
+    write_output(out / "compare.md", lambda p: p.write_text(md))
     page = _html(md, images, title="sparserobust comparison")
-    atomic_write(out / "compare.html", lambda p: p.write_text(page))
+    write_output(out / "compare.html", lambda p: p.write_text(page))
     log.info("comparison of %d runs written to %s", len(runs), out)
     return out / "compare.md"
 

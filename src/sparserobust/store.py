@@ -12,7 +12,9 @@ Tables
 Every row is written inside one transaction, after the checkpoint it refers to
 has been written atomically, so an interrupted run never leaves a row that a
 later run would trust. A run directory is held by one process at a time
-(:class:`RunLock`).
+(:class:`~sparserobust.rundir.RunLock`), and a checkpoint path read from the
+database is followed only when it stays inside its run directory
+(:func:`~sparserobust.rundir.checkpoint_path`).
 """
 
 from __future__ import annotations
@@ -20,24 +22,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import errno
-import fcntl
 import hashlib
 import json
 import os
 import platform
 import sqlite3
-import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sparserobust.errors import StoreError
+from sparserobust.errors import StoreError, UnsafePathError
+from sparserobust.rundir import DB_NAME, RunLock, checkpoint_path, open_no_follow
 
 SCHEMA_VERSION = 1
-DB_NAME = "results.sqlite"
 DB_TIMEOUT = 10.0
 """Seconds to wait for another process's lock on the database before giving up."""
 
@@ -151,24 +150,6 @@ class ModelRow:
     seconds: float
 
 
-def open_no_follow(path: Path, flags: int, mode: int = 0o644) -> int:
-    """``os.open`` of a run-directory file (created if missing) that never follows a
-    symbolic link and refuses anything but a regular file; returns the descriptor."""
-    try:
-        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StoreError(
-                f"{path} is a symbolic link: sparserobust never writes through links; "
-                "remove it and re-run"
-            ) from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise StoreError(f"{path} is not a regular file: remove it and re-run")
-    return fd
-
-
 _ROW_TYPES: tuple[type | tuple[type, ...], ...] = (
     str,
     int,
@@ -199,44 +180,6 @@ def _model_row(values: tuple[Any, ...], db: Path) -> ModelRow:
                 "re-run the study with --force"
             )
     return ModelRow(*values)
-
-
-class RunLock:
-    """Exclusive lock on a run directory: a second process refuses with a clear error."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / ".lock"
-        self._fh: Any = None
-
-    def __enter__(self) -> RunLock:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = os.fdopen(open_no_follow(self.path, os.O_RDWR), "r+")
-        except StoreError:
-            raise
-        except OSError as exc:
-            raise StoreError(
-                f"cannot use run directory {self.path.parent} ({exc.strerror}): "
-                "choose a writable folder with --out"
-            ) from None
-        try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._fh.close()
-            raise StoreError(
-                f"run directory {self.path.parent} is in use by another sparserobust process: "
-                "wait for it to finish or use another --out"
-            ) from None
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(str(os.getpid()))
-        self._fh.flush()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
 
 
 class ResultStore:
@@ -384,7 +327,10 @@ class ResultStore:
         if row is None:
             return None
         model = _model_row(row, self.path)
-        path = self.run_dir / model.checkpoint
+        try:
+            path = checkpoint_path(self.run_dir, model.checkpoint)
+        except UnsafePathError:  # never followed; drop_untrusted_models reports it
+            return None
         if not path.is_file() or sha256_file(path) != model.checkpoint_sha256:
             return None
         return model
@@ -476,6 +422,9 @@ class ResultStore:
                 }
             )
         return out
+
+
+__all__ = ["DB_NAME", "ModelRow", "ResultStore", "RunLock", "open_no_follow", "sha256_file"]
 
 
 def dataclasses_astuple(row: ModelRow) -> tuple[Any, ...]:

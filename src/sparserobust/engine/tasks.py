@@ -30,6 +30,7 @@ from sparserobust.pruning.dns import DNSConfig
 from sparserobust.pruning.hydra import HydraSettings
 from sparserobust.pruning.structured import StructuredSettings
 from sparserobust.pruning.sweep import sparsity_sweep
+from sparserobust.rundir import checkpoint_path
 from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
 from sparserobust.utils import resolve_device, seed_everything, use_channels_last
 
@@ -197,8 +198,9 @@ def study_data(config: StudyConfig) -> Dataset:
 def model_to_measure(
     config: StudyConfig, run_dir: Path, checkpoint: str, device: torch.device
 ) -> nn.Module:
-    """A stored model, ready for measurements (channels-last if the config asks)."""
-    model, _ = load_checkpoint(run_dir / checkpoint, device=device)
+    """A stored model, ready for measurements (channels-last if the config asks); its
+    path, read from the database, is confined to the run directory."""
+    model, _ = load_checkpoint(checkpoint_path(run_dir, checkpoint), device=device)
     return use_channels_last(model) if config.channels_last else model
 
 

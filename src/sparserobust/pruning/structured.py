@@ -393,27 +393,39 @@ def compact_checkpoint(
 
     The file is an ordinary sparserobust checkpoint whose metadata also holds
     the layer list (``compact.layers``), so :func:`~sparserobust.checkpoint.load_checkpoint`
-    (and every command that takes a checkpoint) loads it. Before writing, the
-    compact model's logits are checked against the masked model's on 32 random
-    inputs (ModelError if they differ by more than 1e-4 relative to the logit
-    scale). Returns the structured report (see :func:`structured_report`) with
+    (and every command that takes a checkpoint) loads it. ``out`` follows the
+    output-path policy (:func:`~sparserobust.rundir.check_output`). The input and
+    the compact model pass the checks of ``evaluate`` (finite weights, masks of 0 and
+    1 only; CheckpointError), and before writing, the compact model's logits are
+    checked against the masked model's on 32 random inputs (ModelError if either is
+    not finite or they differ by more than 1e-4 relative to the logit scale).
+    Returns the structured report (see :func:`structured_report`) with
     ``path``, ``source`` and ``max_logit_difference``.
     """
-    from sparserobust.checkpoint import load_checkpoint, save_checkpoint
+    from sparserobust.checkpoint import check_model_finite, load_checkpoint, save_checkpoint
+    from sparserobust.rundir import check_output
 
-    src, dst = Path(checkpoint), Path(out)
+    src, dst = Path(checkpoint), check_output(out, what="the compact checkpoint (--out)")
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
         raise ConfigError("--out must differ from the checkpoint: write the export to a new file")
     model, meta = load_checkpoint(src)
+    check_model_finite(model, src)  # as evaluate: finite weights, masks of 0 and 1 only
     shape = [int(s) for s in meta["input_shape"]]
     report = structured_report(model, shape)
     small = compact(model).eval()
+    check_model_finite(small, f"the compact model of {src}")
     gen = torch.Generator().manual_seed(0)
     probe = torch.rand(32, *shape, generator=gen)
     with torch.no_grad():
         expected, got = model(probe), small(probe)
+    for logits, whose in ((expected, f"{src}: the model's"), (got, "the compact model's")):
+        if not bool(torch.isfinite(logits).all()):
+            raise ModelError(
+                f"{whose} logits are NaN or inf (a diverged model, or a zero normalisation "
+                "std): nothing to compact; re-create the checkpoint"
+            )
     diff = float((expected - got).abs().max())
-    if diff > 1e-4 * max(1.0, float(expected.abs().max())):
+    if not diff <= 1e-4 * max(1.0, float(expected.abs().max())):  # NaN fails too
         raise ModelError(
             f"the compact model's logits differ from the pruned model's by {diff:.3g}: "
             "this architecture cannot be compacted exactly"

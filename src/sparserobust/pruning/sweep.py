@@ -45,7 +45,7 @@ from sparserobust.checkpoint import (
     verify_checkpoint,
 )
 from sparserobust.data import Split
-from sparserobust.errors import CheckpointError, ConfigError, ModelError
+from sparserobust.errors import CheckpointError, ConfigError, ModelError, UnsafePathError
 from sparserobust.pruning.dns import DNSConfig, TrainFn, dns_prune
 from sparserobust.pruning.hydra import HydraSettings, hydra_prune
 from sparserobust.pruning.masks import (
@@ -57,6 +57,7 @@ from sparserobust.pruning.masks import (
 )
 from sparserobust.pruning.registry import pruning_method
 from sparserobust.pruning.structured import StructuredSettings, structured_prune
+from sparserobust.rundir import check_output, remove_temps
 from sparserobust.training import AdversarialTraining, TrainConfig, evaluate_accuracy, train_model
 
 log = logging.getLogger(__name__)
@@ -351,8 +352,14 @@ def sparsity_sweep(
     paths: list[Path] = [out / n for n in names] if out is not None else []
     done = 0
     if out is not None:
-        for stale in out.glob(f".{method}-s*.st.*.tmp"):  # temp files of a killed run
-            stale.unlink(missing_ok=True)
+        for path in paths:  # a level is never read or written through a link
+            if path.is_symlink():
+                raise UnsafePathError(
+                    f"{path} is a symbolic link: sparserobust never reads or writes sweep "
+                    "levels through links; remove it and re-run"
+                )
+        if out.is_dir() and not out.is_symlink():
+            remove_temps(out, names)  # a killed run's temp files of these levels, no others
         while done < len(levels) and _finished(
             paths[done], signature, levels[: done + 1] if chain else levels[done : done + 1]
         ):
@@ -537,8 +544,10 @@ def prune_checkpoint(
     into ``out_dir`` (see :func:`sparsity_sweep`), retraining ``retrain_epochs``
     per level on the checkpoint's dataset (SGD momentum 0.9, cosine from
     ``lr``; batch size and weight decay default to the model's recipe) and
-    recording test accuracy. For ``dns`` the epochs are its surgery training,
-    for ``hydra`` its fine-tuning. ``adversarial`` makes retraining adversarial.
+    recording test accuracy. ``out_dir`` follows the output-path policy
+    (:func:`~sparserobust.rundir.check_output`: never inside a run directory).
+    For ``dns`` the epochs are its surgery training, for ``hydra`` its fine-tuning.
+    ``adversarial`` makes retraining adversarial.
     ``lr`` defaults to the model's training lr (on LeNet-300-100/MNIST, 0.05
     beat 0.01 for every method: global magnitude at 98% 98.1% vs 97.2%, DNS at
     98% 98.2% vs 97.8%)."""
@@ -547,6 +556,7 @@ def prune_checkpoint(
     from sparserobust.models import model_spec
     from sparserobust.utils import resolve_device
 
+    check_output(out_dir, folder=True, what="the output folder (--out)")
     pruning_method(method)
     levels = validate_targets(targets)
     if retrain_epochs < 0:
