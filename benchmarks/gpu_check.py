@@ -37,7 +37,7 @@ from sparserobust.metrics.robustness import summarize
 from sparserobust.models import build_model
 from sparserobust.pipeline import run_study
 from sparserobust.store import ResultStore
-from sparserobust.training import TrainConfig, train_model
+from sparserobust.training import TrainSettings, train_model
 
 ACC_TOL = 0.02
 NORM_TOL = 0.02
@@ -64,7 +64,7 @@ def digits_model() -> tuple[torch.nn.Module, Any]:
     info = data.info
     torch.manual_seed(0)
     model = build_model("lenet300", info.input_shape, info.num_classes, info.mean, info.std)
-    train_model(model, data.train, TrainConfig(epochs=20, seed=0), progress=False)
+    train_model(model, data.train, TrainSettings(epochs=20, seed=0), progress=False)
     return model.eval(), data
 
 
@@ -147,7 +147,7 @@ def lenet5_cells(device: torch.device, data_dir: str | None) -> dict[str, Any]:
         x, y = data.test.x[:500], data.test.y[:500]
         info = data.info
         model = build_model("lenet5", info.input_shape, info.num_classes, info.mean, info.std)
-        train_model(model, data.train.head(5000), TrainConfig(epochs=1, seed=0), progress=False)
+        train_model(model, data.train.head(5000), TrainSettings(epochs=1, seed=0), progress=False)
     except Exception as exc:  # noqa: BLE001 - no MNIST: say so, skip the timing
         return {"skipped": f"no MNIST ({exc})"}
     cfg = config_from_dict(

@@ -19,12 +19,17 @@ import torch
 
 from sparserobust.data import load_dataset
 from sparserobust.models import build_model
-from sparserobust.training import AdversarialTraining, TrainConfig, evaluate_accuracy, train_model
+from sparserobust.training import (
+    AdversarialTrainingSettings,
+    TrainSettings,
+    evaluate_accuracy,
+    train_model,
+)
 
 METHODS = {
     "natural": None,
-    "pgd-at": AdversarialTraining(method="pgd", eps=0.1, steps=10),
-    "trades": AdversarialTraining(method="trades", eps=0.1, steps=10, beta=6.0),
+    "pgd-at": AdversarialTrainingSettings(method="pgd", eps=0.1, steps=10),
+    "trades": AdversarialTrainingSettings(method="trades", eps=0.1, steps=10, beta=6.0),
 }
 
 
@@ -41,7 +46,7 @@ def main() -> None:
         for method, adv in METHODS.items():
             torch.manual_seed(0)
             model = build_model(name, info.input_shape, info.num_classes, info.mean, info.std)
-            config = TrainConfig(epochs=1, batch_size=128, lr=0.05, seed=0, adversarial=adv)
+            config = TrainSettings(epochs=1, batch_size=128, lr=0.05, seed=0, adversarial=adv)
             start = time.perf_counter()
             train_model(model, data.train, config, progress=False)
             seconds = time.perf_counter() - start

@@ -32,7 +32,7 @@ from sparserobust.data import load_dataset
 from sparserobust.measurements.verify import verify_points
 from sparserobust.models import build_model
 from sparserobust.pruning.sweep import prune_model
-from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
+from sparserobust.training import TrainSettings, evaluate_accuracy, train_model
 from sparserobust.verify import certify
 
 log = logging.getLogger("verification")
@@ -51,7 +51,7 @@ def prepare_models(data_dir: str, models_dir: Path) -> dict[str, Path]:
     info = ds.info
     torch.manual_seed(0)
     model = build_model("lenet300", info.input_shape, info.num_classes, info.mean, info.std)
-    train_model(model, ds.train, TrainConfig(epochs=10, seed=0), progress=False)
+    train_model(model, ds.train, TrainSettings(epochs=10, seed=0), progress=False)
     meta = {
         "model": "lenet300", "dataset": "mnist", "input_shape": list(info.input_shape),
         "num_classes": info.num_classes, "mean": list(info.mean), "std": list(info.std),
@@ -59,7 +59,7 @@ def prepare_models(data_dir: str, models_dir: Path) -> dict[str, Path]:
     save_checkpoint(
         paths["dense"], model, {**meta, "test_accuracy": evaluate_accuracy(model, ds.test)}
     )
-    prune_model(model, "magnitude", 0.9, train=ds.train, retrain=TrainConfig(epochs=2, seed=0),
+    prune_model(model, "magnitude", 0.9, train=ds.train, retrain=TrainSettings(epochs=2, seed=0),
                 steps=3)  # fmt: skip
     save_checkpoint(
         paths["sparse90"], model, {**meta, "test_accuracy": evaluate_accuracy(model, ds.test)}

@@ -12,7 +12,7 @@ import torch
 
 from sparserobust.data import Dataset, load_dataset
 from sparserobust.models import build_model
-from sparserobust.training import TrainConfig, train_model
+from sparserobust.training import TrainSettings, train_model
 
 # Under mutation testing (`make mutation`, docs/testing.md) mutmut runs pytest once per
 # mutant in a process forked from one that already ran the tests; there the trained
@@ -47,7 +47,7 @@ def digits_lenet300(digits: Dataset) -> torch.nn.Module:
         info = digits.info
         torch.manual_seed(0)  # the initial weights must not depend on which tests ran first
         model = build_model("lenet300", info.input_shape, info.num_classes, info.mean, info.std)
-        train_model(model, digits.train, TrainConfig(epochs=10, seed=0), progress=False)
+        train_model(model, digits.train, TrainSettings(epochs=10, seed=0), progress=False)
         return model.eval()
 
     return kept("digits_lenet300", build)
@@ -62,7 +62,7 @@ def digits_linear(digits: Dataset) -> torch.nn.Module:
         torch.manual_seed(0)
         model = build_model("linear", info.input_shape, info.num_classes, info.mean, info.std)
         train_model(
-            model, digits.train, TrainConfig(epochs=10, seed=0, weight_decay=0.0), progress=False
+            model, digits.train, TrainSettings(epochs=10, seed=0, weight_decay=0.0), progress=False
         )
         return model.eval()
 

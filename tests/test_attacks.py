@@ -151,12 +151,12 @@ def test_ddn_median_not_larger_than_foolbox(digits, digits_lenet300) -> None:
 def test_deepfool_and_cw_match_foolbox_on_mnist(mnist_root) -> None:
     from sparserobust.data import load_dataset
     from sparserobust.models import build_model
-    from sparserobust.training import TrainConfig, train_model
+    from sparserobust.training import TrainSettings, train_model
 
     data = load_dataset("mnist", mnist_root)
     info = data.info
     model = build_model("lenet300", info.input_shape, info.num_classes, info.mean, info.std)
-    train_model(model, data.train.head(20000), TrainConfig(epochs=2, seed=0), progress=False)
+    train_model(model, data.train.head(20000), TrainSettings(epochs=2, seed=0), progress=False)
     model.eval()
     x, y = data.test.x[:100], data.test.y[:100]
     df = _foolbox_median(

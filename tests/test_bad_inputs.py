@@ -287,12 +287,12 @@ def test_api_input_shape_mismatch() -> None:
 
 def test_api_errors_share_one_family(tmp_path: Path) -> None:
     from sparserobust.data import load_dataset
-    from sparserobust.training import TrainConfig
+    from sparserobust.training import TrainSettings
 
     with pytest.raises(ConfigError):
         load_dataset("imagenet")
     with pytest.raises(ConfigError):
-        TrainConfig(epochs=-3)
+        TrainSettings(epochs=-3)
     with pytest.raises(DataError):
         load_dataset("cifar10", tmp_path / "missing")
     with pytest.raises(CheckpointError):

@@ -134,3 +134,24 @@ def test_real_mnist(mnist_root: Path) -> None:
     assert data.test.y[:3].tolist() == [7, 2, 1]
     assert torch.bincount(data.test.y).tolist()[:3] == [980, 1135, 1032]
     assert data.train.x.min() == 0.0 and data.train.x.max() == 1.0
+
+
+def test_a_dataset_is_one_registry_entry_with_its_test_size() -> None:
+    """Each entry carries its facts, loader and test-set size; the size is the real one
+    (digits here; MNIST and Fashion-MNIST too where their files are present)."""
+    from sparserobust import data
+
+    assert data.dataset_names() == sorted(data.DATASETS)
+    assert {n: data.dataset_test_size(n) for n in data.dataset_names()} == {
+        "cifar10": 10000,
+        "digits": 364,
+        "fashion-mnist": 10000,
+        "mnist": 10000,
+    }
+    assert len(load_dataset("digits").test) == data.dataset_test_size("digits")
+    root = data.resolve_data_dir(None)
+    for name, folder in (("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")):
+        if root is not None and (root / folder / "raw").is_dir():
+            assert len(load_dataset(name, root).test) == data.dataset_test_size(name)
+    with pytest.raises(ConfigError, match="choose one of"):
+        data.dataset_test_size("imagenet")

@@ -4,6 +4,7 @@ are validated at load, divergence is an error, and every failure is one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -299,11 +300,11 @@ def test_deep_yaml_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def test_training_divergence_is_an_error(digits) -> None:  # type: ignore[no-untyped-def]
     from sparserobust.models import build_model
-    from sparserobust.training import TrainConfig, train_model
+    from sparserobust.training import TrainSettings, train_model
 
     model = build_model("lenet300", (1, 8, 8), 10)
     with pytest.raises(ModelError, match="diverged"):
-        train_model(model, digits.train.head(200), TrainConfig(epochs=2, lr=1e30), progress=False)
+        train_model(model, digits.train.head(200), TrainSettings(epochs=2, lr=1e30), progress=False)
 
 
 def test_evaluate_refuses_a_nan_checkpoint(
@@ -429,9 +430,10 @@ def test_labels_outside_the_classes_are_a_data_error(monkeypatch: pytest.MonkeyP
 
     x = torch.zeros(4, 1, 28, 28)
     good, bad = torch.tensor([0, 1, 2, 9]), torch.tensor([0, 1, 12, 3])
-    monkeypatch.setattr(
-        data, "_load_mnist_like", lambda name, root: (Split(x, good), Split(x, bad))
+    entry = dataclasses.replace(
+        data.DATASETS["mnist"], load=lambda root: (Split(x, good), Split(x, bad))
     )
+    monkeypatch.setitem(data.DATASETS, "mnist", entry)
     with pytest.raises(DataError, match=r"labels outside 0\.\.9 \(found 0\.\.12\)"):
         data.load_dataset("mnist")
 

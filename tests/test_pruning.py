@@ -19,7 +19,7 @@ from sparserobust.data import Dataset
 from sparserobust.errors import ConfigError, SparseRobustError
 from sparserobust.models import build_model
 from sparserobust.pruning import (
-    DNSConfig,
+    DNSSettings,
     get_masks,
     global_magnitude_prune,
     magnitude_prune,
@@ -38,10 +38,10 @@ from sparserobust.pruning import sweep as sweep_module
 from sparserobust.pruning.dns import SurgeryHook, calibrate, straight_through
 from sparserobust.pruning.hydra import HydraSettings
 from sparserobust.pruning.masks import dense_weight, effective_weight, set_weight_mask
-from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
+from sparserobust.training import TrainSettings, evaluate_accuracy, train_model
 
 METHODS = ["magnitude", "global-magnitude", "random", "dns"]
-RETRAIN = TrainConfig(epochs=1, lr=0.01, seed=0)
+RETRAIN = TrainSettings(epochs=1, lr=0.01, seed=0)
 
 
 def tiny_cnn() -> nn.Module:
@@ -133,7 +133,7 @@ def test_pruned_weights_stay_zero_through_retraining(
     train_model(
         model,
         digits.train,
-        TrainConfig(epochs=2, lr=0.05, momentum=0.9, weight_decay=0.01, seed=5),
+        TrainSettings(epochs=2, lr=0.05, momentum=0.9, weight_decay=0.01, seed=5),
         progress=False,
     )
     assert sparsity_report(model).pruned == before
@@ -154,7 +154,7 @@ def test_dns_splices_a_weight_back() -> None:
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[1.0, 0.05, 0.8, 0.6]]))
     set_weight_mask(layer, torch.tensor([[1.0, 0.0, 1.0, 1.0]]))
-    hook = SurgeryHook(model, {"0": 1}, {"0": 1}, DNSConfig(gamma=0.0), ramp_steps=0, seed=0)
+    hook = SurgeryHook(model, {"0": 1}, {"0": 1}, DNSSettings(gamma=0.0), ramp_steps=0, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
     with straight_through(model):
@@ -272,9 +272,10 @@ def _sweep(model: nn.Module, out: Path, method: str, digits: Dataset) -> list[di
         test=digits.test,
         retrain=RETRAIN,
         seed=4,
-        settings={"dns": DNSConfig(finetune_epochs=1), "hydra": HydraSettings(score_epochs=1)}.get(
-            method
-        ),
+        settings={
+            "dns": DNSSettings(finetune_epochs=1),
+            "hydra": HydraSettings(score_epochs=1),
+        }.get(method),
         out_dir=out,
         metadata=digits_meta(),
         parent="dense.st",
@@ -429,7 +430,7 @@ def test_mnist_lenet300_magnitude_keeps_accuracy(mnist_root: Path) -> None:
     data = load_dataset("mnist", mnist_root)
     info = data.info
     model = build_model("lenet300", info.input_shape, 10, info.mean, info.std)
-    train_model(model, data.train, TrainConfig(epochs=2, lr=0.05, seed=0), progress=False)
+    train_model(model, data.train, TrainSettings(epochs=2, lr=0.05, seed=0), progress=False)
     dense_acc = evaluate_accuracy(model, data.test)
     assert dense_acc > 0.97
     report = prune_model(
@@ -437,7 +438,7 @@ def test_mnist_lenet300_magnitude_keeps_accuracy(mnist_root: Path) -> None:
         "magnitude",
         0.9,
         train=data.train,
-        retrain=TrainConfig(epochs=1, lr=0.05, seed=0),
+        retrain=TrainSettings(epochs=1, lr=0.05, seed=0),
         seed=0,
     )
     assert report.pruned == sum(round(0.9 * n) for n in (235200, 30000, 1000))
@@ -476,7 +477,7 @@ def test_one_shot_sweep_with_own_training_loop(digits_lenet300: nn.Module, digit
         progress=False,
         evaluate=lambda m: evaluate_accuracy(m, digits.test),
     )
-    assert calls == [10, 10]  # one surgery per level, no TrainConfig fine-tune
+    assert calls == [10, 10]  # one surgery per level, no TrainSettings fine-tune
     assert [r["pruned_weights"] for r in records] == [25100, 40160]
     assert all(r["parent"] == "dense" and r["accuracy"] > 0.5 for r in records)
     assert not any(hasattr(m, "weight_orig") for _, m in prunable_layers(model))  # untouched
@@ -508,7 +509,7 @@ def test_prune_checkpoint_passes_its_settings_through(
     import sparserobust.data
     import sparserobust.utils
     from sparserobust.models import model_spec
-    from sparserobust.training import AdversarialTraining
+    from sparserobust.training import AdversarialTrainingSettings
 
     model = build_model("lenet300", (1, 8, 8), 10, [0.305], [0.3779])
     dense = save_checkpoint(tmp_path / "dense.st", model, digits_meta())
@@ -545,7 +546,7 @@ def test_prune_checkpoint_passes_its_settings_through(
     assert kwargs == {
         "train": "TRAIN",
         "test": "TEST",
-        "retrain": TrainConfig(
+        "retrain": TrainSettings(
             epochs=1,
             lr=spec.lr,
             batch_size=spec.batch_size,
@@ -565,8 +566,8 @@ def test_prune_checkpoint_passes_its_settings_through(
 
     # every setting given
     calls.clear()
-    settings = DNSConfig(hysteresis=0.2)
-    adversarial = AdversarialTraining(method="pgd", eps=0.1, steps=2)
+    settings = DNSSettings(hysteresis=0.2)
+    adversarial = AdversarialTrainingSettings(method="pgd", eps=0.1, steps=2)
     sweep_module.prune_checkpoint(
         dense,
         "dns",
@@ -590,7 +591,7 @@ def test_prune_checkpoint_passes_its_settings_through(
     assert by_name["data"] == (("digits", tmp_path / "data"), {})
     assert by_name["seed"] == ((9,), {})
     kwargs = by_name["sweep"][1]
-    assert kwargs["retrain"] == TrainConfig(
+    assert kwargs["retrain"] == TrainSettings(
         epochs=3, lr=0.123, batch_size=17, weight_decay=0.5, seed=9, adversarial=adversarial
     )
     assert (kwargs["steps_per_level"], kwargs["seed"], kwargs["chain"], kwargs["progress"]) == (
@@ -625,7 +626,7 @@ def test_prune_checkpoint_passes_its_settings_through(
 
 def test_dns_counts_allocations_and_dns_prune_schedule() -> None:
     """dns_counts: "layer" is the layer-wise count, "global" one |W| threshold; dns_prune
-    starts its ramp from the current pruned counts and takes DNSConfig() by default."""
+    starts its ramp from the current pruned counts and takes DNSSettings() by default."""
     from sparserobust.pruning.dns import dns_counts, dns_prune
     from sparserobust.pruning.magnitude import global_counts, layer_counts
 
@@ -637,7 +638,7 @@ def test_dns_counts_allocations_and_dns_prune_schedule() -> None:
     assert dns_counts(model, 0.5, "global") == global_counts(model, 0.5, scores)
     assert dns_counts(model, 0.5, "global") == {"0": 0, "3": 554}
 
-    # ramp over 4 of 8 steps (DNSConfig().ramp = 0.5) from 0 pruned to the target: after
+    # ramp over 4 of 8 steps (DNSSettings().ramp = 0.5) from 0 pruned to the target: after
     # step 1 the scheduled count is 1 - (3/4)^3 = 58% of the way
     seen: list[dict[str, int]] = []
 
@@ -653,7 +654,7 @@ def test_dns_counts_allocations_and_dns_prune_schedule() -> None:
     model = tiny_cnn()
     set_weight_mask(model[3], (torch.arange(1080) >= 100).float().reshape(10, 108))
     seen.clear()
-    dns_prune(model, 0.5, train, steps=8, config=DNSConfig(allocation="layer"))
+    dns_prune(model, 0.5, train, steps=8, config=DNSSettings(allocation="layer"))
     assert seen[0]["3"] == round(100 + (540 - 100) * (1 - 0.75**3))
 
 
@@ -681,14 +682,14 @@ def test_prune_model_hands_dns_and_hydra_their_settings(
     monkeypatch.setattr(dns_module, "dns_prune", spy("dns"))
     monkeypatch.setattr(hydra_module, "hydra_prune", spy("hydra"))
     model = tiny_cnn()
-    retrain = TrainConfig(epochs=2, batch_size=100, seed=3)
+    retrain = TrainSettings(epochs=2, batch_size=100, seed=3)
     steps = 2 * math.ceil(len(digits.train) / 100)
 
-    dns = DNSConfig(finetune_epochs=1)
+    dns = DNSSettings(finetune_epochs=1)
     assert prune_model(model, "dns", 0.5, train=digits.train, retrain=retrain, seed=5, settings=dns)
     (_, a1, _), (_, a2, _), (_, args, kwargs) = calls
     assert a1 == (retrain, digits.train, 5, False, "dns 0.5000")
-    ft = TrainConfig(epochs=1, batch_size=100, seed=3)
+    ft = TrainSettings(epochs=1, batch_size=100, seed=3)
     assert a2 == (ft, digits.train, 5 + 7919, False, "dns finetune")
     assert args[:2] == (model, 0.5) and callable(args[2])
     assert kwargs["steps"] == steps and kwargs["config"] is dns and kwargs["seed"] == 5
@@ -701,17 +702,17 @@ def test_prune_model_hands_dns_and_hydra_their_settings(
         0.5,
         train=digits.train,
         retrain=retrain,
-        settings=DNSConfig(finetune_epochs=0),
+        settings=DNSSettings(finetune_epochs=0),
         progress=True,
     )
     assert [c[0] for c in calls] == ["train_fn", "dns"]
     assert calls[0][1][3] is True and calls[1][2]["finetune"] is None
-    assert calls[1][2]["config"] == DNSConfig(finetune_epochs=0)
+    assert calls[1][2]["config"] == DNSSettings(finetune_epochs=0)
 
     calls.clear()  # a callable trainer: the step count comes from retrain_steps (0 if not given)
     prune_model(model, "dns", 0.5, retrain=lambda m, hook: None, retrain_steps=37)
     assert calls[-1][2]["steps"] == 37 and calls[-1][2]["finetune"] is None
-    assert calls[-1][2]["config"] == DNSConfig()
+    assert calls[-1][2]["config"] == DNSSettings()
     prune_model(model, "dns", 0.5, retrain=lambda m, hook: None)
     assert calls[-1][2]["steps"] == 0
 
@@ -728,7 +729,7 @@ def test_prune_model_hands_dns_and_hydra_their_settings(
         progress=True,
     )
     (_, args, kwargs) = calls[-1]
-    assert args == (model, pytest.approx(0.3), digits.train, TrainConfig(2, 100, seed=8), hydra)
+    assert args == (model, pytest.approx(0.3), digits.train, TrainSettings(2, 100, seed=8), hydra)
     assert kwargs == {"progress": True}
 
 
@@ -738,7 +739,7 @@ def test_surgery_hook_schedule_probability_and_counters() -> None:
 
     model = nn.Sequential(nn.Linear(10, 10, bias=False))
     set_weight_mask(model[0], torch.ones(10, 10))
-    config = DNSConfig(gamma=0.5, power=2.0)
+    config = DNSSettings(gamma=0.5, power=2.0)
     hook = SurgeryHook(model, {"0": 10}, {"0": 90}, config, ramp_steps=4, seed=0)
     assert (hook.updates, hook.spliced) == (0, 0)
     # start + (target - start) * (1 - (1 - step/4)^3), rounded

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from sparserobust.attacks import attack_names, attack_norms, attack_settings, get_attack
-from sparserobust.attacks.base import norm_name
+from sparserobust.attacks.norms import norm_name
 from sparserobust.config import config_from_dict, load_config, quick_config
 from sparserobust.data import Split
 from sparserobust.errors import AttackError, ConfigError
@@ -30,7 +30,7 @@ from sparserobust.pruning import sparsity_report
 from sparserobust.pruning.registry import method_names, pruning_method
 from sparserobust.pruning.sweep import prune_model
 from sparserobust.store import params_hash
-from sparserobust.training import TrainConfig
+from sparserobust.training import TrainSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,7 +137,7 @@ def test_every_pruning_method_hits_the_exact_count(name: str) -> None:
     model = tiny_model()
     x, y = tiny_data(64)
     train = Split(x, y)
-    retrain = TrainConfig(epochs=1, batch_size=16, lr=0.01, seed=0)
+    retrain = TrainSettings(epochs=1, batch_size=16, lr=0.01, seed=0)
     rep = prune_model(model, name, 0.5, train=train, retrain=retrain, seed=0)
     total = 16 * 12 + 12 * 10
     assert method.level(model) == 0.5  # on the method's own axis

@@ -28,7 +28,7 @@ from sparserobust.pruning import (
     sparsity_report,
     sparsity_sweep,
 )
-from sparserobust.pruning.dns import DNSConfig
+from sparserobust.pruning.dns import DNSSettings
 from sparserobust.pruning.hydra import HydraSettings, apply_score_masks, hydra_counts, hydra_prune
 from sparserobust.pruning.masks import dense_weight, set_weight_mask
 from sparserobust.pruning.structured import (
@@ -40,10 +40,10 @@ from sparserobust.pruning.structured import (
     structured_report,
     unit_counts,
 )
-from sparserobust.training import AdversarialTraining, TrainConfig, evaluate_accuracy
+from sparserobust.training import AdversarialTrainingSettings, TrainSettings, evaluate_accuracy
 from tests.test_pruning import digits_meta
 
-PGD_AT = AdversarialTraining("pgd", eps=0.1, steps=5)
+PGD_AT = AdversarialTrainingSettings("pgd", eps=0.1, steps=5)
 
 
 def pgd_robust(model: nn.Module, digits: Dataset, eps: float = 0.1) -> float:
@@ -64,7 +64,7 @@ def test_hydra_k_is_the_fraction_kept(digits_lenet300: nn.Module, digits: Datase
     """k = 0.1 keeps exactly round(0.1 n) weights per layer: sparsity 1 - k = 0.9, the
     same per-layer counts as layer-wise magnitude pruning at 0.9 (and via prune_model)."""
     model = copy.deepcopy(digits_lenet300)
-    config = TrainConfig(epochs=0, seed=0)
+    config = TrainSettings(epochs=0, seed=0)
     report = hydra_prune(model, 0.1, digits.train, config, HydraSettings(score_epochs=1))
     assert kept_per_layer(model) == [1920, 3000, 100]  # of 19200, 30000, 1000
     assert report.sparsity == pytest.approx(0.9, abs=1e-12)
@@ -83,11 +83,11 @@ def test_hydra_k_is_the_fraction_kept(digits_lenet300: nn.Module, digits: Datase
 def test_hydra_k_rounding_on_odd_layers(digits: Dataset) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 7), nn.ReLU(), nn.Linear(7, 10))
-    hydra_prune(model, 0.25, digits.train, TrainConfig(epochs=0), HydraSettings(score_epochs=1))
+    hydra_prune(model, 0.25, digits.train, TrainSettings(epochs=0), HydraSettings(score_epochs=1))
     # 448 weights: remove round(0.75*448)=336, keep 112; 70: remove round(52.5)=53, keep 17
     assert kept_per_layer(model) == [112, 17]
     with pytest.raises(ConfigError, match="fraction of weights kept"):
-        hydra_prune(model, 0.0, digits.train, TrainConfig(epochs=0))
+        hydra_prune(model, 0.0, digits.train, TrainSettings(epochs=0))
 
 
 def test_hydra_scores_learn_a_more_robust_subnetwork(
@@ -100,7 +100,7 @@ def test_hydra_scores_learn_a_more_robust_subnetwork(
     dense = digits_lenet300
     model = copy.deepcopy(dense)
     settings = HydraSettings(score_epochs=3, adversarial=PGD_AT)
-    hydra_prune(model, 0.01, digits.train, TrainConfig(epochs=0, seed=0), settings)
+    hydra_prune(model, 0.01, digits.train, TrainSettings(epochs=0, seed=0), settings)
     for (_, before), (_, after) in zip(prunable_layers(dense), prunable_layers(model), strict=True):
         kept = after.weight_mask.bool()
         assert torch.equal(dense_weight(after)[kept], before.weight[kept])  # frozen weights
@@ -115,7 +115,7 @@ def test_hydra_mask_is_a_plain_prune_mask_and_reloads(
     digits_lenet300: nn.Module, digits: Dataset, tmp_path: Path
 ) -> None:
     model = copy.deepcopy(digits_lenet300)
-    config = TrainConfig(epochs=1, lr=0.01, seed=0, adversarial=PGD_AT)
+    config = TrainSettings(epochs=1, lr=0.01, seed=0, adversarial=PGD_AT)
     hydra_prune(model, 0.2, digits.train, config, HydraSettings(score_epochs=1))
     reference = copy.deepcopy(digits_lenet300)
     magnitude_prune(reference, 0.8)
@@ -143,7 +143,7 @@ def test_hydra_chained_levels_are_nested(digits_lenet300: nn.Module, digits: Dat
         "hydra",
         [0.5, 0.9],
         train=digits.train,
-        retrain=TrainConfig(epochs=0, seed=0),
+        retrain=TrainSettings(epochs=0, seed=0),
         settings=HydraSettings(score_epochs=1),
         progress=False,
     )
@@ -160,7 +160,7 @@ def test_hydra_never_revives_pruned_weights(digits_lenet300: nn.Module, digits: 
         before[name] = (torch.rand(module.weight.shape, generator=gen) > 0.5).float()
         set_weight_mask(module, before[name])  # weight_orig keeps the pruned values
     settings = HydraSettings(score_epochs=2, score_lr=50.0)  # scores move far
-    hydra_prune(model, 0.2, digits.train, TrainConfig(epochs=0), settings)
+    hydra_prune(model, 0.2, digits.train, TrainSettings(epochs=0), settings)
     for name, mask in get_masks(model).items():
         assert bool((mask <= before[name]).all()), name
     # (a pruned weight starts at score 0, where |s| has zero gradient; so also check the
@@ -201,13 +201,13 @@ def test_hydra_needs_a_train_config(digits_lenet300: nn.Module, digits: Dataset)
 def test_adversarial_retraining_reaches_every_method(
     method: str, digits_lenet300: nn.Module, digits: Dataset
 ) -> None:
-    """The retrain TrainConfig's adversarial setting reaches the retraining (magnitude)
+    """The retrain TrainSettings's adversarial setting reaches the retraining (magnitude)
     and DNS's surgery and fine-tuning: robust accuracy at eps 0.1 rises well above the
     natural retraining's. Measured: magnitude 0.593 -> 0.701, dns 0.591 -> 0.736."""
     robust = {}
     for adversarial in (None, PGD_AT):
         model = copy.deepcopy(digits_lenet300)
-        retrain = TrainConfig(epochs=4, lr=0.02, seed=0, adversarial=adversarial)
+        retrain = TrainSettings(epochs=4, lr=0.02, seed=0, adversarial=adversarial)
         prune_model(model, method, 0.8, train=digits.train, retrain=retrain, seed=1)
         assert sparsity_report(model).sparsity == pytest.approx(0.8, abs=1e-4)
         assert evaluate_accuracy(model, digits.test) >= 0.9
@@ -316,7 +316,7 @@ def test_report_counts_parameters_and_flops_by_hand() -> None:
 
 def structured_sweep(model: nn.Module, digits: Dataset, epochs: int, **kwargs: object) -> list:
     """Structured sweep to 0.5 then 0.75 of units removed, retraining ``epochs`` at lr 0.01."""
-    retrain = TrainConfig(epochs=epochs, lr=0.01, seed=0)
+    retrain = TrainSettings(epochs=epochs, lr=0.01, seed=0)
     return sparsity_sweep(
         model,
         "structured",
@@ -565,21 +565,21 @@ def test_hydra_prune_stage_configs(digits: Dataset, monkeypatch: pytest.MonkeyPa
     so the stages cost nothing): score settings, the loss, fine-tuning epochs and seed."""
     from sparserobust.pruning import hydra as hydra_module
 
-    stages: list[tuple[TrainConfig, dict]] = []
+    stages: list[tuple[TrainSettings, dict]] = []
     monkeypatch.setattr(
         hydra_module, "train_model", lambda m, t, cfg, **kw: stages.append((cfg, kw))
     )
-    recipe = TrainConfig(epochs=3, lr=0.02, seed=4, adversarial=PGD_AT)
+    recipe = TrainSettings(epochs=3, lr=0.02, seed=4, adversarial=PGD_AT)
     hydra_prune(lenet("lenet300", (1, 8, 8)), 0.5, digits.train, recipe, progress=True)
     (score, kw1), (ft, kw2) = stages
-    assert score == TrainConfig(
+    assert score == TrainSettings(
         epochs=10, lr=0.1, weight_decay=1e-4, seed=4, adversarial=PGD_AT
     )  # HydraSettings() defaults; the recipe's loss
     assert kw1 == {"progress": True, "desc": "hydra scores"}
-    assert ft == TrainConfig(epochs=3, lr=0.02, seed=4 + 7919, adversarial=PGD_AT)
+    assert ft == TrainSettings(epochs=3, lr=0.02, seed=4 + 7919, adversarial=PGD_AT)
     assert kw2 == {"progress": True, "desc": "hydra finetune"}
 
-    trades = AdversarialTraining("trades", eps=0.1, steps=2, beta=6.0)
+    trades = AdversarialTrainingSettings("trades", eps=0.1, steps=2, beta=6.0)
     for finetune_epochs, calls in ((0, 1), (1, 2)):
         stages.clear()
         settings = HydraSettings(
@@ -613,14 +613,14 @@ def test_hydra_scores_and_settings_checks() -> None:
 
     for bad in ({"gamma": -1.0}, {"power": -1.0}, {"ramp": 1.5}, {"hysteresis": 1.0}):
         with pytest.raises(ConfigError, match="DNS"):
-            DNSConfig(**bad)
-    assert DNSConfig(power=0.0, gamma=0.0, ramp=1.0).power == 0.0
-    assert DNSConfig(power=0.5).power == 0.5
+            DNSSettings(**bad)
+    assert DNSSettings(power=0.0, gamma=0.0, ramp=1.0).power == 0.0
+    assert DNSSettings(power=0.5).power == 0.5
 
 
 def test_hydra_settings_from_a_mapping_and_zero_weight_decay() -> None:
     settings = HydraSettings(
         adversarial={"method": "pgd", "eps": 0.1, "steps": 3}, score_weight_decay=0
     )
-    assert settings.adversarial == AdversarialTraining("pgd", eps=0.1, steps=3)
+    assert settings.adversarial == AdversarialTrainingSettings("pgd", eps=0.1, steps=3)
     assert settings.score_weight_decay == 0

@@ -14,8 +14,8 @@ from sparserobust.data import Dataset
 from sparserobust.errors import ConfigError
 from sparserobust.models import build_model
 from sparserobust.training import (
-    AdversarialTraining,
-    TrainConfig,
+    AdversarialTrainingSettings,
+    TrainSettings,
     adversarial_examples,
     evaluate_accuracy,
     train_model,
@@ -26,7 +26,7 @@ def _train(digits: Dataset, seed: int, epochs: int = 3) -> torch.nn.Module:
     info = digits.info
     torch.manual_seed(123)  # the config's seed must decide, not the global state
     model = build_model("lenet300", info.input_shape, info.num_classes, info.mean, info.std)
-    return train_model(model, digits.train, TrainConfig(epochs=epochs, seed=seed), progress=False)
+    return train_model(model, digits.train, TrainSettings(epochs=epochs, seed=seed), progress=False)
 
 
 def test_trained_model_is_accurate(digits_lenet300: torch.nn.Module, digits: Dataset) -> None:
@@ -45,7 +45,7 @@ def test_zero_epochs_leaves_weights(digits: Dataset) -> None:
     info = digits.info
     model = build_model("linear", info.input_shape, info.num_classes)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train_model(model, digits.train, TrainConfig(epochs=0), progress=False)
+    train_model(model, digits.train, TrainSettings(epochs=0), progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -56,7 +56,7 @@ def test_after_step_hook_runs_every_step(digits: Dataset) -> None:
     train_model(
         model,
         digits.train,
-        TrainConfig(epochs=2, batch_size=500),
+        TrainSettings(epochs=2, batch_size=500),
         progress=False,
         after_step=lambda s, m: steps.append(s),
     )
@@ -91,7 +91,7 @@ def test_eval_restores_training_mode(digits: Dataset) -> None:
 )
 def test_bad_config(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
-        TrainConfig(**kwargs)
+        TrainSettings(**kwargs)
 
 
 # -- adversarial training ---------------------------------------------------------------------
@@ -117,18 +117,21 @@ def natural_robust(digits_lenet300: torch.nn.Module, digits: Dataset) -> list[fl
 
 @pytest.mark.parametrize(
     "adversarial",
-    [AdversarialTraining("pgd", eps=0.1, steps=5), AdversarialTraining("trades", 0.1, 5, beta=6.0)],
+    [
+        AdversarialTrainingSettings("pgd", eps=0.1, steps=5),
+        AdversarialTrainingSettings("trades", 0.1, 5, beta=6.0),
+    ],
     ids=["pgd", "trades"],
 )
 def test_adversarial_training_raises_robust_accuracy(
-    adversarial: AdversarialTraining, natural_robust: list[float], digits: Dataset
+    adversarial: AdversarialTrainingSettings, natural_robust: list[float], digits: Dataset
 ) -> None:
     # measured: natural 0.566 (eps 0.1) / 0.005 (eps 0.2); PGD-AT 0.777 / 0.192;
     # TRADES 0.758 / 0.277 (clean 0.967, 0.962, 0.951)
     info = digits.info
     torch.manual_seed(0)  # same initial weights as the natural fixture
     model = build_model("lenet300", info.input_shape, info.num_classes, info.mean, info.std)
-    config = TrainConfig(epochs=10, seed=0, adversarial=adversarial)
+    config = TrainSettings(epochs=10, seed=0, adversarial=adversarial)
     train_model(model, digits.train, config, progress=False).eval()
     assert evaluate_accuracy(model, digits.test) >= 0.93
     robust = _worst_case_robust(model, digits)
@@ -142,7 +145,7 @@ def test_training_examples_lie_in_ball_and_raise_the_loss(
     method: str, norm: str, digits_lenet300: torch.nn.Module, digits: Dataset
 ) -> None:
     eps = 0.1 if norm == "inf" else 1.0
-    settings = AdversarialTraining(method, eps=eps, steps=10, beta=6.0, norm=norm)
+    settings = AdversarialTrainingSettings(method, eps=eps, steps=10, beta=6.0, norm=norm)
     x, y = digits.test.x[:200], digits.test.y[:200]
     model = copy.deepcopy(digits_lenet300).train()
     grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
@@ -171,9 +174,9 @@ def test_adversarial_training_is_reproducible(digits: Dataset) -> None:
     def run(seed: int) -> torch.nn.Module:
         torch.manual_seed(1)
         model = build_model("linear", info.input_shape, info.num_classes)
-        adv = AdversarialTraining("pgd", 0.1, 3)
+        adv = AdversarialTrainingSettings("pgd", 0.1, 3)
         train_model(
-            model, digits.train, TrainConfig(epochs=1, seed=seed, adversarial=adv), progress=False
+            model, digits.train, TrainSettings(epochs=1, seed=seed, adversarial=adv), progress=False
         )
         return model
 
@@ -183,11 +186,11 @@ def test_adversarial_training_is_reproducible(digits: Dataset) -> None:
 
 
 def test_as_dict_without_adversarial_is_unchanged() -> None:
-    assert sorted(TrainConfig().as_dict()) == sorted(
+    assert sorted(TrainSettings().as_dict()) == sorted(
         ["epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "seed"]
     )
-    config = TrainConfig(adversarial={"method": "TRADES", "eps": 0.1, "steps": 7, "beta": 6})
-    assert config.adversarial == AdversarialTraining("trades", 0.1, 7, beta=6.0)
+    config = TrainSettings(adversarial={"method": "TRADES", "eps": 0.1, "steps": 7, "beta": 6})
+    assert config.adversarial == AdversarialTrainingSettings("trades", 0.1, 7, beta=6.0)
     assert config.as_dict()["adversarial"] == {
         "method": "trades",
         "eps": 0.1,
@@ -196,8 +199,8 @@ def test_as_dict_without_adversarial_is_unchanged() -> None:
         "norm": "inf",
         "rel_stepsize": None,
     }
-    assert AdversarialTraining("pgd", 0.3, 10).step_size == pytest.approx(0.075)
-    assert AdversarialTraining("pgd", 0.3, 10, norm="l2", rel_stepsize=0.1).p == 2.0
+    assert AdversarialTrainingSettings("pgd", 0.3, 10).step_size == pytest.approx(0.075)
+    assert AdversarialTrainingSettings("pgd", 0.3, 10, norm="l2", rel_stepsize=0.1).p == 2.0
 
 
 @pytest.mark.parametrize(
@@ -219,7 +222,7 @@ def test_as_dict_without_adversarial_is_unchanged() -> None:
 )
 def test_bad_adversarial_settings(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:
-        TrainConfig(adversarial=kwargs)
+        TrainSettings(adversarial=kwargs)
     assert "\n" not in str(info.value)
 
 
@@ -235,6 +238,6 @@ def test_training_examples_are_made_in_eval_mode() -> None:
     ).train()
     stats = model[2].running_mean.clone()
     x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
-    settings = AdversarialTraining("pgd", 0.1, 3)
+    settings = AdversarialTrainingSettings("pgd", 0.1, 3)
     adversarial_examples(model, x, y, settings, torch.Generator().manual_seed(0))
     assert torch.equal(model[2].running_mean, stats) and model.training

@@ -13,7 +13,7 @@ from sparserobust.errors import CheckpointError, ConfigError, ModelError
 from sparserobust.models import build_model, model_spec
 from sparserobust.pruning import SPARSITY_NOTE, sparsity_report
 from sparserobust.rundir import check_output
-from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
+from sparserobust.training import TrainSettings, evaluate_accuracy, train_model
 from sparserobust.utils import resolve_device, seed_everything
 
 
@@ -38,7 +38,7 @@ def train_reference(
     if out is not None:
         check_output(out, what="the checkpoint to write (--out)")
     spec = model_spec(model_name)
-    config = TrainConfig(
+    config = TrainSettings(
         epochs=spec.epochs if epochs is None else epochs,
         lr=spec.lr if lr is None else lr,
         batch_size=spec.batch_size if batch_size is None else batch_size,

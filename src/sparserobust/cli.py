@@ -208,7 +208,7 @@ def prune(
     """Prune a checkpoint to each sparsity (fraction of Linear/Conv weights removed);
     one checkpoint per level in OUT, each reached from the previous one. Re-running
     with the same arguments continues after the last finished level."""
-    from sparserobust.pruning import DNSConfig, prune_checkpoint
+    from sparserobust.pruning import DNSSettings, prune_checkpoint
 
     targets = parse_float_list(sparsity_text, "--sparsity")
     start = time.perf_counter()
@@ -222,7 +222,7 @@ def prune(
         lr=lr,
         steps_per_level=steps,
         seed=seed,
-        settings=DNSConfig(finetune_epochs=dns_finetune_epochs) if method == "dns" else None,
+        settings=DNSSettings(finetune_epochs=dns_finetune_epochs) if method == "dns" else None,
         device=device,
         progress=not no_progress,
     )

@@ -46,15 +46,15 @@ from sparserobust.settings import (
     short,
 )
 from sparserobust.store import FRONT as FRONT  # re-exported: dense-front models' method name
-from sparserobust.training import AdversarialTraining
+from sparserobust.training import AdversarialTrainingSettings
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class DenseTrainSettings:
     """Dense training recipe; ``None`` fields take the model's registry defaults.
 
     ``adversarial`` (``{method: pgd|trades, eps, steps, beta, norm, rel_stepsize}``, see
-    :class:`sparserobust.training.AdversarialTraining`) trains the dense model and, unless
+    :class:`sparserobust.training.AdversarialTrainingSettings`) trains the dense model and, unless
     ``pruning.adversarial`` says otherwise, every retraining and fine-tuning inside the
     pruning methods on adversarial examples."""
 
@@ -62,7 +62,7 @@ class TrainSettings:
     lr: float | None = None
     batch_size: int | None = None
     weight_decay: float | None = None
-    adversarial: AdversarialTraining | None = field(default=None, metadata=NEW_FIELD)
+    adversarial: AdversarialTrainingSettings | None = field(default=None, metadata=NEW_FIELD)
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class PruningSettings:
     retrain_lr: float | None = None
     iterative: bool = True
     params: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=NEW_FIELD)
-    adversarial: AdversarialTraining | None = field(default=None, metadata=NEW_FIELD)
+    adversarial: AdversarialTrainingSettings | None = field(default=None, metadata=NEW_FIELD)
     grids: dict[str, tuple[float, ...]] = field(default_factory=dict, metadata=NEW_FIELD)
 
     def grid(self, method: str) -> tuple[float, ...]:
@@ -147,14 +147,14 @@ class ControlSettings:
     whether each pruned model lies above it (sparsity helps beyond the accuracy-robustness
     trade-off), on it, or below (:mod:`sparserobust.control`)."""
 
-    dense_front: tuple[TrainSettings, ...] = ()
+    dense_front: tuple[DenseTrainSettings, ...] = ()
 
-    def front_models(self) -> dict[str, TrainSettings]:
+    def front_models(self) -> dict[str, DenseTrainSettings]:
         """The dense-front entries by their id (:func:`front_id`), in config order."""
         return {front_id(v): v for v in self.dense_front}
 
 
-def front_id(variant: TrainSettings) -> str:
+def front_id(variant: DenseTrainSettings) -> str:
     """A dense-front model's identity: its overrides in short (``weight_decay=0.01``),
     so the order of ``control.dense_front`` never changes which stored model is which."""
     view = _hash_view(variant)
@@ -175,7 +175,7 @@ class StudyConfig:
     dataset: str
     model: str
     seeds: tuple[int, ...] = (0,)
-    train: TrainSettings = field(default_factory=TrainSettings)
+    train: DenseTrainSettings = field(default_factory=DenseTrainSettings)
     pruning: PruningSettings = field(default_factory=PruningSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
@@ -279,7 +279,7 @@ def check_name(name: str) -> str:
     return name
 
 
-def _check_train(t: TrainSettings, where: str) -> None:
+def _check_train(t: DenseTrainSettings, where: str) -> None:
     """The ranges of a dense training recipe (``train`` or a dense-front entry)."""
     check_positive(t.epochs, f"{where}.epochs", allow_zero=True, maximum=MAX_EPOCHS)
     check_positive(t.lr, f"{where}.lr", maximum=MAX_LR)
@@ -313,7 +313,7 @@ def validate(config: StudyConfig) -> StudyConfig:
     for i, variant in enumerate(config.control.dense_front):
         where = f"control.dense_front[{i}]"
         _check_train(variant, where)
-        if variant == TrainSettings():
+        if variant == DenseTrainSettings():
             raise ConfigError(
                 f"{where}: sets nothing, so it is the dense model itself: give the train "
                 "settings this front model changes (e.g. weight_decay: 0.01)"

@@ -1,5 +1,9 @@
 """Dataset registry: MNIST, Fashion-MNIST, CIFAR-10 and scikit-learn's digits.
 
+A dataset is one entry of :data:`DATASETS` (:class:`DatasetEntry`): its facts (input
+shape, classes, pixel statistics), its loader and the size of its test set. A new
+dataset is a loader function plus one entry; nothing else names datasets.
+
 Every dataset is returned as float32 tensors with pixels in [0, 1] (shape
 ``N x C x H x W``) and int64 labels. Normalisation statistics are *not*
 applied here: models carry them inside (``models.Normalize``), so attacks
@@ -8,6 +12,7 @@ work in the [0, 1] box.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -65,24 +70,39 @@ class Dataset:
     test: Split
 
 
-_INFO: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo("mnist", (1, 28, 28), 10, (0.1307,), (0.3081,)),
-    "fashion-mnist": DatasetInfo("fashion-mnist", (1, 28, 28), 10, (0.2860,), (0.3530,)),
-    "cifar10": DatasetInfo(
-        "cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-    ),
-    "digits": DatasetInfo("digits", (1, 8, 8), 10, (0.3050,), (0.3779,)),
-}
+Loader = Callable[[Path | None], tuple[Split, Split]]
+"""``load(root) -> (train, test)``: a dataset's splits from the data root (None: the
+download cache), pixels in [0,1]."""
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A registered dataset: its facts, its loader and ``test_size``, the number of test
+    images (the binomial ``n`` behind a clean accuracy's interval)."""
+
+    info: DatasetInfo
+    load: Loader
+    test_size: int
 
 
 def dataset_names() -> list[str]:
     """Names accepted by :func:`load_dataset`."""
-    return sorted(_INFO)
+    return sorted(DATASETS)
+
+
+def dataset_entry(name: str) -> DatasetEntry:
+    """The registry entry of dataset ``name``; ConfigError naming the choices otherwise."""
+    return lookup(DATASETS, name, "dataset")
 
 
 def dataset_info(name: str) -> DatasetInfo:
     """Facts about dataset ``name``; raises ConfigError for an unknown name."""
-    return lookup(_INFO, name, "dataset")
+    return dataset_entry(name).info
+
+
+def dataset_test_size(name: str) -> int:
+    """How many test images dataset ``name`` has; ConfigError for an unknown name."""
+    return dataset_entry(name).test_size
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path | None:
@@ -253,7 +273,8 @@ def _load_cifar10(root: Path | None) -> tuple[Split, Split]:
     return splits[0], splits[1]
 
 
-def _load_digits() -> tuple[Split, Split]:
+def _load_digits(root: Path | None = None) -> tuple[Split, Split]:
+    """scikit-learn's digits (bundled: ``root`` is not used)."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -267,6 +288,29 @@ def _load_digits() -> tuple[Split, Split]:
     return Split(x[~test_mask], y[~test_mask]), Split(x[test_mask], y[test_mask])
 
 
+DATASETS: dict[str, DatasetEntry] = {
+    "mnist": DatasetEntry(
+        DatasetInfo("mnist", (1, 28, 28), 10, (0.1307,), (0.3081,)),
+        functools.partial(_load_mnist_like, "mnist"),
+        10_000,
+    ),
+    "fashion-mnist": DatasetEntry(
+        DatasetInfo("fashion-mnist", (1, 28, 28), 10, (0.2860,), (0.3530,)),
+        functools.partial(_load_mnist_like, "fashion-mnist"),
+        10_000,
+    ),
+    "cifar10": DatasetEntry(
+        DatasetInfo("cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        _load_cifar10,
+        10_000,
+    ),
+    "digits": DatasetEntry(
+        DatasetInfo("digits", (1, 8, 8), 10, (0.3050,), (0.3779,)), _load_digits, 364
+    ),
+}
+"""Every dataset by name: the one place a dataset is registered."""
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
     """Load dataset ``name`` with both splits, pixels in [0,1].
 
@@ -275,14 +319,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> D
     downloads into ``~/.cache/sparserobust/data`` when online. ``digits`` needs
     neither. Raises :class:`DataError` with what to do when data is missing.
     """
-    info = dataset_info(name)
-    root = resolve_data_dir(data_dir)
-    if name == "digits":
-        train, test = _load_digits()
-    elif name in ("mnist", "fashion-mnist"):
-        train, test = _load_mnist_like(name, root)
-    else:
-        train, test = _load_cifar10(root)
+    entry = dataset_entry(name)
+    info = entry.info
+    train, test = entry.load(resolve_data_dir(data_dir))
     for split in (train, test):
         if tuple(split.x.shape[1:]) != info.input_shape:
             raise DataError(

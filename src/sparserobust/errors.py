@@ -33,6 +33,11 @@ class AttackError(SparseRobustError):
     """An attack was given inputs or parameters it cannot work with."""
 
 
+class NormError(ConfigError, AttackError):
+    """A norm other than 2 or inf (:func:`sparserobust.norms.parse_norm`): a config
+    mistake or an attack argument alike, so it is both."""
+
+
 class StoreError(SparseRobustError):
     """The results store cannot be read or written (locked, read-only, full)."""
 

@@ -41,7 +41,7 @@ from sparserobust.engine.tasks import (
     study_data,
 )
 from sparserobust.errors import ConfigError, StoreError, UnsafePathError
-from sparserobust.measurements import Cell, plan_cells, records_of, timed_run_cell
+from sparserobust.measurements import MeasurementCell, plan_cells, records_of, timed_run_cell
 from sparserobust.pruning import sparsity_report
 from sparserobust.pruning.sweep import prune_model
 from sparserobust.rundir import (
@@ -73,8 +73,8 @@ def evaluate_model(
     settings: EvalSettings,
     *,
     seed: int = 0,
-    skip: Callable[[Cell], bool] | None = None,
-    on_result: Callable[[Cell, dict[str, Any], float], None] | None = None,
+    skip: Callable[[MeasurementCell], bool] | None = None,
+    on_result: Callable[[MeasurementCell, dict[str, Any], float], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run every planned measurement cell on ``model``; returns ``{cell key: numbers}``.
 

@@ -1,8 +1,8 @@
 """Settings: the YAML-to-dataclass converter, the limits of every setting, ``NEW_FIELD``.
 
-A leaf module (it imports nothing of sparserobust but the errors): every component
-(attack, pruning method, measurement, training) declares its settings as a frozen
-dataclass, and :func:`build_settings` turns a config mapping into it, naming the key of
+A leaf module (it imports nothing of sparserobust but the errors and the norm parser):
+every component (attack, pruning method, measurement, training) declares its settings as
+a frozen dataclass, and :func:`build_settings` turns a config mapping into it, naming the key of
 any mistake (``pruning.params.dns.gamma: expected a number``). It is also the one place
 that bounds values: :func:`build_settings` checks every built field against
 :func:`check_bounds` (counts, epochs, radii, learning rates), so a shortcut field, a
@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from sparserobust.errors import ConfigError
+from sparserobust.errors import ConfigError, NormError
+from sparserobust.norms import norm_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,12 +238,10 @@ their own range, :data:`SEED_LIMIT`)."""
 
 def _norm_key(norm: Any) -> str | None:
     """``"inf"`` or ``"2"`` for a norm given as text or number; None if unknown."""
-    text = str(norm).lower().removeprefix("l").removeprefix("_")
-    if text in ("inf", "infinity", "linf"):
-        return "inf"
-    if text in ("2", "2.0"):
-        return "2"
-    return None
+    try:
+        return norm_key(norm)
+    except NormError:
+        return None
 
 
 def check_value(name: str, value: Any, where: str, norm: Any = None) -> None:

@@ -1,7 +1,7 @@
 """Train and evaluate loops: SGD with momentum, cosine schedule, seeded, progress bar.
 
 Training is natural (cross-entropy on clean inputs) or adversarial
-(:class:`AdversarialTraining`): PGD adversarial training (Madry et al. 2018)
+(:class:`AdversarialTrainingSettings`): PGD adversarial training (Madry et al. 2018)
 or TRADES (Zhang et al. 2019), with perturbations in an l_inf or l2 ball of
 radius ``eps`` in [0,1] pixel space.
 """
@@ -20,21 +20,23 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from sparserobust.attacks.base import expand_like, loss_and_grad, lp_norms, project
+from sparserobust.attacks.base import loss_and_grad
+from sparserobust.attacks.norms import expand_like, lp_norms, project
 from sparserobust.attacks.pgd import random_start
 from sparserobust.data import Split
-from sparserobust.errors import ConfigError, ModelError
+from sparserobust.deprecation import renamed_attribute
+from sparserobust.errors import ConfigError, ModelError, NormError
+from sparserobust.norms import norm_key, parse_norm
 from sparserobust.utils import eval_mode, model_device, predict, seed_everything
 
 log = logging.getLogger(__name__)
 
 
 ADV_METHODS = ("pgd", "trades")
-ADV_NORMS = {"inf": "inf", "linf": "inf", "2": "2", "l2": "2"}
 
 
 @dataclass(frozen=True)
-class AdversarialTraining:
+class AdversarialTrainingSettings:
     """Settings of adversarial training (used by :func:`train_model` when set).
 
     * ``method``: ``pgd`` (Madry et al. 2018: minimise the cross-entropy on PGD
@@ -73,9 +75,10 @@ class AdversarialTraining:
             )
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"adversarial steps must be an integer >= 1, got {self.steps!r}")
-        norm = ADV_NORMS.get(str(self.norm).strip().lower())
-        if norm is None:
-            raise ConfigError(f"adversarial norm must be inf or 2, got {self.norm!r}")
+        try:
+            norm = norm_key(self.norm)
+        except NormError:
+            raise ConfigError(f"adversarial norm must be inf or 2, got {self.norm!r}") from None
         object.__setattr__(self, "norm", norm)
         if method == "trades" and self.beta is None:
             raise ConfigError(
@@ -94,7 +97,7 @@ class AdversarialTraining:
     @property
     def p(self) -> float:
         """The norm as a number: ``math.inf`` or 2.0."""
-        return math.inf if self.norm == "inf" else 2.0
+        return parse_norm(self.norm)
 
     @property
     def step_size(self) -> float:
@@ -103,7 +106,7 @@ class AdversarialTraining:
         return rel * self.eps
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> AdversarialTraining:
+    def from_dict(cls, values: Mapping[str, Any]) -> AdversarialTrainingSettings:
         """Build from a config mapping; one-line ConfigError for unknown or missing keys."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
@@ -139,7 +142,7 @@ def _ascend(
     x: torch.Tensor,
     start: torch.Tensor,
     loss_fn: Callable[[torch.Tensor], torch.Tensor],
-    settings: AdversarialTraining,
+    settings: AdversarialTrainingSettings,
 ) -> torch.Tensor:
     """``settings.steps`` projected gradient-ascent steps on ``loss_fn`` from ``start``."""
     p, step = settings.p, settings.step_size
@@ -158,7 +161,7 @@ def adversarial_examples(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    settings: AdversarialTraining,
+    settings: AdversarialTrainingSettings,
     gen: torch.Generator,
 ) -> torch.Tensor:
     """Training-time adversarial inputs for a batch ``x`` ``(N, ...)`` in [0,1].
@@ -183,7 +186,7 @@ def adversarial_loss(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    settings: AdversarialTraining,
+    settings: AdversarialTrainingSettings,
     gen: torch.Generator,
 ) -> torch.Tensor:
     """The scalar training loss of one batch under ``settings`` (model in train mode).
@@ -203,12 +206,12 @@ def adversarial_loss(
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainSettings:
     """Hyperparameters of :func:`train_model`.
 
     ``schedule`` is ``cosine`` (per step, to 0) or ``constant``. ``epochs`` may be
     0 (no training). ``adversarial`` (None: natural training) makes every step
-    adversarial; a mapping is accepted and turned into :class:`AdversarialTraining`.
+    adversarial; a mapping is accepted and turned into :class:`AdversarialTrainingSettings`.
     """
 
     epochs: int = 10
@@ -218,14 +221,18 @@ class TrainConfig:
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     seed: int = 0
-    adversarial: AdversarialTraining | None = None
+    adversarial: AdversarialTrainingSettings | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.adversarial, Mapping):
-            object.__setattr__(self, "adversarial", AdversarialTraining.from_dict(self.adversarial))
-        if self.adversarial is not None and not isinstance(self.adversarial, AdversarialTraining):
+            object.__setattr__(
+                self, "adversarial", AdversarialTrainingSettings.from_dict(self.adversarial)
+            )
+        if self.adversarial is not None and not isinstance(
+            self.adversarial, AdversarialTrainingSettings
+        ):
             raise ConfigError(
-                "adversarial must be AdversarialTraining settings or None, "
+                "adversarial must be AdversarialTrainingSettings or None, "
                 f"got {type(self.adversarial).__name__}"
             )
         if self.epochs < 0:
@@ -256,7 +263,7 @@ StepHook = Callable[[int, nn.Module], None]
 def train_model(
     model: nn.Module,
     train: Split,
-    config: TrainConfig,
+    config: TrainSettings,
     *,
     progress: bool = True,
     after_step: StepHook | None = None,
@@ -343,3 +350,11 @@ def evaluate_accuracy(model: nn.Module, split: Split, batch_size: int = 1000) ->
         raise ConfigError("cannot evaluate on an empty split")
     pred = predict(model, split.x, batch_size)
     return float((pred == split.y.cpu()).float().mean())
+
+
+_RENAMED = {"TrainConfig": "TrainSettings", "AdversarialTraining": "AdversarialTrainingSettings"}
+"""Old names of renamed classes (old -> new), importable with a DeprecationWarning."""
+
+
+def __getattr__(name: str) -> Any:
+    return renamed_attribute(__name__, globals(), _RENAMED, name)

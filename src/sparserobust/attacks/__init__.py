@@ -11,22 +11,14 @@ Typical use::
 
 from sparserobust.attacks.apgd import APGD, APGDTargeted
 from sparserobust.attacks.autoattack import AutoAttack, AutoAttackFast
-from sparserobust.attacks.base import (
-    Attack,
-    AttackResult,
-    FixedEpsilonAttack,
-    MinimizationAttack,
-    lp_norms,
-    norm_name,
-    parse_norm,
-    result_from_adversarials,
-)
+from sparserobust.attacks.base import Attack, FixedEpsilonAttack, MinimizationAttack
 from sparserobust.attacks.cw import CarliniWagnerL2
 from sparserobust.attacks.ddn import DDN
 from sparserobust.attacks.deepfool import DeepFool
 from sparserobust.attacks.fab import FAB, FABTargeted
 from sparserobust.attacks.fgsm import FGSM
 from sparserobust.attacks.minl2 import MinL2
+from sparserobust.attacks.norms import lp_norms, norm_name, parse_norm
 from sparserobust.attacks.pgd import PGD
 from sparserobust.attacks.registry import (
     attack_names,
@@ -35,6 +27,7 @@ from sparserobust.attacks.registry import (
     get_attack,
     is_fixed_epsilon,
 )
+from sparserobust.attacks.result import AttackResult, result_from_adversarials
 from sparserobust.attacks.square import Square
 
 __all__ = [

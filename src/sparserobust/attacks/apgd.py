@@ -17,16 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparserobust.attacks.base import (
-    INF,
-    FixedEpsilonAttack,
-    clearly_adversarial,
-    expand_like,
-    loss_and_grad,
-    lp_norms,
-    parse_norm,
-    project,
-)
+from sparserobust.attacks.base import FixedEpsilonAttack, clearly_adversarial, loss_and_grad
+from sparserobust.attacks.norms import INF, expand_like, lp_norms, parse_norm, project
 from sparserobust.errors import AttackError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]

@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from sparserobust.attacks.base import INF
+from sparserobust.attacks.norms import INF
 from sparserobust.attacks.registry import get_attack
 from sparserobust.errors import ConfigError
 

@@ -46,15 +46,10 @@ import torch
 from torch import nn
 
 from sparserobust.attacks.apgd import APGD, APGDTargeted
-from sparserobust.attacks.base import (
-    INF,
-    AttackResult,
-    FixedEpsilonAttack,
-    clearly_adversarial,
-    parse_norm,
-    project,
-)
+from sparserobust.attacks.base import FixedEpsilonAttack, clearly_adversarial
 from sparserobust.attacks.fab import FABTargeted
+from sparserobust.attacks.norms import INF, parse_norm, project
+from sparserobust.attacks.result import AttackResult
 from sparserobust.attacks.square import Square
 from sparserobust.errors import AttackError
 

@@ -11,11 +11,11 @@ from sparserobust.attacks.base import (
     MinimizationAttack,
     ce_loss,
     clearly_adversarial,
-    expand_like,
-    is_adversarial,
     loss_and_grad,
     shrink_along_ray,
 )
+from sparserobust.attacks.norms import expand_like
+from sparserobust.attacks.result import is_adversarial
 from sparserobust.errors import AttackError
 
 

@@ -7,13 +7,8 @@ import logging
 import torch
 from torch import nn
 
-from sparserobust.attacks.base import (
-    INF,
-    MinimizationAttack,
-    clearly_adversarial,
-    expand_like,
-    parse_norm,
-)
+from sparserobust.attacks.base import MinimizationAttack, clearly_adversarial
+from sparserobust.attacks.norms import INF, expand_like, parse_norm
 from sparserobust.errors import AttackError
 
 log = logging.getLogger(__name__)

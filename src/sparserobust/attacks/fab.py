@@ -25,15 +25,13 @@ import torch
 from torch import nn
 
 from sparserobust.attacks.base import (
-    INF,
     Attack,
     FixedEpsilonAttack,
     MinimizationAttack,
     clearly_adversarial,
-    lp_norms,
-    parse_norm,
     shrink_along_ray,
 )
+from sparserobust.attacks.norms import INF, lp_norms, parse_norm
 from sparserobust.errors import AttackError
 
 _BIG = 1e30

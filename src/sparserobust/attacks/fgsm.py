@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sparserobust.attacks.base import INF, FixedEpsilonAttack, ce_loss, loss_and_grad
+from sparserobust.attacks.base import FixedEpsilonAttack, ce_loss, loss_and_grad
+from sparserobust.attacks.norms import INF
 
 
 class FGSM(FixedEpsilonAttack):

@@ -7,14 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from sparserobust.attacks.base import (
-    MinimizationAttack,
-    clearly_adversarial,
-    expand_like,
-    shrink_along_ray,
-)
+from sparserobust.attacks.base import MinimizationAttack, clearly_adversarial, shrink_along_ray
 from sparserobust.attacks.ddn import DDN
 from sparserobust.attacks.deepfool import DeepFool
+from sparserobust.attacks.norms import expand_like
 from sparserobust.errors import AttackError
 
 

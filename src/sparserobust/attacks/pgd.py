@@ -5,17 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sparserobust.attacks.base import (
-    INF,
-    FixedEpsilonAttack,
-    ce_loss,
-    expand_like,
-    is_adversarial,
-    loss_and_grad,
-    lp_norms,
-    parse_norm,
-    project,
-)
+from sparserobust.attacks.base import FixedEpsilonAttack, ce_loss, loss_and_grad
+from sparserobust.attacks.norms import INF, expand_like, lp_norms, parse_norm, project
+from sparserobust.attacks.result import is_adversarial
 from sparserobust.errors import AttackError
 
 

@@ -24,13 +24,14 @@ from typing import Any
 
 from sparserobust.attacks.apgd import APGD, APGDTargeted
 from sparserobust.attacks.autoattack import AutoAttack, AutoAttackFast
-from sparserobust.attacks.base import INF, Attack, norm_name, parse_norm
+from sparserobust.attacks.base import Attack
 from sparserobust.attacks.cw import CarliniWagnerL2
 from sparserobust.attacks.ddn import DDN
 from sparserobust.attacks.deepfool import DeepFool
 from sparserobust.attacks.fab import FAB, FABTargeted
 from sparserobust.attacks.fgsm import FGSM
 from sparserobust.attacks.minl2 import MinL2
+from sparserobust.attacks.norms import INF, norm_name, parse_norm
 from sparserobust.attacks.pgd import PGD
 from sparserobust.attacks.square import Square
 from sparserobust.errors import AttackError

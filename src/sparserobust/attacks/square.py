@@ -20,7 +20,8 @@ import math
 import torch
 from torch import nn
 
-from sparserobust.attacks.base import INF, SAFETY_MARGIN, FixedEpsilonAttack, lp_norms, parse_norm
+from sparserobust.attacks.base import SAFETY_MARGIN, FixedEpsilonAttack
+from sparserobust.attacks.norms import INF, lp_norms, parse_norm
 from sparserobust.errors import AttackError
 from sparserobust.models.common import Normalize
 from sparserobust.utils import forward

@@ -23,7 +23,7 @@ from sparserobust.engine.tasks import (
     task_sweep,
 )
 from sparserobust.errors import StoreError
-from sparserobust.measurements import Cell, plan_cells
+from sparserobust.measurements import MeasurementCell, plan_cells
 from sparserobust.store import ResultStore, params_hash
 
 KIND_ORDER = {"dense": 0, "sweep": 1, "front": 2, "measure": 3}
@@ -66,7 +66,7 @@ def _const(args: tuple[Any, ...]) -> Callable[[], tuple[Any, ...]]:
     return lambda: args
 
 
-def measure_task_id(key: str, cell: Cell) -> str:
+def measure_task_id(key: str, cell: MeasurementCell) -> str:
     return f"measure:{key}:{cell.key}:{params_hash(cell.params)}"
 
 

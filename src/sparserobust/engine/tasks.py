@@ -24,12 +24,12 @@ from torch import nn
 from sparserobust.checkpoint import load_checkpoint, save_checkpoint
 from sparserobust.config import StudyConfig
 from sparserobust.data import Dataset, load_dataset
-from sparserobust.measurements import Cell, timed_run_cell
+from sparserobust.measurements import MeasurementCell, timed_run_cell
 from sparserobust.models import build_model, model_spec
 from sparserobust.pruning.sweep import sparsity_sweep
 from sparserobust.rundir import checkpoint_path
 from sparserobust.store import FRONT
-from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
+from sparserobust.training import TrainSettings, evaluate_accuracy, train_model
 from sparserobust.utils import resolve_device, seed_everything, use_channels_last
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def dense_rel(seed: int) -> str:
     return f"checkpoints/s{seed}/dense.st"
 
 
-def dense_train_config(config: StudyConfig, seed: int, front: str | None = None) -> TrainConfig:
+def dense_train_config(config: StudyConfig, seed: int, front: str | None = None) -> TrainSettings:
     """The dense recipe: the config's train settings over the model's defaults; with
     ``front`` (a :func:`~sparserobust.config.front_id`), that dense-front entry's
     overrides on top."""
@@ -53,7 +53,7 @@ def dense_train_config(config: StudyConfig, seed: int, front: str | None = None)
     layers = [config.train]
     if front is not None:
         layers.append(config.control.front_models()[front])
-    out = TrainConfig(
+    out = TrainSettings(
         epochs=spec.epochs,
         lr=spec.lr,
         batch_size=spec.batch_size,
@@ -67,7 +67,7 @@ def dense_train_config(config: StudyConfig, seed: int, front: str | None = None)
 
 
 TRAIN_FIELDS = ("epochs", "lr", "batch_size", "weight_decay", "adversarial")
-"""The fields of :class:`~sparserobust.config.TrainSettings` that override a recipe."""
+"""The fields of :class:`~sparserobust.config.DenseTrainSettings` that override a recipe."""
 
 
 def front_key(seed: int, front: str) -> str:
@@ -145,7 +145,7 @@ def sweep_checkpoints(
     one. Returns the sweep records."""
     p = config.pruning
     dense_cfg = dense_train_config(config, seed)
-    retrain = TrainConfig(
+    retrain = TrainSettings(
         epochs=p.retrain_epochs,
         lr=p.retrain_lr if p.retrain_lr is not None else dense_cfg.lr,
         seed=seed,
@@ -210,7 +210,7 @@ def task_sweep(config: StudyConfig, run_dir: Path, seed: int, method: str) -> li
 
 
 def task_measure(
-    config: StudyConfig, run_dir: Path, checkpoint: str, cell: Cell
+    config: StudyConfig, run_dir: Path, checkpoint: str, cell: MeasurementCell
 ) -> tuple[dict[str, Any], float]:
     """Run ``cell`` on the model in ``checkpoint``: (numbers, seconds)."""
     split = study_data(config).test.head(config.eval.n)

@@ -4,9 +4,12 @@ Each measurement plans cells from a study's eval settings and runs one cell on a
 model and images, returning typed :class:`Record` s (see :mod:`.base`).
 """
 
+from typing import Any
+
+from sparserobust.deprecation import renamed_attribute
 from sparserobust.measurements.base import (
-    Cell,
     Measurement,
+    MeasurementCell,
     NoSettings,
     Record,
     records_of,
@@ -23,7 +26,7 @@ from sparserobust.measurements.registry import (
 
 __all__ = [
     "MEASUREMENTS",
-    "Cell",
+    "MeasurementCell",
     "Measurement",
     "NoSettings",
     "Record",
@@ -35,3 +38,11 @@ __all__ = [
     "timed_run_cell",
     "values_of",
 ]
+
+
+_RENAMED = {"Cell": "MeasurementCell"}
+"""Old names of renamed classes (old -> new), importable with a DeprecationWarning."""
+
+
+def __getattr__(name: str) -> Any:
+    return renamed_attribute(__name__, globals(), _RENAMED, name)

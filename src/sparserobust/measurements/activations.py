@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparserobust.measurements.base import Cell, EvalView, Measurement, Record, numbers
+from sparserobust.measurements.base import EvalView, Measurement, MeasurementCell, Record, numbers
 from sparserobust.settings import NoSettings
 
 
@@ -22,15 +22,17 @@ class ActivationsMeasurement(Measurement):
     def configured(self, settings: EvalView) -> list[NoSettings]:
         return [NoSettings()] if settings.activations else []
 
-    def cells(self, settings: NoSettings, eval_settings: EvalView, seed: int) -> list[Cell]:
-        return [Cell(self.name, "activations", {"n": eval_settings.n})]
+    def cells(
+        self, settings: NoSettings, eval_settings: EvalView, seed: int
+    ) -> list[MeasurementCell]:
+        return [MeasurementCell(self.name, "activations", {"n": eval_settings.n})]
 
     def run(
         self,
         model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
-        cell: Cell,
+        cell: MeasurementCell,
         batch_size: int,
     ) -> dict[str, Any]:
         from sparserobust.metrics import active_relu_fraction

@@ -23,7 +23,7 @@ from sparserobust.attacks.registry import (
     is_fixed_epsilon,
 )
 from sparserobust.errors import AttackError, ConfigError
-from sparserobust.measurements.base import Cell, EvalView, Measurement, Record, numbers
+from sparserobust.measurements.base import EvalView, Measurement, MeasurementCell, Record, numbers
 from sparserobust.settings import (
     MAX_COUNT,
     MAX_EPS,
@@ -177,17 +177,19 @@ class AttackMeasurement(Measurement):
     def validate(self, settings: AttackSettings, eval_settings: EvalView, where: str) -> None:
         check_attack_settings(settings, where)
 
-    def cells(self, settings: AttackSettings, eval_settings: EvalView, seed: int) -> list[Cell]:
+    def cells(
+        self, settings: AttackSettings, eval_settings: EvalView, seed: int
+    ) -> list[MeasurementCell]:
         norm = attack_norm(settings)
         params = {**attack_cell_params(settings), "norm": norm, "n": eval_settings.n, "seed": seed}
-        return [Cell(self.name, f"attack:{settings.name}:l{norm}", params)]
+        return [MeasurementCell(self.name, f"attack:{settings.name}:l{norm}", params)]
 
     def run(
         self,
         model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
-        cell: Cell,
+        cell: MeasurementCell,
         batch_size: int,
     ) -> dict[str, Any]:
         params = cell.params

@@ -3,7 +3,7 @@
 A *measurement* (an attack, the masking check, CLEVER, activations, bounds, the
 gradient check) is one :class:`Measurement` object in the registry
 (:mod:`sparserobust.measurements.registry`). From a study's eval settings it plans
-its :class:`Cell` s: one stored result each, identified by ``(model, cell.key,
+its :class:`MeasurementCell` s: one stored result each, identified by ``(model, cell.key,
 cell.params)``. Running a cell on a model and images returns a JSON-able dict of
 numbers whose ``records`` are typed :class:`Record` s: the value, the threat model
 (norm, epsilon), whether it is a robustness measure and whether higher is better.
@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from sparserobust.deprecation import renamed_attribute
 from sparserobust.errors import StoreError
 from sparserobust.settings import NoSettings, build_settings
 from sparserobust.utils import eval_mode, forward, model_device
@@ -113,7 +114,7 @@ class Record:
 
 
 @dataclass(frozen=True)
-class Cell:
+class MeasurementCell:
     """One planned result: which measurement (registry name), its storage ``key``
     and the ``params`` that identify it (change any and it is recomputed).
 
@@ -164,7 +165,7 @@ class Measurement(ABC):
             self.validate(settings, eval_settings, self.where(i))
 
     @abstractmethod
-    def cells(self, settings: Any, eval_settings: EvalView, seed: int) -> list[Cell]:
+    def cells(self, settings: Any, eval_settings: EvalView, seed: int) -> list[MeasurementCell]:
         """The cells of one configured instance for a model of seed ``seed``."""
 
     @abstractmethod
@@ -173,7 +174,7 @@ class Measurement(ABC):
         model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
-        cell: Cell,
+        cell: MeasurementCell,
         batch_size: int,
     ) -> dict[str, Any]:
         """Measure ``model`` on images ``x`` (in [0,1]) with labels ``y`` (already cut
@@ -246,3 +247,11 @@ def records_of(result: Mapping[str, Any]) -> list[Record]:
 def values_of(result: Mapping[str, Any]) -> dict[str, float]:
     """``{label: value}`` of a stored result's records."""
     return {r.label: r.value for r in records_of(result)}
+
+
+_RENAMED = {"Cell": "MeasurementCell"}
+"""Old names of renamed classes (old -> new), importable with a DeprecationWarning."""
+
+
+def __getattr__(name: str) -> Any:
+    return renamed_attribute(__name__, globals(), _RENAMED, name)

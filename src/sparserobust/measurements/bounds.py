@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparserobust.measurements.base import Cell, EvalView, Measurement, Record, numbers
+from sparserobust.measurements.base import EvalView, Measurement, MeasurementCell, Record, numbers
 from sparserobust.settings import NoSettings
 
 
@@ -24,9 +24,11 @@ class BoundsMeasurement(Measurement):
     def configured(self, settings: EvalView) -> list[NoSettings]:
         return [NoSettings()] if settings.bounds else []
 
-    def cells(self, settings: NoSettings, eval_settings: EvalView, seed: int) -> list[Cell]:
+    def cells(
+        self, settings: NoSettings, eval_settings: EvalView, seed: int
+    ) -> list[MeasurementCell]:
         return [
-            Cell(self.name, f"bounds:l{norm}", {"n": eval_settings.n}, {"norm": norm})
+            MeasurementCell(self.name, f"bounds:l{norm}", {"n": eval_settings.n}, {"norm": norm})
             for norm in ("2", "inf")
         ]
 
@@ -35,7 +37,7 @@ class BoundsMeasurement(Measurement):
         model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
-        cell: Cell,
+        cell: MeasurementCell,
         batch_size: int,
     ) -> dict[str, Any]:
         from sparserobust.metrics import local_bounds

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sparserobust.errors import ConfigError
-from sparserobust.measurements.base import Cell, EvalView, Measurement, Record, numbers
+from sparserobust.measurements.base import EvalView, Measurement, MeasurementCell, Record, numbers
 from sparserobust.settings import MAX_COUNT, MAX_EPS, check_positive
 
 
@@ -51,7 +51,9 @@ class CleverMeasurement(Measurement):
             if norm not in ("inf", "2"):
                 raise ConfigError(f"{where}.norms[{i}]: must be inf or 2, got {norm!r}")
 
-    def cells(self, settings: CleverSettings, eval_settings: EvalView, seed: int) -> list[Cell]:
+    def cells(
+        self, settings: CleverSettings, eval_settings: EvalView, seed: int
+    ) -> list[MeasurementCell]:
         params = {
             "n": settings.n,
             "n_batches": settings.n_batches,
@@ -60,7 +62,7 @@ class CleverMeasurement(Measurement):
             "seed": seed,
         }
         return [
-            Cell(self.name, f"clever:l{norm}", dict(params), {"norm": norm})
+            MeasurementCell(self.name, f"clever:l{norm}", dict(params), {"norm": norm})
             for norm in settings.norms
         ]
 
@@ -69,7 +71,7 @@ class CleverMeasurement(Measurement):
         model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
-        cell: Cell,
+        cell: MeasurementCell,
         batch_size: int,
     ) -> dict[str, Any]:
         from sparserobust.metrics import clever_scores

@@ -22,7 +22,7 @@ from sparserobust.measurements.attack import (
     attack_norm,
     build_attack,
 )
-from sparserobust.measurements.base import Cell, EvalView, Measurement, Record, numbers
+from sparserobust.measurements.base import EvalView, Measurement, MeasurementCell, Record, numbers
 from sparserobust.settings import MAX_COUNT, MAX_EPS, check_positive
 
 
@@ -89,7 +89,9 @@ class MaskingMeasurement(Measurement):
             raise ConfigError(f"{where}.against: name at least one gradient attack of eval.attacks")
         masking_references(eval_settings.attacks, settings, where)
 
-    def cells(self, settings: MaskingSettings, eval_settings: EvalView, seed: int) -> list[Cell]:
+    def cells(
+        self, settings: MaskingSettings, eval_settings: EvalView, seed: int
+    ) -> list[MeasurementCell]:
         refs = masking_references(eval_settings.attacks, settings)
         params = {
             "norm": settings.norm,
@@ -99,14 +101,14 @@ class MaskingMeasurement(Measurement):
             "against": [attack_cell_params(a) for a in refs],
             "seed": seed,
         }
-        return [Cell(self.name, f"masking:square:l{settings.norm}", params)]
+        return [MeasurementCell(self.name, f"masking:square:l{settings.norm}", params)]
 
     def run(
         self,
         model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
-        cell: Cell,
+        cell: MeasurementCell,
         batch_size: int,
     ) -> dict[str, Any]:
         params = cell.params

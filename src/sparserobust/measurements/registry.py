@@ -20,9 +20,9 @@ from sparserobust.measurements.activations import ActivationsMeasurement
 from sparserobust.measurements.attack import AttackMeasurement
 from sparserobust.measurements.base import (
     NOT_MEASURED,
-    Cell,
     EvalView,
     Measurement,
+    MeasurementCell,
     finite_logits,
 )
 from sparserobust.measurements.bounds import BoundsMeasurement
@@ -80,9 +80,9 @@ def check_eval_settings(settings: EvalView) -> None:
         m.check(settings)
 
 
-def plan_cells(settings: EvalView, seed: int) -> list[Cell]:
+def plan_cells(settings: EvalView, seed: int) -> list[MeasurementCell]:
     """Every cell the eval settings switch on, for one model of seed ``seed``."""
-    cells: list[Cell] = []
+    cells: list[MeasurementCell] = []
     for m in MEASUREMENTS.values():
         for configured in m.configured(settings):
             cells += m.cells(configured, settings, seed)
@@ -90,7 +90,7 @@ def plan_cells(settings: EvalView, seed: int) -> list[Cell]:
 
 
 def run_cell(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cell: Cell, batch_size: int = 500
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cell: MeasurementCell, batch_size: int = 500
 ) -> dict[str, Any]:
     """Run ``cell`` on ``model`` with the first ``cell.params["n"]`` of ``x``/``y``.
 
@@ -104,7 +104,7 @@ def run_cell(
 
 
 def timed_run_cell(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cell: Cell, batch_size: int = 500
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cell: MeasurementCell, batch_size: int = 500
 ) -> tuple[dict[str, Any], float]:
     """:func:`run_cell` and its wall time in seconds."""
     start = time.perf_counter()

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparserobust.measurements.base import Cell, EvalView, Measurement, Record, numbers
+from sparserobust.measurements.base import EvalView, Measurement, MeasurementCell, Record, numbers
 from sparserobust.settings import NoSettings
 
 
@@ -22,15 +22,17 @@ class StructureMeasurement(Measurement):
     description = "removed neurons/channels, parameters and FLOPs of the compact model"
     settings_type = NoSettings
 
-    def cells(self, settings: NoSettings, eval_settings: EvalView, seed: int) -> list[Cell]:
-        return [Cell(self.name, "structure", {})]
+    def cells(
+        self, settings: NoSettings, eval_settings: EvalView, seed: int
+    ) -> list[MeasurementCell]:
+        return [MeasurementCell(self.name, "structure", {})]
 
     def run(
         self,
         model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
-        cell: Cell,
+        cell: MeasurementCell,
         batch_size: int,
     ) -> dict[str, Any]:
         from sparserobust.pruning.structured import structured_report

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from sparserobust.errors import ConfigError
-from sparserobust.measurements.base import Cell, EvalView, Measurement, Record, numbers
+from sparserobust.measurements.base import EvalView, Measurement, MeasurementCell, Record, numbers
 from sparserobust.utils import eval_mode, model_device
 
 
@@ -66,17 +66,19 @@ class VerifyMeasurement(Measurement):
         if not (math.isfinite(settings.time_limit) and settings.time_limit > 0):
             raise ConfigError(f"{where}.time_limit: must be > 0 seconds, got {settings.time_limit}")
 
-    def cells(self, settings: VerifySettings, eval_settings: EvalView, seed: int) -> list[Cell]:
+    def cells(
+        self, settings: VerifySettings, eval_settings: EvalView, seed: int
+    ) -> list[MeasurementCell]:
         n = min(settings.n or eval_settings.n, eval_settings.n)
         params = {**asdict(settings), "epsilons": list(settings.epsilons), "n": n, "seed": seed}
-        return [Cell(self.name, f"verify:l{settings.norm}", params)]
+        return [MeasurementCell(self.name, f"verify:l{settings.norm}", params)]
 
     def run(
         self,
         model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
-        cell: Cell,
+        cell: MeasurementCell,
         batch_size: int,
     ) -> dict[str, Any]:
         p = cell.params
@@ -197,10 +199,10 @@ def verify_points(
     per-point records.
     """
     from sparserobust.attacks import get_attack
-    from sparserobust.metrics.margin import parse_metric_norm
+    from sparserobust.norms import parse_norm
     from sparserobust.verify import certify
 
-    p = parse_metric_norm(norm)
+    p = parse_norm(norm)
     eps_list = [float(e) for e in epsilons]
     if not eps_list or any(not (math.isfinite(e) and e >= 0) for e in eps_list):
         raise ConfigError("epsilons must be a non-empty list of finite numbers >= 0")

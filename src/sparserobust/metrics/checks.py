@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparserobust.attacks.base import AttackResult
+from sparserobust.attacks.result import AttackResult
 from sparserobust.utils import eval_mode, model_device
 
 VANISHING_GRADIENT = 1e-10

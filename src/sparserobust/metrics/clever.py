@@ -66,8 +66,8 @@ from sparserobust.metrics.margin import (
     check_metric_inputs,
     dual_norm,
     margin_gradient_norms,
-    parse_metric_norm,
 )
+from sparserobust.norms import parse_norm
 from sparserobust.utils import eval_mode, model_device
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def clever_scores(
     ``N * n_batches * batch_size`` gradient evaluations of all K-1 classes plus
     ``N * (K-1)`` Weibull fits. Returns :class:`CleverResult`.
     """
-    p = parse_metric_norm(norm)
+    p = parse_norm(norm)
     q = dual_norm(p)
     check_metric_inputs(x)
     r = DEFAULT_CLEVER_RADIUS[p] if radius is None else float(radius)

@@ -27,21 +27,12 @@ import torch
 from torch import nn
 
 from sparserobust.errors import ConfigError, DataError, ModelError
+from sparserobust.norms import parse_norm
 from sparserobust.utils import eval_mode, model_device
 
 log = logging.getLogger(__name__)
 
 __all__ = ["LocalBounds", "local_bounds"]
-
-
-def parse_metric_norm(norm: float | str) -> float:
-    """``2``/``"2"``/``"l2"`` -> 2.0 and ``inf``/``"inf"``/``"linf"`` -> ``math.inf``."""
-    text = str(norm).strip().lower().removeprefix("l")
-    if text in ("2", "2.0"):
-        return 2.0
-    if text in ("inf", "infinity"):
-        return math.inf
-    raise ConfigError(f"unsupported norm {norm!r}: use 2 or inf")
 
 
 def dual_norm(p: float) -> float:
@@ -201,7 +192,7 @@ def local_bounds(
     The model is put in eval mode and restored afterwards. Returns
     :class:`LocalBounds` (see there for units and shapes).
     """
-    p = parse_metric_norm(norm)
+    p = parse_norm(norm)
     q = dual_norm(p)
     check_metric_inputs(x)
     if batch_size < 1:

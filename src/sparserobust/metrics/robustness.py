@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
-from sparserobust.attacks.base import AttackResult, check_epsilons, lp_norms, norm_name
+from sparserobust.attacks.base import check_epsilons
+from sparserobust.attacks.norms import lp_norms, norm_name
+from sparserobust.attacks.result import AttackResult
 from sparserobust.errors import AttackError
 
 

@@ -6,8 +6,11 @@ excluded). Masks are ``torch.nn.utils.prune`` custom masks, so a pruned model
 is an ordinary module; :func:`make_permanent` folds them into the weights.
 """
 
+from typing import Any
+
+from sparserobust.deprecation import renamed_attribute
 from sparserobust.pruning.base import OneShotMethod, PruneContext, PruningMethod
-from sparserobust.pruning.dns import DNSConfig, calibrate, dns_prune, straight_through
+from sparserobust.pruning.dns import DNSSettings, calibrate, dns_prune, straight_through
 from sparserobust.pruning.hydra import HydraSettings, hydra_prune
 from sparserobust.pruning.magnitude import global_magnitude_prune, magnitude_prune
 from sparserobust.pruning.masks import (
@@ -44,7 +47,7 @@ from sparserobust.runpaths import checkpoint_name
 __all__ = [
     "METHODS",
     "SPARSITY_NOTE",
-    "DNSConfig",
+    "DNSSettings",
     "HydraSettings",
     "OneShotMethod",
     "PruneContext",
@@ -80,3 +83,11 @@ __all__ = [
     "validate_targets",
     "weight_mask",
 ]
+
+
+_RENAMED = {"DNSConfig": "DNSSettings"}
+"""Old names of renamed classes (old -> new), importable with a DeprecationWarning."""
+
+
+def __getattr__(name: str) -> Any:
+    return renamed_attribute(__name__, globals(), _RENAMED, name)

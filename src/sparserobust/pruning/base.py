@@ -25,14 +25,14 @@ from sparserobust.data import Split
 from sparserobust.errors import ConfigError
 from sparserobust.pruning.masks import SparsityReport, refresh_pruned_weights, sparsity_report
 from sparserobust.settings import NoSettings
-from sparserobust.training import StepHook, TrainConfig, train_model
+from sparserobust.training import StepHook, TrainSettings, train_model
 
 TrainFn = Callable[[nn.Module, StepHook | None], None]
 """``train(model, after_step)``: trains ``model`` in place, calling ``after_step(step,
 model)`` (when not None) after every optimiser step."""
 
-Retrain = TrainConfig | TrainFn
-"""How a method retrains: a :class:`~sparserobust.training.TrainConfig` recipe (with a
+Retrain = TrainSettings | TrainFn
+"""How a method retrains: a :class:`~sparserobust.training.TrainSettings` recipe (with a
 ``train`` split) or a callable ``retrain(model, after_step)``."""
 
 
@@ -40,7 +40,7 @@ Retrain = TrainConfig | TrainFn
 class PruneContext:
     """What a pruning method may use besides the model, its target and its settings.
 
-    ``train``: the training split (needed with a TrainConfig ``retrain``);
+    ``train``: the training split (needed with a TrainSettings ``retrain``);
     ``retrain``: how to retrain (None: never); ``steps``: pruning steps per target for
     one-shot methods (>= 1); ``seed``: random masks, draws and retraining order;
     ``retrain_steps``: optimiser steps of a callable ``retrain`` where a method needs
@@ -66,9 +66,11 @@ def make_trainer(
     """A callable trainer of ``retrain`` and its number of steps (None when unknown)."""
     if retrain is None:
         return None, None
-    if isinstance(retrain, TrainConfig):
+    if isinstance(retrain, TrainSettings):
         if train is None:
-            raise ConfigError("retraining with a TrainConfig needs the training split (train=...)")
+            raise ConfigError(
+                "retraining with a TrainSettings needs the training split (train=...)"
+            )
         if retrain.epochs == 0:
             return None, 0
         config = dataclasses.replace(retrain, seed=retrain.seed + seed)
@@ -88,7 +90,9 @@ def make_trainer(
             refresh_pruned_weights(model)
 
         return run_user, None
-    raise ConfigError(f"retrain must be a TrainConfig or a callable, got {type(retrain).__name__}")
+    raise ConfigError(
+        f"retrain must be a TrainSettings or a callable, got {type(retrain).__name__}"
+    )
 
 
 class PruningMethod(ABC):

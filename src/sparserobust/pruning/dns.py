@@ -48,6 +48,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from sparserobust.deprecation import renamed_attribute
 from sparserobust.errors import ConfigError
 from sparserobust.pruning.base import PruneContext, PruningMethod, TrainFn, make_trainer
 from sparserobust.pruning.magnitude import global_counts, layer_counts
@@ -61,20 +62,20 @@ from sparserobust.pruning.masks import (
     sparsity_report,
     weight_mask,
 )
-from sparserobust.training import TrainConfig
+from sparserobust.training import TrainSettings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DNSConfig:
+class DNSSettings:
     """Hyperparameters of :func:`dns_prune` (see the module docstring).
 
     ``hysteresis`` h sets a=(1-h)t, b=(1+h)t; ``gamma``/``power`` the mask
     update probability (1+gamma*step)^-power; ``ramp`` the fraction of the
     surgery steps over which the rate rises to the target; ``allocation``
     ``global`` or ``layer``; ``finetune_epochs`` epochs with the calibrated mask
-    fixed (only used when training comes as a TrainConfig).
+    fixed (only used when training comes as a TrainSettings).
     """
 
     hysteresis: float = 0.1
@@ -157,7 +158,7 @@ class SurgeryHook:
         model: nn.Module,
         start: dict[str, int],
         target: dict[str, int],
-        config: DNSConfig,
+        config: DNSSettings,
         ramp_steps: int,
         seed: int,
     ) -> None:
@@ -252,7 +253,7 @@ def dns_prune(
     train: TrainFn,
     *,
     steps: int,
-    config: DNSConfig | None = None,
+    config: DNSSettings | None = None,
     seed: int = 0,
     finetune: TrainFn | None = None,
 ) -> SparsityReport:
@@ -265,7 +266,7 @@ def dns_prune(
     exact count and ``finetune(model, None)``, if given, trains with them fixed.
     Returns the exact counts.
     """
-    config = config or DNSConfig()
+    config = config or DNSSettings()
     check_sparsity(sparsity)
     for _, module in prunable_layers(model):
         if not is_masked(module):
@@ -292,26 +293,26 @@ def dns_prune(
 class DNSMethod(PruningMethod):
     """``dns``: :func:`dns_prune`. It prunes while it trains: ``context.retrain`` is its
     surgery training (with a callable, ``context.retrain_steps`` its number of optimiser
-    steps, for the ramp), and a TrainConfig recipe also fine-tunes
+    steps, for the ramp), and a TrainSettings recipe also fine-tunes
     ``settings.finetune_epochs`` with the final mask."""
 
     name = "dns"
     description = "Dynamic Network Surgery (Guo et al. 2016): pruning and splicing"
-    settings_type = DNSConfig
+    settings_type = DNSSettings
     trains_while_pruning = True
 
     def prune(
-        self, model: nn.Module, target: float, context: PruneContext, settings: DNSConfig
+        self, model: nn.Module, target: float, context: PruneContext, settings: DNSSettings
     ) -> SparsityReport:
         fn, steps = context.trainer(context.seed, f"dns {target:.4f}")
         if fn is None:
             raise ConfigError(
-                "dns prunes while it trains: give retrain epochs >= 1 (a TrainConfig with the "
+                "dns prunes while it trains: give retrain epochs >= 1 (a TrainSettings with the "
                 "training split, or a training callable)"
             )
         finetune = None
         retrain = context.retrain
-        if isinstance(retrain, TrainConfig) and settings.finetune_epochs > 0:
+        if isinstance(retrain, TrainSettings) and settings.finetune_epochs > 0:
             recipe = dataclasses.replace(retrain, epochs=settings.finetune_epochs)
             finetune, _ = make_trainer(
                 recipe, context.train, context.seed + 7919, context.progress, "dns finetune"
@@ -326,5 +327,13 @@ class DNSMethod(PruningMethod):
             finetune=finetune,
         )
 
-    def sweep_identity(self, settings: DNSConfig) -> dict[str, Any]:
+    def sweep_identity(self, settings: DNSSettings) -> dict[str, Any]:
         return {"dns": settings.as_dict()}
+
+
+_RENAMED = {"DNSConfig": "DNSSettings"}
+"""Old names of renamed classes (old -> new), importable with a DeprecationWarning."""
+
+
+def __getattr__(name: str) -> Any:
+    return renamed_attribute(__name__, globals(), _RENAMED, name)

@@ -12,7 +12,7 @@ layer's sparsity is ``1 - k``). Three stages:
    uses ``w * m`` with ``m`` the 0/1 top-k mask of ``|s|``; the gradient
    reaches ``s`` straight through the top-k (as if ``m`` were ``|s|``), so
    ``dL/ds = dL/d(w*m) * w * sign(s)``. The loss is the training loss of the
-   given :class:`~sparserobust.training.TrainConfig`: adversarial (PGD-AT or
+   given :class:`~sparserobust.training.TrainSettings`: adversarial (PGD-AT or
    TRADES) when ``adversarial`` is set, as in HYDRA, else cross-entropy.
    HYDRA's defaults: SGD lr 0.1, cosine, weight decay 1e-4 on the scores.
 3. **Fine-tuning** of the kept weights with the final mask fixed (HYDRA: lr
@@ -58,7 +58,7 @@ from sparserobust.pruning.masks import (
     weight_mask,
     zero_pruned_weights,
 )
-from sparserobust.training import AdversarialTraining, TrainConfig, train_model
+from sparserobust.training import AdversarialTrainingSettings, TrainSettings, train_model
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,16 @@ class HydraSettings:
     score_lr: float = 0.1
     score_weight_decay: float = 1e-4
     finetune_epochs: int | None = None
-    adversarial: AdversarialTraining | None = None
+    adversarial: AdversarialTrainingSettings | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.adversarial, Mapping):
-            object.__setattr__(self, "adversarial", AdversarialTraining.from_dict(self.adversarial))
-        if self.adversarial is not None and not isinstance(self.adversarial, AdversarialTraining):
+            object.__setattr__(
+                self, "adversarial", AdversarialTrainingSettings.from_dict(self.adversarial)
+            )
+        if self.adversarial is not None and not isinstance(
+            self.adversarial, AdversarialTrainingSettings
+        ):
             raise ConfigError("hydra adversarial must be adversarial training settings or None")
         if not _is_int(self.score_epochs) or self.score_epochs < 1:
             raise ConfigError(
@@ -244,7 +248,7 @@ def hydra_prune(
     model: nn.Module,
     keep: float,
     train: Split,
-    config: TrainConfig,
+    config: TrainSettings,
     settings: HydraSettings | None = None,
     *,
     progress: bool = False,
@@ -288,7 +292,7 @@ def hydra_prune(
 
 class HydraMethod(PruningMethod):
     """``hydra``: :func:`hydra_prune` keeping ``1 - target`` of every layer. It prunes
-    while it trains: ``context.retrain`` must be a TrainConfig (its fine-tuning recipe,
+    while it trains: ``context.retrain`` must be a TrainSettings (its fine-tuning recipe,
     seeded with ``context.seed`` on top) with the ``context.train`` split."""
 
     name = "hydra"
@@ -303,9 +307,9 @@ class HydraMethod(PruningMethod):
         self, model: nn.Module, target: float, context: PruneContext, settings: HydraSettings
     ) -> SparsityReport:
         retrain, train = context.retrain, context.train
-        if not isinstance(retrain, TrainConfig) or train is None:
+        if not isinstance(retrain, TrainSettings) or train is None:
             raise ConfigError(
-                "hydra trains while it prunes: give retrain as a TrainConfig (its fine-tuning "
+                "hydra trains while it prunes: give retrain as a TrainSettings (its fine-tuning "
                 "recipe) and the training split"
             )
         config = dataclasses.replace(retrain, seed=retrain.seed + context.seed)

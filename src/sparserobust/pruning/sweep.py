@@ -12,11 +12,11 @@ Python API (works on any ``nn.Module`` with Linear/Conv layers):
 - :func:`prune_checkpoint` is the same from a dense checkpoint file (what
   ``sparserobust prune`` runs).
 
-Retraining is either a :class:`~sparserobust.training.TrainConfig` plus a
+Retraining is either a :class:`~sparserobust.training.TrainSettings` plus a
 training :class:`~sparserobust.data.Split`, or a callable
 ``retrain(model, after_step)`` that trains the model in place with your own
 loop or DataLoader and calls ``after_step(step, model)`` (may be None) after
-every optimiser step. A TrainConfig with ``adversarial`` set makes every
+every optimiser step. A TrainSettings with ``adversarial`` set makes every
 retraining (and DNS's surgery and fine-tuning) adversarial: adversarial
 fine-tuning after any method.
 """
@@ -56,7 +56,7 @@ from sparserobust.pruning.masks import (
 from sparserobust.pruning.registry import pruning_method
 from sparserobust.rundir import check_output, remove_temps
 from sparserobust.runpaths import checkpoint_name
-from sparserobust.training import AdversarialTraining, TrainConfig, evaluate_accuracy
+from sparserobust.training import AdversarialTrainingSettings, TrainSettings, evaluate_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def validate_targets(targets: Sequence[float]) -> list[float]:
 def _retrain_settings(retrain: Retrain | None) -> dict[str, Any] | str | None:
     if retrain is None:
         return None
-    if isinstance(retrain, TrainConfig):
+    if isinstance(retrain, TrainSettings):
         return retrain.as_dict()
     return f"callable:{getattr(retrain, '__qualname__', type(retrain).__name__)}"
 
@@ -118,13 +118,13 @@ def prune_model(
     ``structured``'s ``sparsity`` is the share of neurons / channels removed per layer).
 
     ``settings``: the method's settings (an instance of its ``settings_type``, e.g.
-    :class:`~sparserobust.pruning.dns.DNSConfig`; None: its defaults). One-shot methods
+    :class:`~sparserobust.pruning.dns.DNSSettings`; None: its defaults). One-shot methods
     take ``steps`` pruning steps (kept fraction shrinking geometrically from the current
     one) and retrain after each when ``retrain`` is given. ``dns`` needs ``retrain``
     (its surgery training; with a callable, pass ``retrain_steps``, its number of
     optimiser steps, for the ramp) and fine-tunes ``finetune_epochs`` with the final mask
-    when ``retrain`` is a TrainConfig. ``hydra`` keeps ``k = 1 - sparsity`` of every
-    layer and needs ``retrain`` as a TrainConfig (its fine-tuning recipe). ``seed``
+    when ``retrain`` is a TrainSettings. ``hydra`` keeps ``k = 1 - sparsity`` of every
+    layer and needs ``retrain`` as a TrainSettings (its fine-tuning recipe). ``seed``
     fixes random masks, DNS draws and retraining order. Returns the exact per-layer and
     total counts.
     """
@@ -421,7 +421,7 @@ def prune_checkpoint(
     steps_per_level: int = 1,
     seed: int = 0,
     settings: Any = None,
-    adversarial: AdversarialTraining | None = None,
+    adversarial: AdversarialTrainingSettings | None = None,
     chain: bool = True,
     device: str = "auto",
     progress: bool = True,
@@ -454,7 +454,7 @@ def prune_checkpoint(
     spec = model_spec(meta["model"])
     if lr is None:
         lr = spec.lr
-    retrain = TrainConfig(
+    retrain = TrainSettings(
         epochs=retrain_epochs,
         lr=lr,
         batch_size=batch_size or spec.batch_size,

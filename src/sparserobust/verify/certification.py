@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from sparserobust.errors import ConfigError, DataError
-from sparserobust.metrics.margin import check_metric_inputs, parse_metric_norm
+from sparserobust.metrics.margin import check_metric_inputs
+from sparserobust.norms import parse_norm
 from sparserobust.utils import eval_mode, model_device
 from sparserobust.verify.crown import crown_lower, pool_windows, tighten
 from sparserobust.verify.ibp import ibp_lower, interval_forward
@@ -193,7 +194,7 @@ def _prepare(
     model: nn.Module, x: torch.Tensor, norm: float | str, dtype: torch.dtype
 ) -> tuple[float, list[Layer]]:
     check_metric_inputs(x)
-    p = parse_metric_norm(norm)
+    p = parse_norm(norm)
     layers = parse_network(model, x.shape[1:], dtype=dtype, device=x.device)
     return p, layers
 

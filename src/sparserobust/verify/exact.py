@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparserobust.errors import ConfigError
+from sparserobust.errors import ConfigError, NormError
 from sparserobust.metrics.margin import check_metric_inputs
+from sparserobust.norms import parse_norm
 from sparserobust.utils import eval_mode, model_device
 from sparserobust.verify.certification import CertifyResult, certify, check_labels
 from sparserobust.verify.milp import BuiltMilp, build_milp, input_from, run_checked
@@ -327,7 +328,11 @@ def _decide(
 
 
 def _check_exact_args(norm: float | str, time_limit: float) -> None:
-    if str(norm).strip().lower().removeprefix("l") not in ("inf", "infinity"):
+    try:
+        l_inf = math.isinf(parse_norm(norm))
+    except NormError:
+        l_inf = False
+    if not l_inf:
         raise ConfigError(f"exact verification handles the l_inf norm only, got {norm!r}")
     if not (time_limit > 0):
         raise ConfigError(f"time_limit must be > 0 seconds, got {time_limit}")
