@@ -22,6 +22,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy src
 	$(BIN)/pytest -q
 
 # The paper reproduction (docs/reproduction.md): one command per study. Each runs the

@@ -88,7 +88,7 @@ def _record_checks(recs: list[Record]) -> list[tuple[str, str]]:
 def _attack_checks(numbers: dict[str, Any], recs: list[Record]) -> list[tuple[str, str]]:
     """Robust accuracy <= clean accuracy on the same points (a misclassified point
     counts as broken at every radius)."""
-    out = []
+    out: list[tuple[str, str]] = []
     clean = (numbers.get("summary") or {}).get("clean_accuracy")
     if not (isinstance(clean, int | float) and math.isfinite(clean)):
         return out

@@ -167,12 +167,12 @@ def drop_untrusted_models(store: ResultStore, run_dir: Path) -> list[str]:
     store.delete_models(doomed)
     kept = {paths[r.model_key].resolve() for r in rows if r.model_key not in bad}
     for key in doomed:
-        path = paths.get(key)
-        if path is None or path.resolve() in kept:
+        doomed_path = paths.get(key)
+        if doomed_path is None or doomed_path.resolve() in kept:
             continue
-        st = lstat_or_none(path)
+        st = lstat_or_none(doomed_path)
         if st is not None and stat.S_ISREG(st.st_mode):
-            path.unlink(missing_ok=True)
+            doomed_path.unlink(missing_ok=True)
     return doomed
 
 

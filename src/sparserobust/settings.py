@@ -258,8 +258,8 @@ def check_value(name: str, value: Any, where: str, norm: Any = None) -> None:
             check_value(name, v, f"{where}[{i}]", norm)
         return
     if isinstance(value, int) and name not in NOT_COUNTS:
-        limit = MAX_EPOCHS if name == "epochs" or name.endswith("_epochs") else MAX_COUNT
-        check_positive(value, where, allow_zero=True, maximum=limit)
+        count_limit = MAX_EPOCHS if name == "epochs" or name.endswith("_epochs") else MAX_COUNT
+        check_positive(value, where, allow_zero=True, maximum=count_limit)
     elif isinstance(value, float) and not isinstance(value, bool):
         if name in ("eps", "epsilons", "init_epsilon") or name.endswith("_eps"):
             key = _norm_key(norm)

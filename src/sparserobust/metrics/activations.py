@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -81,7 +82,9 @@ def active_relu_fraction(
     ever: dict[str, list[torch.Tensor]] = {}
     call_index: dict[str, int] = {}
 
-    def make_hook(name: str):  # noqa: ANN202 - torch hook signature
+    Hook = Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]
+
+    def make_hook(name: str) -> Hook:
         def hook(_mod: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
             pos = (out > 0).reshape(out.shape[0], -1)
             active[name] = active.get(name, 0) + int(pos.sum())

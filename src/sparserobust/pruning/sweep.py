@@ -300,10 +300,10 @@ def sparsity_sweep(
             meta = {**dict(metadata or {}), **level_meta}
             save_checkpoint(paths[i], work, meta)
         seconds = time.perf_counter() - start
-        path = paths[i] if out is not None else None
-        if path is not None:  # beside the checkpoint, which stays byte-identical across runs
-            _seconds_path(path).write_text(f"{seconds!r}\n")
-        records.append(_record(path, level_meta, seconds=seconds, resumed=False))
+        level_path = paths[i] if out is not None else None
+        if level_path is not None:  # beside the checkpoint, which stays byte-identical
+            _seconds_path(level_path).write_text(f"{seconds!r}\n")
+        records.append(_record(level_path, level_meta, seconds=seconds, resumed=False))
         acc = level_meta.get("accuracy")
         bar.set_postfix(
             sparsity=f"{level_meta['sparsity']:.4f}", acc="-" if acc is None else f"{acc:.4f}"
