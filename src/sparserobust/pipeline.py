@@ -30,7 +30,7 @@ from sparserobust.checkpoint import load_checkpoint
 from sparserobust.config import AttackSettings, EvalSettings, StudyConfig, check_sparsities
 from sparserobust.data import Split, resolve_data_dir
 from sparserobust.engine.executors import EXECUTOR_NAMES, Executor, make_executor
-from sparserobust.engine.plan import Resources, Task, plan
+from sparserobust.engine.plan import Resources, Task, plan, planned_keys
 from sparserobust.engine.scheduler import run_tasks
 from sparserobust.engine.tasks import (
     FRONT,
@@ -156,7 +156,6 @@ class StudyRecorder:
         every measurement the stored config planned still planned with the same
         identity, so no stored number is orphaned or computed under other settings."""
         from sparserobust.config import config_from_dict
-        from sparserobust.store import params_hash
 
         try:
             old = config_from_dict(json.loads(self.store.get_meta("config") or "null"))
@@ -164,15 +163,8 @@ class StudyRecorder:
             return False
         if old.models_hash() != self.config.models_hash():
             return False
-        if not set(old.control.front_models()) <= set(self.config.control.front_models()):
-            return False
-        for seed in old.seeds:
-            new_cells = {(c.key, params_hash(c.params)) for c in plan_cells(self.config.eval, seed)}
-            if any(
-                (c.key, params_hash(c.params)) not in new_cells for c in plan_cells(old.eval, seed)
-            ):
-                return False
-        return True
+        before, now = planned_keys(old), planned_keys(self.config)
+        return before.models <= now.models and before.results <= now.results
 
     def done(self, task: Task, out: Any) -> None:
         """Record the result of ``task`` (called by the scheduler, in this process)."""

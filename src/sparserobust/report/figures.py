@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from sparserobust.verdict import CLEAN, NORMS, Cell, StudyData, pct, security_curve
+from sparserobust.report.study import CLEAN, NORMS, Cell, StudyData
+from sparserobust.report.text import pct
+from sparserobust.report.verdicts import exact_metrics, security_curve
 
 MARKERS = "osD^vP*X"
 LINESTYLES = ["-", "--", "-.", ":"]
@@ -77,8 +79,6 @@ def overview(
     headline and every certified/exact metric. ``runs`` pairs each study with its
     headlines ``{norm: label}``. One colour per method, or per run when ``compare``
     (methods then differ by line style)."""
-    from sparserobust.verdict import exact_metrics
-
     roles: list[tuple[str, str]] = [("clean accuracy", "clean")]
     if any("inf" in h for _, h in runs):
         roles.append((f"{NORMS['inf']} headline", "inf"))
@@ -156,7 +156,7 @@ def tradeoff(
 ) -> bytes:
     """Clean accuracy (x) against robust accuracy ``label`` (y), one point per model kind
     labelled with its sparsity; the Pareto front is ringed and joined. ``front`` (id,
-    clean, robust; :func:`sparserobust.control.mean_front`) is the dense control front,
+    clean, robust; :func:`sparserobust.report.front.mean_front`) is the dense control front,
     drawn as a dashed line. When some models lose more than ``zoom`` clean accuracy, a
     second panel shows only those within it."""
     plt = _pyplot()
