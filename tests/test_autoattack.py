@@ -222,7 +222,8 @@ def test_skip_certified_stops_where_crown_does_not_pay(
 def test_config_picks_the_sub_attacks_and_fast_has_its_own_name() -> None:
     """``attacks`` is a config setting; ``autoattack-fast`` results never carry the
     ``autoattack`` name (a reader would take them for the standard version)."""
-    from sparserobust.config import build_attack, config_from_dict
+    from sparserobust.config import config_from_dict
+    from sparserobust.measurements.attack import build_attack
 
     cfg = config_from_dict(
         {

@@ -22,7 +22,8 @@ from sparserobust.config import config_from_dict, load_config
 from sparserobust.errors import CheckpointError, ConfigError, ModelError, StoreError
 from sparserobust.pipeline import _attach_log, run_study
 from sparserobust.pruning.sweep import _finished
-from sparserobust.store import ResultStore, RunLock, sha256_file
+from sparserobust.rundir import RunLock
+from sparserobust.store import ResultStore, sha256_file
 
 TINY = {
     "name": "tiny",

@@ -20,7 +20,7 @@ from sparserobust.measurements import values_of
 from sparserobust.pipeline import run_study, sweep_robustness
 from sparserobust.pruning import sparsity_report
 from sparserobust.report import Cell, interval, sweet_spots
-from sparserobust.store import RunLock
+from sparserobust.rundir import RunLock
 
 SMALL = {
     "name": "small",
@@ -109,8 +109,8 @@ def test_bad_config_names_the_key(patch: dict, key: str) -> None:
 
 
 def test_attack_settings_reach_the_attack() -> None:
-    from sparserobust.config import attack_params
     from sparserobust.measurements import plan_cells
+    from sparserobust.measurements.attack import attack_params
 
     attacks = [
         {"name": "cw", "search_steps": 3, "steps": 50},

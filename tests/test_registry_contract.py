@@ -115,7 +115,7 @@ def test_attack_params_reach_the_attack_and_change_its_identity() -> None:
     )
     assert plain.config_hash() != tuned.config_hash()
     cell = next(c for c in plan_cells(tuned.eval, 0) if c.measurement == "attack")
-    from sparserobust.config import attack_from_cell_params, build_attack
+    from sparserobust.measurements.attack import attack_from_cell_params, build_attack
 
     attack = build_attack(attack_from_cell_params(cell.params))
     assert attack.rel_stepsize == 0.5 and attack.steps == 5

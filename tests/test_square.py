@@ -11,8 +11,9 @@ from torch import nn
 
 from sparserobust.attacks import PGD, DeepFool, Square, get_attack
 from sparserobust.attacks.square import as_image, bump, p_schedule, window_shape
-from sparserobust.config import attack_params, config_from_dict
+from sparserobust.config import config_from_dict
 from sparserobust.errors import AttackError
+from sparserobust.measurements.attack import attack_params
 from sparserobust.metrics import robust_accuracy
 from sparserobust.metrics.checks import gradient_free_flags
 from tests.test_attacks import closed_form, linear_problem

@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING
 
 from sparserobust.checkpoint import load_checkpoint, save_checkpoint
 from sparserobust.errors import SparseRobustError
+from sparserobust.version import __version__
 
 if TYPE_CHECKING:
     import pandas as pd
-
-__version__ = "0.1.0"
 
 
 def results(run_dir: str | os.PathLike[str]) -> pd.DataFrame:

@@ -37,7 +37,7 @@ REQUIRED_META = ("model", "dataset", "input_shape", "num_classes", "mean", "std"
 
 
 def _version() -> str:
-    from sparserobust import __version__
+    from sparserobust.version import __version__
 
     return __version__
 

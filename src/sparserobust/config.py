@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -23,12 +22,18 @@ from typing import Any
 
 import yaml
 
+from sparserobust.data import dataset_names
 from sparserobust.errors import ConfigError
+from sparserobust.measurements.attack import AttackSettings
+from sparserobust.measurements.clever import CleverSettings
+from sparserobust.measurements.masking import MaskingSettings
+from sparserobust.measurements.registry import check_eval_settings
+from sparserobust.models import model_names
+from sparserobust.pruning.registry import method_names, pruning_method
 from sparserobust.settings import (
     MAX_COUNT,
     MAX_DEPTH,
     MAX_EPOCHS,
-    MAX_EPS,
     MAX_LR,
     NAME_PATTERN,
     NEW_FIELD,
@@ -40,6 +45,7 @@ from sparserobust.settings import (
     check_shape,
     short,
 )
+from sparserobust.store import FRONT as FRONT  # re-exported: dense-front models' method name
 from sparserobust.training import AdversarialTraining
 
 
@@ -92,59 +98,11 @@ class PruningSettings:
     def method_settings(self, method: str) -> Any:
         """The settings dataclass instance of pruning ``method`` (its defaults where
         ``params`` does not set it)."""
-        from sparserobust.pruning.registry import pruning_method
-
         return build_settings(
             pruning_method(method).settings_type,
             self.params.get(method, {}),
             f"pruning.params.{method}",
         )
-
-
-@dataclass(frozen=True)
-class AttackSettings:
-    """One attack to run on every model.
-
-    ``eps`` (fixed-epsilon attacks fgsm/pgd/square, and thresholds at which minimal-norm
-    attacks report robust accuracy) are perturbation budgets in [0,1] pixel space
-    in the attack's norm. ``steps``/``restarts``/``search_steps`` set the budget;
-    ``params`` sets any other constructor argument of the attack (validated against
-    :func:`sparserobust.attacks.registry.attack_settings`).
-    """
-
-    name: str
-    norm: str | None = None
-    eps: tuple[float, ...] = ()
-    steps: int | None = None
-    restarts: int | None = None
-    search_steps: int | None = None
-    params: dict[str, Any] = field(default_factory=dict, metadata=NEW_FIELD)
-
-
-@dataclass(frozen=True)
-class CleverSettings:
-    """CLEVER scores on the first ``n`` test images (0 turns CLEVER off)."""
-
-    n: int = 0
-    norms: tuple[str, ...] = ("2", "inf")
-    n_batches: int = 20
-    batch_size: int = 50
-    radius: float | None = None
-
-
-@dataclass(frozen=True)
-class MaskingSettings:
-    """A gradient-masking check: the gradient-free Square attack (``steps`` queries
-    per point) at ``eps`` in ``norm`` on the first ``n`` test images, against the
-    gradient attacks named in ``against`` (entries of ``eval.attacks`` with the same
-    norm, with their settings), on the same images. A model is flagged where Square
-    breaks more than 1% of the points that every gradient attack left robust."""
-
-    norm: str = "inf"
-    eps: tuple[float, ...] = ()
-    n: int = 500
-    steps: int = 1000
-    against: tuple[str, ...] = ("pgd",)
 
 
 @dataclass(frozen=True)
@@ -176,10 +134,6 @@ class ReportSettings:
     max_accuracy_drop: float = 0.01
     headline_linf: str | None = field(default=None, metadata=NEW_FIELD)
     headline_l2: str | None = field(default=None, metadata=NEW_FIELD)
-
-
-FRONT = "dense-front"
-"""The method name of dense-front models in the results store (never a pruning method)."""
 
 
 @dataclass(frozen=True)
@@ -334,10 +288,10 @@ def _check_train(t: TrainSettings, where: str) -> None:
 
 
 def validate(config: StudyConfig) -> StudyConfig:
-    """Check names and ranges; returns the config or raises ConfigError naming the key."""
-    from sparserobust.data import dataset_names
-    from sparserobust.models import model_names
-
+    """Check names and ranges; returns the config or raises ConfigError naming the key.
+    Each component checks its own settings: a pruning method through its settings
+    dataclass, the measurements through
+    :func:`~sparserobust.measurements.registry.check_eval_settings`."""
     if config.dataset not in dataset_names():
         raise ConfigError(
             f"dataset: unknown dataset {config.dataset!r}; "
@@ -367,8 +321,6 @@ def validate(config: StudyConfig) -> StudyConfig:
     if len(set(config.control.dense_front)) != len(config.control.dense_front):
         raise ConfigError("control.dense_front: duplicate entries")
     p = config.pruning
-    from sparserobust.pruning.registry import method_names
-
     for i, m in enumerate(p.methods):
         if m not in method_names():
             raise ConfigError(
@@ -397,46 +349,7 @@ def validate(config: StudyConfig) -> StudyConfig:
     e = config.eval
     check_positive(e.n, "eval.n", maximum=MAX_COUNT)
     check_positive(e.batch_size, "eval.batch_size", maximum=MAX_COUNT)
-    from sparserobust.attacks.registry import attack_names, is_fixed_epsilon
-
-    for i, a in enumerate(e.attacks):
-        key = f"eval.attacks[{i}]"
-        if a.name not in attack_names():
-            raise ConfigError(
-                f"{key}.name: unknown attack {a.name!r}; choose from {', '.join(attack_names())}"
-            )
-        if a.norm is not None and a.norm not in ("inf", "2"):
-            raise ConfigError(f"{key}.norm: must be inf or 2, got {a.norm!r}")
-        for j, eps in enumerate(a.eps):
-            check_positive(eps, f"{key}.eps[{j}]", maximum=MAX_EPS[attack_norm(a)])
-        if is_fixed_epsilon(a.name) and not a.eps:
-            raise ConfigError(f"{key}.eps: {a.name} needs at least one epsilon")
-        check_positive(a.steps, f"{key}.steps", maximum=MAX_COUNT)
-        check_positive(a.restarts, f"{key}.restarts", maximum=MAX_COUNT)
-        check_positive(a.search_steps, f"{key}.search_steps", maximum=MAX_COUNT)
-        _check_attack_builds(a, key)
-    _check_measurements(e)
-    for i, mask in enumerate(e.masking):
-        key = f"eval.masking[{i}]"
-        if mask.norm not in ("inf", "2"):
-            raise ConfigError(f"{key}.norm: must be inf or 2, got {mask.norm!r}")
-        if not mask.eps:
-            raise ConfigError(f"{key}.eps: give at least one epsilon")
-        for j, eps in enumerate(mask.eps):
-            check_positive(eps, f"{key}.eps[{j}]", maximum=MAX_EPS[mask.norm])
-        check_positive(mask.n, f"{key}.n", maximum=MAX_COUNT)
-        check_positive(mask.steps, f"{key}.steps", maximum=MAX_COUNT)
-        if not mask.against:
-            raise ConfigError(f"{key}.against: name at least one gradient attack of eval.attacks")
-        masking_references(e, mask, key)
-    c = e.clever
-    check_positive(c.n, "eval.clever.n", allow_zero=True, maximum=MAX_COUNT)
-    check_positive(c.n_batches, "eval.clever.n_batches", maximum=MAX_COUNT)
-    check_positive(c.batch_size, "eval.clever.batch_size", maximum=MAX_COUNT)
-    check_positive(c.radius, "eval.clever.radius", maximum=MAX_EPS["2"])
-    for i, norm in enumerate(c.norms):
-        if norm not in ("inf", "2"):
-            raise ConfigError(f"eval.clever.norms[{i}]: must be inf or 2, got {norm!r}")
+    check_eval_settings(e)
     drop = config.report.max_accuracy_drop
     if not 0 <= drop <= 1:
         raise ConfigError(f"report.max_accuracy_drop: must be in [0,1], got {drop}")
@@ -445,119 +358,6 @@ def validate(config: StudyConfig) -> StudyConfig:
         if label is not None and (not isinstance(label, str) or not label.strip()):
             raise ConfigError(f"report.{key}: must be a stored record label or null, got {label!r}")
     return config
-
-
-_SHORTCUTS = (("steps", "steps"), ("restarts", "restarts"), ("search_steps", "binary_search_steps"))
-"""AttackSettings shortcut fields -> the attack constructor argument they set."""
-
-
-def attack_params(a: AttackSettings) -> dict[str, Any]:
-    """Keyword hyperparameters for the attack's constructor: the shortcut fields
-    (steps, restarts, search_steps) that are set, then ``params``."""
-    params: dict[str, Any] = {}
-    for field_name, arg in _SHORTCUTS:
-        value = getattr(a, field_name)
-        if value is not None:
-            params[arg] = value
-    return {**params, **a.params}
-
-
-def attack_cell_params(a: AttackSettings) -> dict[str, Any]:
-    """The settings of ``a`` as stored with its results (every field; ``params`` only
-    when set, so results stored before it existed keep their identity)."""
-    out: dict[str, Any] = {
-        "name": a.name,
-        "norm": a.norm,
-        "eps": list(a.eps),
-        "steps": a.steps,
-        "restarts": a.restarts,
-        "search_steps": a.search_steps,
-    }
-    if a.params:
-        out["params"] = dict(a.params)
-    return out
-
-
-def attack_from_cell_params(params: dict[str, Any]) -> AttackSettings:
-    """The :class:`AttackSettings` back from :func:`attack_cell_params`' dict."""
-    return AttackSettings(
-        name=str(params["name"]),
-        norm=None if params.get("norm") is None else str(params["norm"]),
-        eps=tuple(float(e) for e in params.get("eps", ())),
-        steps=params.get("steps"),
-        restarts=params.get("restarts"),
-        search_steps=params.get("search_steps"),
-        params=dict(params.get("params") or {}),
-    )
-
-
-def build_attack(a: AttackSettings) -> Any:
-    """The configured attack object of ``a``."""
-    from sparserobust.attacks import get_attack
-
-    return get_attack(a.name, attack_norm(a), **attack_params(a))
-
-
-def attack_norm(a: AttackSettings) -> str:
-    """The attack's norm as "inf" or "2": the configured one, else the attack's default."""
-    if a.norm is not None:
-        return a.norm
-    from sparserobust.attacks import attack_norms
-
-    return "inf" if math.isinf(attack_norms(a.name)[0]) else "2"
-
-
-def masking_references(
-    e: EvalSettings, m: MaskingSettings, key: str = "eval.masking"
-) -> list[AttackSettings]:
-    """The ``eval.attacks`` entries a masking check compares Square with (same norm)."""
-    refs = []
-    for j, name in enumerate(m.against):
-        found = [a for a in e.attacks if a.name == name and attack_norm(a) == m.norm]
-        if not found:
-            raise ConfigError(
-                f"{key}.against[{j}]: {name!r} with norm {m.norm} is not among eval.attacks; "
-                "add it there or remove it here"
-            )
-        if name == "square":
-            raise ConfigError(f"{key}.against[{j}]: compare with a gradient attack, not square")
-        refs.append(found[0])
-    return refs
-
-
-def _check_attack_builds(a: AttackSettings, key: str) -> None:
-    """Check ``params`` against the attack's settings dataclass (unknown keys and
-    types named) and build the attack now, so a setting it does not take fails at
-    load, not hours in."""
-    from sparserobust.attacks import get_attack
-    from sparserobust.attacks.registry import attack_settings
-    from sparserobust.errors import AttackError
-
-    build_settings(attack_settings(a.name), a.params, f"{key}.params")  # names, types
-    for field_name, arg in _SHORTCUTS:
-        if getattr(a, field_name) is not None and arg in a.params:
-            raise ConfigError(f"{key}.params.{arg}: also set by {key}.{field_name}; set it once")
-    try:
-        get_attack(a.name, a.norm, **attack_params(a))
-    except AttackError as exc:
-        raise ConfigError(f"{key}: {exc}") from None
-
-
-def _check_measurements(e: EvalSettings) -> None:
-    """``eval.measurements``: registered names whose settings build and validate."""
-    from sparserobust.measurements import MEASUREMENTS
-
-    for name, block in e.measurements.items():
-        where = f"eval.measurements.{name}"
-        m = MEASUREMENTS.get(name)
-        if m is None:
-            extra = [k for k, v in MEASUREMENTS.items() if v.config_key is None]
-            raise ConfigError(
-                f"{where}: unknown measurement {name!r}; choose from {', '.join(extra) or 'none'}"
-            )
-        if m.config_key is not None:
-            raise ConfigError(f"{where}: {name} is set with {m.config_key}, not here")
-        m.validate(build_settings(m.settings_type, block, where), e, where)
 
 
 MAX_SPARSITY = 0.9999

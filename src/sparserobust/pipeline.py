@@ -317,7 +317,9 @@ def run_study(
         if (run / DB_NAME).is_file():  # validated as this config's run before any delete
             with ResultStore(run, create=False) as store:
                 StudyRecorder(config, run, store, {}).check_compatible()
-            clean_stale_temps(run, config)  # a killed run's temp files, and only those
+            # a killed run's temp files, and only those
+            sweeps = {m: config.pruning.grid(m) for m in config.pruning.methods}
+            clean_stale_temps(run, config.seeds, sweeps)
         handler = _attach_log(run)
         try:
             device = resolve_device(config.device)

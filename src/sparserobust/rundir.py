@@ -6,11 +6,11 @@ A run directory (``runs/<name>-<hash>``, or ``--out``) holds the results databas
 written or deleted there:
 
 - :class:`RunLock` holds a run directory for one process; :func:`open_no_follow`
-  opens its files without following links.
-- :func:`checkpoint_path` confines a checkpoint path read from a database to its run
-  directory (relative, no ``..``, no link, under ``checkpoints/``, a ``.st`` file);
-  :func:`drop_untrusted_models` forgets every model whose row fails that or whose
-  file is not intact, and deletes only files that pass it.
+  opens its files without following links (with :func:`checkpoint_path`, from
+  :mod:`sparserobust.runpaths`, below the results store, which uses them too).
+- :func:`drop_untrusted_models` forgets every model whose row fails
+  :func:`checkpoint_path` or whose file is not intact, and deletes only files that
+  pass it.
 - :func:`check_force_target` and :func:`start_over` are ``run --force``;
   :func:`check_layout` refuses a run directory whose own files are links;
   :func:`clean_stale_temps` removes the temp files of our atomic writer
@@ -24,28 +24,32 @@ written or deleted there:
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
 import re
 import shutil
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sparserobust.errors import ConfigError, StoreError, UnsafePathError
-
-if TYPE_CHECKING:
-    from sparserobust.config import StudyConfig
-    from sparserobust.store import ResultStore
+from sparserobust.checkpoint import verify_checkpoint
+from sparserobust.errors import CheckpointError, ConfigError, StoreError, UnsafePathError
+from sparserobust.runpaths import (
+    CHECKPOINTS,
+    DB_FILES,
+    DB_NAME,
+    checkpoint_name,
+    checkpoint_path,
+    confine,
+    lstat_or_none,
+    open_no_follow,
+)
+from sparserobust.store import FRONT, ModelRow, ResultStore, sha256_file
 
 log = logging.getLogger(__name__)
 
-DB_NAME = "results.sqlite"
-DB_FILES = (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm")
-CHECKPOINTS = "checkpoints"
 REPORT = "report"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _TEMP = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
@@ -54,24 +58,6 @@ prefix ``.<name>.`` and suffix ``.tmp`` (8 random characters of ``[a-z0-9_]``)."
 
 
 # --- locking and opening ---------------------------------------------------------
-
-
-def open_no_follow(path: Path, flags: int, mode: int = 0o644) -> int:
-    """``os.open`` of a run-directory file (created if missing) that never follows a
-    symbolic link and refuses anything but a regular file; returns the descriptor."""
-    try:
-        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StoreError(
-                f"{path} is a symbolic link: sparserobust never writes through links; "
-                "remove it and re-run"
-            ) from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise StoreError(f"{path} is not a regular file: remove it and re-run")
-    return fd
 
 
 class RunLock:
@@ -112,57 +98,6 @@ class RunLock:
             self._fh.close()
 
 
-# --- paths read from a database --------------------------------------------------
-
-
-def _lstat(path: Path) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise UnsafePathError(f"cannot use {path} ({exc.strerror}): check it") from None
-
-
-def confine(run_dir: str | os.PathLike[str], rel: object, what: str = "path") -> Path:
-    """``run_dir / rel`` when ``rel`` (read from a database, a checkpoint header or a
-    config) stays inside ``run_dir``: a non-empty relative path without ``..`` that,
-    links resolved, does not leave the directory. UnsafePathError otherwise."""
-    if not isinstance(rel, str) or rel == "" or "\x00" in rel:
-        raise UnsafePathError(f"{what} {rel!r} is not a path inside the run directory")
-    pure = PurePosixPath(rel)
-    if pure.is_absolute():
-        raise UnsafePathError(f"{what} {rel!r} is absolute: it must stay inside the run directory")
-    if ".." in pure.parts:
-        raise UnsafePathError(f"{what} {rel!r} leaves the run directory ('..')")
-    root = Path(run_dir).resolve()
-    resolved = (root / pure).resolve()
-    if resolved != root and root not in resolved.parents:
-        raise UnsafePathError(
-            f"{what} {rel!r} leaves the run directory (through a symbolic link, to {resolved})"
-        )
-    return Path(run_dir) / pure
-
-
-def checkpoint_path(run_dir: str | os.PathLike[str], rel: object) -> Path:
-    """The checkpoint a model row names, confined to the run directory: a ``.st`` file
-    under ``checkpoints/`` (where a study writes them) that is not a symbolic link or a
-    folder (it may be missing). UnsafePathError otherwise."""
-    path = confine(run_dir, rel, "checkpoint path")
-    parts = PurePosixPath(str(rel)).parts
-    if len(parts) < 2 or parts[0] != CHECKPOINTS or not str(rel).endswith(".st"):
-        raise UnsafePathError(
-            f"checkpoint path {rel!r} is not a .st file under {CHECKPOINTS}/, where a study "
-            "writes its checkpoints"
-        )
-    st = _lstat(path)
-    if st is not None and stat.S_ISLNK(st.st_mode):
-        raise UnsafePathError(f"checkpoint path {rel!r} is a symbolic link")
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        raise UnsafePathError(f"checkpoint path {rel!r} is not a regular file")
-    return path
-
-
 def _is_file_name(name: object) -> bool:
     return (
         isinstance(name, str)
@@ -185,10 +120,6 @@ def drop_untrusted_models(store: ResultStore, run_dir: Path) -> list[str]:
     only regular files at a confined checkpoint path that no trusted row names are
     removed (a path that fails is reported and never followed). Returns the deleted
     model keys."""
-    from sparserobust.checkpoint import verify_checkpoint
-    from sparserobust.errors import CheckpointError
-    from sparserobust.store import ModelRow, sha256_file
-
     rows = store.models()
     bad: set[str] = set()
     paths: dict[str, Path] = {}
@@ -217,8 +148,6 @@ def drop_untrusted_models(store: ResultStore, run_dir: Path) -> list[str]:
     by_file = {(r.seed, r.method, PurePosixPath(r.checkpoint).name): r.model_key for r in rows}
     dense = {r.seed: r.model_key for r in rows if r.method == "dense"}
 
-    from sparserobust.config import FRONT
-
     def parent_key(r: ModelRow) -> str | None:
         if r.method in ("dense", FRONT):  # the dense front is trained, not derived
             return None
@@ -241,7 +170,7 @@ def drop_untrusted_models(store: ResultStore, run_dir: Path) -> list[str]:
         path = paths.get(key)
         if path is None or path.resolve() in kept:
             continue
-        st = _lstat(path)
+        st = lstat_or_none(path)
         if st is not None and stat.S_ISREG(st.st_mode):
             path.unlink(missing_ok=True)
     return doomed
@@ -263,7 +192,7 @@ def check_layout(run: Path) -> None:
         (CHECKPOINTS, True),
         (REPORT, True),
     ]:
-        st = _lstat(run / name)
+        st = lstat_or_none(run / name)
         if st is None:
             continue
         if stat.S_ISLNK(st.st_mode):
@@ -303,7 +232,7 @@ def _real_dir(run: Path, *parts: str) -> Path | None:
     path = run
     for part in parts:
         path = path / part
-        st = _lstat(path)
+        st = lstat_or_none(path)
         if st is None or not stat.S_ISDIR(st.st_mode):
             return None
     return path
@@ -328,18 +257,18 @@ def remove_temps(folder: Path | None, owns: Iterable[str] | None = None, suffix:
     return removed
 
 
-def clean_stale_temps(run: Path, config: StudyConfig) -> int:
-    """Remove the temp files a killed run of ``config`` left in ``run``: only for files
-    the study writes (dense checkpoints, its sweeps' levels, the report), only in the
-    folders it writes them to. Call it with the run directory locked and validated as
-    this config's. Returns how many were removed."""
-    from sparserobust.pruning.sweep import checkpoint_name
-
+def clean_stale_temps(
+    run: Path, seeds: Sequence[int], sweeps: Mapping[str, Sequence[float]]
+) -> int:
+    """Remove the temp files a killed run of a study left in ``run``: only for files the
+    study writes (each seed's dense checkpoint, its sweeps' levels: method -> targets,
+    the report), only in the folders it writes them to. Call it with the run directory
+    locked and validated as this study's. Returns how many were removed."""
     removed = remove_temps(_real_dir(run, REPORT), ("report.md", "report.html"), ".png")
-    for seed in config.seeds:
+    for seed in seeds:
         removed += remove_temps(_real_dir(run, CHECKPOINTS, f"s{seed}"), ("dense.st",))
-        for method in config.pruning.methods:
-            names = [checkpoint_name(method, t) for t in config.pruning.grid(method)]
+        for method, targets in sweeps.items():
+            names = [checkpoint_name(method, t) for t in targets]
             removed += remove_temps(_real_dir(run, CHECKPOINTS, f"s{seed}", method), names)
     if removed:
         log.info("removed %d temp file(s) of a killed run in %s", removed, run)
@@ -395,7 +324,7 @@ def check_output(
         full = _full(target)
     except (OSError, RuntimeError) as exc:
         raise UnsafePathError(f"cannot use {target} ({exc}): choose another path") from None
-    st = _lstat(target)
+    st = lstat_or_none(target)
     if st is not None and stat.S_ISLNK(st.st_mode):
         raise UnsafePathError(
             f"refusing to write {target}: it is a symbolic link, not a "

@@ -22,6 +22,13 @@ import yaml
 
 from sparserobust.errors import ConfigError
 
+
+@dataclasses.dataclass(frozen=True)
+class NoSettings:
+    """Settings of a component (pruning method, measurement) that takes none: any key in
+    its config block is an error."""
+
+
 NEW_FIELD = {"hash_default": False}
 """Metadata of a field added after version 0.1: the config hash leaves it out while it
 has its default, so adding it changed no existing hash (and no run directory)."""

@@ -14,7 +14,7 @@ has been written atomically, so an interrupted run never leaves a row that a
 later run would trust. A run directory is held by one process at a time
 (:class:`~sparserobust.rundir.RunLock`), and a checkpoint path read from the
 database is followed only when it stays inside its run directory
-(:func:`~sparserobust.rundir.checkpoint_path`).
+(:func:`~sparserobust.runpaths.checkpoint_path`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sparserobust.errors import StoreError, UnsafePathError
-from sparserobust.rundir import DB_NAME, RunLock, checkpoint_path, open_no_follow
+from sparserobust.runpaths import DB_NAME, checkpoint_path, open_no_follow
 
 SCHEMA_VERSION = 1
 DB_TIMEOUT = 10.0
@@ -128,7 +128,7 @@ def provenance(device: str) -> dict[str, Any]:
     import scipy
     import torch
 
-    from sparserobust import __version__
+    from sparserobust.version import __version__
 
     return {
         "sparserobust": __version__,
@@ -142,6 +142,11 @@ def provenance(device: str) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
     }
+
+
+FRONT = "dense-front"
+"""The method name of dense-front models in the results store (never a pruning method;
+:mod:`sparserobust.control`)."""
 
 
 @dataclass(frozen=True)
@@ -436,7 +441,7 @@ class ResultStore:
         return out
 
 
-__all__ = ["DB_NAME", "ModelRow", "ResultStore", "RunLock", "open_no_follow", "sha256_file"]
+__all__ = ["DB_NAME", "ModelRow", "ResultStore", "open_no_follow", "sha256_file"]
 
 
 def dataclasses_astuple(row: ModelRow) -> tuple[Any, ...]:

@@ -342,7 +342,7 @@ class AutoAttack(FixedEpsilonAttack):
         """Bool mask over ``idx``: the points CROWN certifies at ``epsilon`` (coded
         ``certified``); all False where CROWN cannot bound the model."""
         from sparserobust.errors import SparseRobustError
-        from sparserobust.verify import certify
+        from sparserobust.verify.certification import certify
 
         none = torch.zeros(idx.numel(), dtype=torch.bool, device=idx.device)
         if self._certify_failed or idx.numel() == 0:

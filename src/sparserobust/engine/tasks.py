@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from sparserobust.checkpoint import load_checkpoint, save_checkpoint
-from sparserobust.config import FRONT, StudyConfig
+from sparserobust.config import StudyConfig
 from sparserobust.data import Dataset, load_dataset
 from sparserobust.measurements import Cell, timed_run_cell
 from sparserobust.models import build_model, model_spec
@@ -31,6 +31,7 @@ from sparserobust.pruning.hydra import HydraSettings
 from sparserobust.pruning.structured import StructuredSettings
 from sparserobust.pruning.sweep import sparsity_sweep
 from sparserobust.rundir import checkpoint_path
+from sparserobust.store import FRONT
 from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
 from sparserobust.utils import resolve_device, seed_everything, use_channels_last
 

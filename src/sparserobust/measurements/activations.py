@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from sparserobust.measurements.base import Cell, Measurement, NoSettings, Record, numbers
-
-if TYPE_CHECKING:
-    from sparserobust.config import EvalSettings
+from sparserobust.measurements.base import Cell, EvalView, Measurement, Record, numbers
+from sparserobust.settings import NoSettings
 
 
 class ActivationsMeasurement(Measurement):
@@ -21,10 +19,10 @@ class ActivationsMeasurement(Measurement):
     description = "fraction of active ReLUs (a diagnostic, not robustness)"
     config_key = "eval.activations"
 
-    def configured(self, settings: EvalSettings) -> list[NoSettings]:
+    def configured(self, settings: EvalView) -> list[NoSettings]:
         return [NoSettings()] if settings.activations else []
 
-    def cells(self, settings: NoSettings, eval_settings: EvalSettings, seed: int) -> list[Cell]:
+    def cells(self, settings: NoSettings, eval_settings: EvalView, seed: int) -> list[Cell]:
         return [Cell(self.name, "activations", {"n": eval_settings.n})]
 
     def run(

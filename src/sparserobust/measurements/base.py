@@ -20,16 +20,40 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
 from sparserobust.errors import StoreError
+from sparserobust.settings import NoSettings, build_settings
 from sparserobust.utils import eval_mode, forward, model_device
 
-if TYPE_CHECKING:
-    from sparserobust.config import EvalSettings
+
+class EvalView(Protocol):
+    """A study's ``eval`` settings as measurements read them
+    (:class:`sparserobust.config.EvalSettings` is one). Measurements sit below the
+    study schema, so they see it through this protocol, never import it: ``n`` test
+    images, their ``batch_size``, the generic ``measurements`` blocks (name -> settings
+    mapping) and the historical keys of the built-in measurements (each typed in the
+    measurement that owns it)."""
+
+    @property
+    def n(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def measurements(self) -> Mapping[str, Any]: ...
+    @property
+    def attacks(self) -> Sequence[Any]: ...
+    @property
+    def masking(self) -> Sequence[Any]: ...
+    @property
+    def clever(self) -> Any: ...
+    @property
+    def activations(self) -> bool: ...
+    @property
+    def bounds(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -103,11 +127,6 @@ class Cell:
     args: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class NoSettings:
-    """Settings of a measurement that takes none."""
-
-
 class Measurement(ABC):
     """A kind of measurement. Subclasses set ``name``, ``description`` and
     ``settings_type`` and implement :meth:`configured`, :meth:`cells` and :meth:`run`.
@@ -122,22 +141,30 @@ class Measurement(ABC):
     settings_type: ClassVar[type[Any]] = NoSettings
     config_key: ClassVar[str | None] = None
 
-    def configured(self, settings: EvalSettings) -> Sequence[Any]:
+    def configured(self, settings: EvalView) -> Sequence[Any]:
         """The settings instances a study's eval settings switch on (empty: off)."""
         block = settings.measurements.get(self.name)
         if block is None:
             return []
-        from sparserobust.settings import build_settings
+        return [build_settings(self.settings_type, block, self.where(0))]
 
-        return [build_settings(self.settings_type, block, f"eval.measurements.{self.name}")]
+    def where(self, index: int) -> str:
+        """The config key of the ``index``-th configured instance, for messages."""
+        return f"eval.measurements.{self.name}"
 
-    def validate(self, settings: Any, eval_settings: EvalSettings, where: str) -> None:
+    def validate(self, settings: Any, eval_settings: EvalView, where: str) -> None:
         """Raise :class:`~sparserobust.errors.ConfigError` (naming ``where``) for a bad
         value; called by config validation. Default: nothing to check."""
         return None
 
+    def check(self, eval_settings: EvalView) -> None:
+        """Validate this measurement's part of a study's eval settings: every configured
+        instance through :meth:`validate`, named by :meth:`where`."""
+        for i, settings in enumerate(self.configured(eval_settings)):
+            self.validate(settings, eval_settings, self.where(i))
+
     @abstractmethod
-    def cells(self, settings: Any, eval_settings: EvalSettings, seed: int) -> list[Cell]:
+    def cells(self, settings: Any, eval_settings: EvalView, seed: int) -> list[Cell]:
         """The cells of one configured instance for a model of seed ``seed``."""
 
     @abstractmethod

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from sparserobust.measurements.base import Cell, Measurement, NoSettings, Record, numbers
-
-if TYPE_CHECKING:
-    from sparserobust.config import EvalSettings
+from sparserobust.measurements.base import Cell, EvalView, Measurement, Record, numbers
+from sparserobust.settings import NoSettings
 
 
 class BoundsMeasurement(Measurement):
@@ -23,10 +21,10 @@ class BoundsMeasurement(Measurement):
     description = "local margin / gradient-norm bounds in l2 and l_inf"
     config_key = "eval.bounds"
 
-    def configured(self, settings: EvalSettings) -> list[NoSettings]:
+    def configured(self, settings: EvalView) -> list[NoSettings]:
         return [NoSettings()] if settings.bounds else []
 
-    def cells(self, settings: NoSettings, eval_settings: EvalSettings, seed: int) -> list[Cell]:
+    def cells(self, settings: NoSettings, eval_settings: EvalView, seed: int) -> list[Cell]:
         return [
             Cell(self.name, f"bounds:l{norm}", {"n": eval_settings.n}, {"norm": norm})
             for norm in ("2", "inf")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from sparserobust.measurements.base import Cell, Measurement, NoSettings, Record, numbers
-
-if TYPE_CHECKING:
-    from sparserobust.config import EvalSettings
+from sparserobust.measurements.base import Cell, EvalView, Measurement, Record, numbers
+from sparserobust.settings import NoSettings
 
 
 class GradientCheck(Measurement):
@@ -21,10 +19,10 @@ class GradientCheck(Measurement):
     description = "vanishing-gradient check (always on)"
     config_key = "always on"
 
-    def configured(self, settings: EvalSettings) -> list[NoSettings]:
+    def configured(self, settings: EvalView) -> list[NoSettings]:
         return [NoSettings()]
 
-    def cells(self, settings: NoSettings, eval_settings: EvalSettings, seed: int) -> list[Cell]:
+    def cells(self, settings: NoSettings, eval_settings: EvalView, seed: int) -> list[Cell]:
         return [Cell(self.name, "checks", {"n": eval_settings.n})]
 
     def run(

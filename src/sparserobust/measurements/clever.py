@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from sparserobust.measurements.base import Cell, Measurement, Record, numbers
+from sparserobust.errors import ConfigError
+from sparserobust.measurements.base import Cell, EvalView, Measurement, Record, numbers
+from sparserobust.settings import MAX_COUNT, MAX_EPS, check_positive
 
-if TYPE_CHECKING:
-    from sparserobust.config import CleverSettings, EvalSettings
+
+@dataclass(frozen=True)
+class CleverSettings:
+    """CLEVER scores on the first ``n`` test images (0 turns CLEVER off)."""
+
+    n: int = 0
+    norms: tuple[str, ...] = ("2", "inf")
+    n_batches: int = 20
+    batch_size: int = 50
+    radius: float | None = None
 
 
 class CleverMeasurement(Measurement):
@@ -21,10 +32,26 @@ class CleverMeasurement(Measurement):
     description = "CLEVER scores (an estimate of the minimal l2 / l_inf norm)"
     config_key = "eval.clever"
 
-    def configured(self, settings: EvalSettings) -> list[CleverSettings]:
+    def configured(self, settings: EvalView) -> list[CleverSettings]:
         return [settings.clever] if settings.clever.n > 0 else []
 
-    def cells(self, settings: CleverSettings, eval_settings: EvalSettings, seed: int) -> list[Cell]:
+    def where(self, index: int) -> str:
+        return "eval.clever"
+
+    def check(self, eval_settings: EvalView) -> None:
+        # checked when off too (n: 0), as a mistake in a switched-off block is still one
+        self.validate(eval_settings.clever, eval_settings, self.where(0))
+
+    def validate(self, settings: CleverSettings, eval_settings: EvalView, where: str) -> None:
+        check_positive(settings.n, f"{where}.n", allow_zero=True, maximum=MAX_COUNT)
+        check_positive(settings.n_batches, f"{where}.n_batches", maximum=MAX_COUNT)
+        check_positive(settings.batch_size, f"{where}.batch_size", maximum=MAX_COUNT)
+        check_positive(settings.radius, f"{where}.radius", maximum=MAX_EPS["2"])
+        for i, norm in enumerate(settings.norms):
+            if norm not in ("inf", "2"):
+                raise ConfigError(f"{where}.norms[{i}]: must be inf or 2, got {norm!r}")
+
+    def cells(self, settings: CleverSettings, eval_settings: EvalView, seed: int) -> list[Cell]:
         params = {
             "n": settings.n,
             "n_batches": settings.n_batches,

@@ -10,7 +10,7 @@ order cells are planned and run in.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from sparserobust.measurements.attack import AttackMeasurement
 from sparserobust.measurements.base import (
     NOT_MEASURED,
     Cell,
+    EvalView,
     Measurement,
     finite_logits,
 )
@@ -30,9 +31,6 @@ from sparserobust.measurements.clever import CleverMeasurement
 from sparserobust.measurements.masking import MaskingMeasurement
 from sparserobust.measurements.structure import StructureMeasurement
 from sparserobust.measurements.verify import VerifyMeasurement
-
-if TYPE_CHECKING:
-    from sparserobust.config import EvalSettings
 
 MEASUREMENTS: dict[str, Measurement] = {
     m.name: m
@@ -64,7 +62,25 @@ def get_measurement(name: str) -> Measurement:
         ) from None
 
 
-def plan_cells(settings: EvalSettings, seed: int) -> list[Cell]:
+def check_eval_settings(settings: EvalView) -> None:
+    """Validate a study's eval settings: ``eval.measurements`` names registered
+    measurements set there (not through a historical key), and every measurement checks
+    its own settings (:meth:`Measurement.check`). ConfigError naming the key otherwise."""
+    for name in settings.measurements:
+        where = f"eval.measurements.{name}"
+        m = MEASUREMENTS.get(name)
+        if m is None:
+            extra = [k for k, v in MEASUREMENTS.items() if v.config_key is None]
+            raise ConfigError(
+                f"{where}: unknown measurement {name!r}; choose from {', '.join(extra) or 'none'}"
+            )
+        if m.config_key is not None:
+            raise ConfigError(f"{where}: {name} is set with {m.config_key}, not here")
+    for m in MEASUREMENTS.values():
+        m.check(settings)
+
+
+def plan_cells(settings: EvalView, seed: int) -> list[Cell]:
     """Every cell the eval settings switch on, for one model of seed ``seed``."""
     cells: list[Cell] = []
     for m in MEASUREMENTS.values():

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from sparserobust.measurements.base import Cell, Measurement, NoSettings, Record, numbers
-
-if TYPE_CHECKING:
-    from sparserobust.config import EvalSettings
+from sparserobust.measurements.base import Cell, EvalView, Measurement, Record, numbers
+from sparserobust.settings import NoSettings
 
 
 class StructureMeasurement(Measurement):
@@ -24,7 +22,7 @@ class StructureMeasurement(Measurement):
     description = "removed neurons/channels, parameters and FLOPs of the compact model"
     settings_type = NoSettings
 
-    def cells(self, settings: NoSettings, eval_settings: EvalSettings, seed: int) -> list[Cell]:
+    def cells(self, settings: NoSettings, eval_settings: EvalView, seed: int) -> list[Cell]:
         return [Cell(self.name, "structure", {})]
 
     def run(

@@ -13,18 +13,15 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from sparserobust.errors import ConfigError
-from sparserobust.measurements.base import Cell, Measurement, Record, numbers
+from sparserobust.measurements.base import Cell, EvalView, Measurement, Record, numbers
 from sparserobust.utils import eval_mode, model_device
-
-if TYPE_CHECKING:
-    from sparserobust.config import EvalSettings
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,7 @@ class VerifyMeasurement(Measurement):
     description = "certified (IBP, CROWN) and exact (MILP) robust accuracy per epsilon"
     settings_type = VerifySettings
 
-    def validate(self, settings: VerifySettings, eval_settings: EvalSettings, where: str) -> None:
+    def validate(self, settings: VerifySettings, eval_settings: EvalView, where: str) -> None:
         if not settings.epsilons:
             raise ConfigError(f"{where}.epsilons: give at least one epsilon, e.g. [0.02, 0.05]")
         for i, e in enumerate(settings.epsilons):
@@ -69,7 +66,7 @@ class VerifyMeasurement(Measurement):
         if not (math.isfinite(settings.time_limit) and settings.time_limit > 0):
             raise ConfigError(f"{where}.time_limit: must be > 0 seconds, got {settings.time_limit}")
 
-    def cells(self, settings: VerifySettings, eval_settings: EvalSettings, seed: int) -> list[Cell]:
+    def cells(self, settings: VerifySettings, eval_settings: EvalView, seed: int) -> list[Cell]:
         n = min(settings.n or eval_settings.n, eval_settings.n)
         params = {**asdict(settings), "epsilons": list(settings.epsilons), "n": n, "seed": seed}
         return [Cell(self.name, f"verify:l{settings.norm}", params)]

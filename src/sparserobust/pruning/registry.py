@@ -28,14 +28,10 @@ from sparserobust.pruning.structured import (
     structured_fraction,
     structured_prune,
 )
+from sparserobust.settings import NoSettings
 
 OneShot = Callable[[nn.Module, float, int], SparsityReport]
 """``(model, sparsity, seed) -> report``: prune in place to ``sparsity`` once."""
-
-
-@dataclass(frozen=True)
-class NoSettings:
-    """Settings of a method that takes none (a config ``params`` key is an error)."""
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from sparserobust.pruning.masks import (
 from sparserobust.pruning.registry import pruning_method
 from sparserobust.pruning.structured import StructuredSettings, structured_prune
 from sparserobust.rundir import check_output, remove_temps
+from sparserobust.runpaths import checkpoint_name
 from sparserobust.training import AdversarialTraining, TrainConfig, evaluate_accuracy, train_model
 
 log = logging.getLogger(__name__)
@@ -94,11 +95,6 @@ def validate_targets(targets: Sequence[float]) -> list[float]:
     if values != sorted(values):
         log.info("sorting sparsity targets ascending: %s", sorted(values))
     return sorted(values)
-
-
-def checkpoint_name(method: str, sparsity: float) -> str:
-    """File name of a sweep level, e.g. ``magnitude-s0.9000.st``."""
-    return f"{method}-s{sparsity:.4f}.st"
 
 
 def _train_fn(

@@ -98,7 +98,7 @@ def _attack_radius(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, grid: Sequence[float], seed: int
 ) -> torch.Tensor:
     """Per point the l_inf distance of the closest PGD adversarial over ``grid``, inf if none."""
-    from sparserobust.attacks import get_attack
+    from sparserobust.attacks.registry import get_attack
 
     res = get_attack("pgd", "inf").run(model, x, y, epsilons=list(grid), seed=seed)
     dist = res.distances.double().cpu()  # (E, N), inf where failed
