@@ -696,3 +696,28 @@ def test_interval_note_names_the_interval_each_cell_shows() -> None:
     )
     only = study(["bootstrap", "none"]).interval_note()
     assert only.startswith("brackets (fewer than 3 seeds): 95% bootstrap interval")
+
+
+def test_html_page_renders_the_markdown_and_inlines_the_plots() -> None:
+    """report.html comes from markdown-it-py: headings, tables with a header row, lists,
+    the folded warnings, inline code and the plots as base64 PNG (no file reference)."""
+    import base64
+
+    from sparserobust.report.html import html_page
+
+    md = (
+        "# Title\n\nSome `code`, **bold** and a < b.\n\n| a | b |\n| --- | --- |\n"
+        "| 1 | `x` |\n\n- one\n- two\n\n<details><summary>All 2 warnings</summary>\n\n"
+        "- w1\n\n</details>\n\n![overview](overview.png)\n"
+        "![security_pgd_linf](security_pgd_linf.png)\n"
+    )
+    page = html_page(md, {"overview": b"PNG1", "security_pgd_linf": b"PNG2"}, title="t & u")
+    assert "<title>t &amp; u</title>" in page and "<h1>Title</h1>" in page
+    assert "<code>code</code>" in page and "<strong>bold</strong>" in page
+    assert "a &lt; b" in page
+    assert "<th>a</th>" in page and "<td><code>x</code></td>" in page
+    assert page.count("<table>") == 1 and page.count("<li>") == 3
+    assert "<details><summary>All 2 warnings</summary>" in page and "</details>" in page
+    png1 = base64.b64encode(b"PNG1").decode()
+    assert f'alt="overview" class="overview" src="data:image/png;base64,{png1}"' in page
+    assert 'class="security"' in page and ".png" not in page
