@@ -31,6 +31,9 @@ from sparserobust.pruning import (
     sparsity_sweep,
     validate_targets,
 )
+from sparserobust.pruning import base as base_module
+from sparserobust.pruning import dns as dns_module
+from sparserobust.pruning import hydra as hydra_module
 from sparserobust.pruning import sweep as sweep_module
 from sparserobust.pruning.dns import SurgeryHook, calibrate, straight_through
 from sparserobust.pruning.hydra import HydraSettings
@@ -269,8 +272,9 @@ def _sweep(model: nn.Module, out: Path, method: str, digits: Dataset) -> list[di
         test=digits.test,
         retrain=RETRAIN,
         seed=4,
-        dns=DNSConfig(finetune_epochs=1),
-        hydra=HydraSettings(score_epochs=1),
+        settings={"dns": DNSConfig(finetune_epochs=1), "hydra": HydraSettings(score_epochs=1)}.get(
+            method
+        ),
         out_dir=out,
         metadata=digits_meta(),
         parent="dense.st",
@@ -504,7 +508,6 @@ def test_prune_checkpoint_passes_its_settings_through(
     import sparserobust.data
     import sparserobust.utils
     from sparserobust.models import model_spec
-    from sparserobust.pruning.structured import StructuredSettings
     from sparserobust.training import AdversarialTraining
 
     model = build_model("lenet300", (1, 8, 8), 10, [0.305], [0.3779])
@@ -552,9 +555,7 @@ def test_prune_checkpoint_passes_its_settings_through(
         ),
         "steps_per_level": 1,
         "seed": 0,
-        "dns": None,
-        "hydra": None,
-        "structured": None,
+        "settings": None,
         "chain": True,
         "out_dir": tmp_path / "o",
         "metadata": read_metadata(dense),
@@ -564,11 +565,7 @@ def test_prune_checkpoint_passes_its_settings_through(
 
     # every setting given
     calls.clear()
-    settings = {
-        "dns": DNSConfig(),
-        "hydra": HydraSettings(),
-        "structured": StructuredSettings(),
-    }
+    settings = DNSConfig(hysteresis=0.2)
     adversarial = AdversarialTraining(method="pgd", eps=0.1, steps=2)
     sweep_module.prune_checkpoint(
         dense,
@@ -586,7 +583,7 @@ def test_prune_checkpoint_passes_its_settings_through(
         chain=False,
         device="cpu",
         progress=False,
-        **settings,
+        settings=settings,
     )
     by_name = {name: (args, kwargs) for name, args, kwargs in calls}
     assert by_name["device"] == (("cpu",), {})
@@ -602,7 +599,7 @@ def test_prune_checkpoint_passes_its_settings_through(
         False,
         False,
     )
-    assert all(kwargs[k] is v for k, v in settings.items())
+    assert kwargs["settings"] is settings
 
     # weight decay 0 is a value, not "use the default"; no retraining passes None
     calls.clear()
@@ -666,7 +663,7 @@ def test_prune_model_hands_dns_and_hydra_their_settings(
     """The glue between prune_model and dns_prune / hydra_prune: seeds, fine-tuning,
     step counts (spies; the training itself is tested above and in test_robust_pruning)."""
     calls: list[tuple[str, tuple, dict]] = []
-    real_train_fn = sweep_module._train_fn
+    real_train_fn = base_module.make_trainer
 
     def spy_train_fn(*args: object):  # noqa: ANN202
         calls.append(("train_fn", args, {}))
@@ -679,15 +676,16 @@ def test_prune_model_hands_dns_and_hydra_their_settings(
 
         return fn
 
-    monkeypatch.setattr(sweep_module, "_train_fn", spy_train_fn)
-    monkeypatch.setattr(sweep_module, "dns_prune", spy("dns"))
-    monkeypatch.setattr(sweep_module, "hydra_prune", spy("hydra"))
+    monkeypatch.setattr(base_module, "make_trainer", spy_train_fn)
+    monkeypatch.setattr(dns_module, "make_trainer", spy_train_fn)
+    monkeypatch.setattr(dns_module, "dns_prune", spy("dns"))
+    monkeypatch.setattr(hydra_module, "hydra_prune", spy("hydra"))
     model = tiny_cnn()
     retrain = TrainConfig(epochs=2, batch_size=100, seed=3)
     steps = 2 * math.ceil(len(digits.train) / 100)
 
     dns = DNSConfig(finetune_epochs=1)
-    assert prune_model(model, "dns", 0.5, train=digits.train, retrain=retrain, seed=5, dns=dns)
+    assert prune_model(model, "dns", 0.5, train=digits.train, retrain=retrain, seed=5, settings=dns)
     (_, a1, _), (_, a2, _), (_, args, kwargs) = calls
     assert a1 == (retrain, digits.train, 5, False, "dns 0.5000")
     ft = TrainConfig(epochs=1, batch_size=100, seed=3)
@@ -703,15 +701,15 @@ def test_prune_model_hands_dns_and_hydra_their_settings(
         0.5,
         train=digits.train,
         retrain=retrain,
-        dns=DNSConfig(finetune_epochs=0),
+        settings=DNSConfig(finetune_epochs=0),
         progress=True,
     )
     assert [c[0] for c in calls] == ["train_fn", "dns"]
     assert calls[0][1][3] is True and calls[1][2]["finetune"] is None
     assert calls[1][2]["config"] == DNSConfig(finetune_epochs=0)
 
-    calls.clear()  # a callable trainer: the step count comes from dns_steps (0 if not given)
-    prune_model(model, "dns", 0.5, retrain=lambda m, hook: None, dns_steps=37)
+    calls.clear()  # a callable trainer: the step count comes from retrain_steps (0 if not given)
+    prune_model(model, "dns", 0.5, retrain=lambda m, hook: None, retrain_steps=37)
     assert calls[-1][2]["steps"] == 37 and calls[-1][2]["finetune"] is None
     assert calls[-1][2]["config"] == DNSConfig()
     prune_model(model, "dns", 0.5, retrain=lambda m, hook: None)
@@ -720,7 +718,14 @@ def test_prune_model_hands_dns_and_hydra_their_settings(
     calls.clear()  # hydra: k = 1 - sparsity, the run seed added to the recipe's
     hydra = HydraSettings()
     prune_model(
-        model, "hydra", 0.7, train=digits.train, retrain=retrain, seed=5, hydra=hydra, progress=True
+        model,
+        "hydra",
+        0.7,
+        train=digits.train,
+        retrain=retrain,
+        seed=5,
+        settings=hydra,
+        progress=True,
     )
     (_, args, kwargs) = calls[-1]
     assert args == (model, pytest.approx(0.3), digits.train, TrainConfig(2, 100, seed=8), hydra)

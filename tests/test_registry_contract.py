@@ -140,10 +140,10 @@ def test_every_pruning_method_hits_the_exact_count(name: str) -> None:
     retrain = TrainConfig(epochs=1, batch_size=16, lr=0.01, seed=0)
     rep = prune_model(model, name, 0.5, train=train, retrain=retrain, seed=0)
     total = 16 * 12 + 12 * 10
-    if method.level is None:  # the target is weight sparsity: the exact count
+    assert method.level(model) == 0.5  # on the method's own axis
+    if method.targets_weights:  # the target is weight sparsity: the exact count
         assert (rep.pruned, rep.total) == (round(0.5 * total), total)
     else:  # the target is the share of units: 6 of the 12 hidden neurons, 16 weights each
-        assert method.level(model) == 0.5
         assert (rep.pruned, rep.total) == (6 * 16, total)
     assert sparsity_report(model).pruned == rep.pruned
 
@@ -404,7 +404,7 @@ def test_adversarial_training_reaches_dense_training_and_every_retraining(
     tasks.sweep_checkpoints(
         hydra, tmp_path, 0, "hydra", tasks.study_data(hydra), tiny_model(), False
     )
-    assert seen["hydra"].score_epochs == 2
+    assert seen["settings"].score_epochs == 2
 
 
 def test_verify_records_read_as_a_bracket() -> None:

@@ -74,7 +74,9 @@ def test_hydra_k_is_the_fraction_kept(digits_lenet300: nn.Module, digits: Datase
     magnitude_prune(reference, 0.9)
     assert kept_per_layer(reference) == kept_per_layer(model)
     via_sweep = copy.deepcopy(digits_lenet300)
-    prune_model(via_sweep, "hydra", 0.9, train=digits.train, retrain=config, hydra=HydraSettings(1))
+    prune_model(
+        via_sweep, "hydra", 0.9, train=digits.train, retrain=config, settings=HydraSettings(1)
+    )
     assert kept_per_layer(via_sweep) == [1920, 3000, 100]
 
 
@@ -142,7 +144,7 @@ def test_hydra_chained_levels_are_nested(digits_lenet300: nn.Module, digits: Dat
         [0.5, 0.9],
         train=digits.train,
         retrain=TrainConfig(epochs=0, seed=0),
-        hydra=HydraSettings(score_epochs=1),
+        settings=HydraSettings(score_epochs=1),
         progress=False,
     )
     assert [r["pruned_weights"] for r in records] == [25100, 45180]
@@ -349,7 +351,7 @@ def test_structured_sweep_resumes_from_its_files(
             model,
             digits,
             epochs=1,
-            structured=StructuredSettings(norm=2),
+            settings=StructuredSettings(norm=2),
             out_dir=tmp_path,
             metadata=digits_meta(),
         )

@@ -222,7 +222,7 @@ def prune(
         lr=lr,
         steps_per_level=steps,
         seed=seed,
-        dns=DNSConfig(finetune_epochs=dns_finetune_epochs),
+        settings=DNSConfig(finetune_epochs=dns_finetune_epochs) if method == "dns" else None,
         device=device,
         progress=not no_progress,
     )

@@ -26,9 +26,6 @@ from sparserobust.config import StudyConfig
 from sparserobust.data import Dataset, load_dataset
 from sparserobust.measurements import Cell, timed_run_cell
 from sparserobust.models import build_model, model_spec
-from sparserobust.pruning.dns import DNSConfig
-from sparserobust.pruning.hydra import HydraSettings
-from sparserobust.pruning.structured import StructuredSettings
 from sparserobust.pruning.sweep import sparsity_sweep
 from sparserobust.rundir import checkpoint_path
 from sparserobust.store import FRONT
@@ -169,20 +166,8 @@ def sweep_checkpoints(
         metadata=base_meta(config, data, seed),
         parent="dense.st",
         progress=progress,
-        **method_kwargs(p.method_settings(method)),
+        settings=p.method_settings(method),
     )
-
-
-def method_kwargs(settings: Any) -> dict[str, Any]:
-    """The keyword of :func:`sparsity_sweep` that takes a method's settings object."""
-    for keyword, cls in (
-        ("dns", DNSConfig),
-        ("hydra", HydraSettings),
-        ("structured", StructuredSettings),
-    ):
-        if isinstance(settings, cls):
-            return {keyword: settings}
-    return {}
 
 
 _DATA: dict[tuple[str, str | None], Dataset] = {}

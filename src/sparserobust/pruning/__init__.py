@@ -6,6 +6,7 @@ excluded). Masks are ``torch.nn.utils.prune`` custom masks, so a pruned model
 is an ordinary module; :func:`make_permanent` folds them into the weights.
 """
 
+from sparserobust.pruning.base import OneShotMethod, PruneContext, PruningMethod
 from sparserobust.pruning.dns import DNSConfig, calibrate, dns_prune, straight_through
 from sparserobust.pruning.hydra import HydraSettings, hydra_prune
 from sparserobust.pruning.magnitude import global_magnitude_prune, magnitude_prune
@@ -22,7 +23,7 @@ from sparserobust.pruning.masks import (
     weight_mask,
 )
 from sparserobust.pruning.random import random_prune
-from sparserobust.pruning.registry import METHODS, PruningMethod, method_names, pruning_method
+from sparserobust.pruning.registry import METHODS, method_names, pruning_method
 from sparserobust.pruning.structured import (
     StructuredReport,
     StructuredSettings,
@@ -33,18 +34,20 @@ from sparserobust.pruning.structured import (
     structured_report,
 )
 from sparserobust.pruning.sweep import (
-    checkpoint_name,
     prune_checkpoint,
     prune_model,
     sparsity_sweep,
     validate_targets,
 )
+from sparserobust.runpaths import checkpoint_name
 
 __all__ = [
     "METHODS",
     "SPARSITY_NOTE",
     "DNSConfig",
     "HydraSettings",
+    "OneShotMethod",
+    "PruneContext",
     "PruningMethod",
     "SparsityReport",
     "StructuredReport",

@@ -37,9 +37,10 @@ later DNS run (the next sparsity level) can still splice.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -48,6 +49,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from sparserobust.errors import ConfigError
+from sparserobust.pruning.base import PruneContext, PruningMethod, TrainFn, make_trainer
 from sparserobust.pruning.magnitude import global_counts, layer_counts
 from sparserobust.pruning.masks import (
     SparsityReport,
@@ -59,11 +61,9 @@ from sparserobust.pruning.masks import (
     sparsity_report,
     weight_mask,
 )
-from sparserobust.training import StepHook
+from sparserobust.training import TrainConfig
 
 log = logging.getLogger(__name__)
-
-TrainFn = Callable[[nn.Module, StepHook | None], None]
 
 
 @dataclass(frozen=True)
@@ -287,3 +287,44 @@ def dns_prune(
     report = sparsity_report(model)
     log.info("dns: sparsity %.4f (%d/%d)", report.sparsity, report.pruned, report.total)
     return report
+
+
+class DNSMethod(PruningMethod):
+    """``dns``: :func:`dns_prune`. It prunes while it trains: ``context.retrain`` is its
+    surgery training (with a callable, ``context.retrain_steps`` its number of optimiser
+    steps, for the ramp), and a TrainConfig recipe also fine-tunes
+    ``settings.finetune_epochs`` with the final mask."""
+
+    name = "dns"
+    description = "Dynamic Network Surgery (Guo et al. 2016): pruning and splicing"
+    settings_type = DNSConfig
+    trains_while_pruning = True
+
+    def prune(
+        self, model: nn.Module, target: float, context: PruneContext, settings: DNSConfig
+    ) -> SparsityReport:
+        fn, steps = context.trainer(context.seed, f"dns {target:.4f}")
+        if fn is None:
+            raise ConfigError(
+                "dns prunes while it trains: give retrain epochs >= 1 (a TrainConfig with the "
+                "training split, or a training callable)"
+            )
+        finetune = None
+        retrain = context.retrain
+        if isinstance(retrain, TrainConfig) and settings.finetune_epochs > 0:
+            recipe = dataclasses.replace(retrain, epochs=settings.finetune_epochs)
+            finetune, _ = make_trainer(
+                recipe, context.train, context.seed + 7919, context.progress, "dns finetune"
+            )
+        return dns_prune(
+            model,
+            target,
+            fn,
+            steps=steps if steps is not None else int(context.retrain_steps or 0),
+            config=settings,
+            seed=context.seed,
+            finetune=finetune,
+        )
+
+    def sweep_identity(self, settings: DNSConfig) -> dict[str, Any]:
+        return {"dns": settings.as_dict()}

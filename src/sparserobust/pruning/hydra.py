@@ -45,6 +45,7 @@ from torch.utils.hooks import RemovableHandle
 
 from sparserobust.data import Split
 from sparserobust.errors import ConfigError
+from sparserobust.pruning.base import PruneContext, PruningMethod
 from sparserobust.pruning.magnitude import _check_not_unpruning, layer_counts, mask_smallest
 from sparserobust.pruning.masks import (
     SparsityReport,
@@ -283,3 +284,32 @@ def hydra_prune(
         "hydra: k %.4f, sparsity %.4f (%d/%d)", keep, report.sparsity, report.pruned, report.total
     )
     return report
+
+
+class HydraMethod(PruningMethod):
+    """``hydra``: :func:`hydra_prune` keeping ``1 - target`` of every layer. It prunes
+    while it trains: ``context.retrain`` must be a TrainConfig (its fine-tuning recipe,
+    seeded with ``context.seed`` on top) with the ``context.train`` split."""
+
+    name = "hydra"
+    description = (
+        "HYDRA (Sehwag et al. 2020): per-weight scores learned under the (adversarial) "
+        "training loss with weights frozen, top-k per layer, then fine-tuning"
+    )
+    settings_type = HydraSettings
+    trains_while_pruning = True
+
+    def prune(
+        self, model: nn.Module, target: float, context: PruneContext, settings: HydraSettings
+    ) -> SparsityReport:
+        retrain, train = context.retrain, context.train
+        if not isinstance(retrain, TrainConfig) or train is None:
+            raise ConfigError(
+                "hydra trains while it prunes: give retrain as a TrainConfig (its fine-tuning "
+                "recipe) and the training split"
+            )
+        config = dataclasses.replace(retrain, seed=retrain.seed + context.seed)
+        return hydra_prune(model, 1.0 - target, train, config, settings, progress=context.progress)
+
+    def sweep_identity(self, settings: HydraSettings) -> dict[str, Any]:
+        return {"hydra": settings.as_dict()}

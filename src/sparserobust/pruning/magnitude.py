@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from sparserobust.errors import ConfigError
+from sparserobust.pruning.base import OneShotMethod
 from sparserobust.pruning.masks import (
     SparsityReport,
     check_sparsity,
@@ -136,3 +137,23 @@ def global_magnitude_prune(model: nn.Module, sparsity: float) -> SparsityReport:
         "global-magnitude: sparsity %.4f (%d/%d)", report.sparsity, report.pruned, report.total
     )
     return report
+
+
+class MagnitudeMethod(OneShotMethod):
+    """``magnitude``: :func:`magnitude_prune`, every layer to the same rate."""
+
+    name = "magnitude"
+    description = "layer-wise magnitude pruning (Han et al. 2015): every layer to the same rate"
+
+    def prune_once(self, model: nn.Module, level: float, seed: int, settings: object) -> None:
+        magnitude_prune(model, level)
+
+
+class GlobalMagnitudeMethod(OneShotMethod):
+    """``global-magnitude``: :func:`global_magnitude_prune`, one threshold across layers."""
+
+    name = "global-magnitude"
+    description = "global magnitude pruning: one |W| threshold across all layers"
+
+    def prune_once(self, model: nn.Module, level: float, seed: int, settings: object) -> None:
+        global_magnitude_prune(model, level)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sparserobust.errors import ConfigError
+from sparserobust.pruning.base import OneShotMethod
 from sparserobust.pruning.magnitude import layer_counts, prune_by_scores
 from sparserobust.pruning.masks import (
     SparsityReport,
@@ -70,3 +71,13 @@ def random_prune(
     report = sparsity_report(model)
     log.info("random: sparsity %.4f (%d/%d)", report.sparsity, report.pruned, report.total)
     return report
+
+
+class RandomMethod(OneShotMethod):
+    """``random`` (a control): :func:`random_prune` at the layer-wise rates."""
+
+    name = "random"
+    description = "random pruning (control): uniform random masks at the layer-wise rates"
+
+    def prune_once(self, model: nn.Module, level: float, seed: int, settings: object) -> None:
+        random_prune(model, level, seed=seed)

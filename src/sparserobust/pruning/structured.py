@@ -40,6 +40,7 @@ from torch.nn.utils import prune
 
 from sparserobust.errors import ConfigError, ModelError
 from sparserobust.models.compact import build_sequential, sequential_spec
+from sparserobust.pruning.base import OneShotMethod
 from sparserobust.pruning.masks import (
     SparsityReport,
     check_sparsity,
@@ -451,3 +452,27 @@ def compact_checkpoint(
         report.params_compact,
     )
     return {**record, "path": str(dst), "source": str(src), "max_logit_difference": diff}
+
+
+class StructuredMethod(OneShotMethod):
+    """``structured``: :func:`structured_prune`; its target is the share of units removed
+    per layer (:func:`structured_fraction`), ranked by ``settings.norm``."""
+
+    name = "structured"
+    description = (
+        "structured pruning: whole neurons (Linear) and channels (Conv) by l1 norm, never "
+        "the classifier's outputs; the target is the share of units removed per layer"
+    )
+    settings_type = StructuredSettings
+    targets_weights = False
+
+    def level(self, model: nn.Module) -> float:
+        return structured_fraction(model)
+
+    def prune_once(
+        self, model: nn.Module, level: float, seed: int, settings: StructuredSettings
+    ) -> None:
+        structured_prune(model, level, norm=settings.norm)
+
+    def sweep_identity(self, settings: StructuredSettings) -> dict[str, Any]:
+        return {"structured": settings.as_dict()}

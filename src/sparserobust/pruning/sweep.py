@@ -2,8 +2,9 @@
 
 Python API (works on any ``nn.Module`` with Linear/Conv layers):
 
-- :func:`prune_model` prunes in place to one sparsity (one-shot, or
-  iterative with retraining between steps, or by DNS or HYDRA).
+- :func:`prune_model` prunes in place to one sparsity with a registered method
+  (:mod:`sparserobust.pruning.registry`; one-shot methods may take several steps with
+  retraining between them, DNS and HYDRA train while they prune).
 - :func:`sparsity_sweep` produces one pruned model per target, each reached
   from the previous one (Han et al.'s iterative schedule), optionally written
   as checkpoints ``<method>-s<sparsity>.st`` into a folder; a restarted sweep
@@ -23,7 +24,6 @@ fine-tuning after any method.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import logging
 import math
@@ -46,25 +46,19 @@ from sparserobust.checkpoint import (
 )
 from sparserobust.data import Split
 from sparserobust.errors import CheckpointError, ConfigError, ModelError, UnsafePathError
-from sparserobust.pruning.dns import DNSConfig, TrainFn, dns_prune
-from sparserobust.pruning.hydra import HydraSettings, hydra_prune
+from sparserobust.pruning.base import PruneContext, Retrain
 from sparserobust.pruning.masks import (
     SPARSITY_NOTE,
     SparsityReport,
     check_sparsity,
     refresh_pruned_weights,
-    sparsity_report,
 )
 from sparserobust.pruning.registry import pruning_method
-from sparserobust.pruning.structured import StructuredSettings, structured_prune
 from sparserobust.rundir import check_output, remove_temps
 from sparserobust.runpaths import checkpoint_name
-from sparserobust.training import AdversarialTraining, TrainConfig, evaluate_accuracy, train_model
+from sparserobust.training import AdversarialTraining, TrainConfig, evaluate_accuracy
 
 log = logging.getLogger(__name__)
-
-Retrain = TrainConfig | TrainFn
-"""A TrainConfig (with a ``train`` split) or a callable ``retrain(model, after_step)``."""
 
 
 def state_fingerprint(model: nn.Module) -> str:
@@ -97,39 +91,7 @@ def validate_targets(targets: Sequence[float]) -> list[float]:
     return sorted(values)
 
 
-def _train_fn(
-    retrain: Retrain | None, train: Split | None, seed: int, progress: bool, desc: str
-) -> tuple[TrainFn | None, int | None]:
-    """A callable trainer and its number of steps (None when unknown)."""
-    if retrain is None:
-        return None, None
-    if isinstance(retrain, TrainConfig):
-        if train is None:
-            raise ConfigError("retraining with a TrainConfig needs the training split (train=...)")
-        if retrain.epochs == 0:
-            return None, 0
-        config = dataclasses.replace(retrain, seed=retrain.seed + seed)
-        steps = config.epochs * math.ceil(len(train) / config.batch_size)
-
-        def run(model: nn.Module, after_step: Callable[[int, nn.Module], None] | None) -> None:
-            train_model(model, train, config, progress=progress, after_step=after_step, desc=desc)
-            refresh_pruned_weights(model)  # drop the autograd graph: keeps it deep-copyable
-
-        return run, steps
-    if callable(retrain):
-        user_fn = retrain
-
-        def run_user(model: nn.Module, after_step: Callable[[int, nn.Module], None] | None) -> None:
-            user_fn(model, after_step)
-            refresh_pruned_weights(model)
-
-        return run_user, None
-    raise ConfigError(f"retrain must be a TrainConfig or a callable, got {type(retrain).__name__}")
-
-
-def _retrain_settings(
-    retrain: Retrain | None, dns: DNSConfig | None
-) -> dict[str, Any] | str | None:
+def _retrain_settings(retrain: Retrain | None) -> dict[str, Any] | str | None:
     if retrain is None:
         return None
     if isinstance(retrain, TrainConfig):
@@ -146,99 +108,39 @@ def prune_model(
     retrain: Retrain | None = None,
     steps: int = 1,
     seed: int = 0,
-    dns: DNSConfig | None = None,
-    dns_steps: int | None = None,
-    hydra: HydraSettings | None = None,
-    structured: StructuredSettings | None = None,
+    settings: Any = None,
+    retrain_steps: int | None = None,
     progress: bool = False,
 ) -> SparsityReport:
     """Prune ``model`` in place to ``sparsity`` (fraction of Linear/Conv weights
-    removed; exact count ``round(s * N)``, per layer for layer-wise methods).
+    removed; exact count ``round(s * N)``, per layer for layer-wise methods) with the
+    registered ``method`` (:func:`~sparserobust.pruning.registry.method_names`;
+    ``structured``'s ``sparsity`` is the share of neurons / channels removed per layer).
 
-    ``method``: ``magnitude``, ``global-magnitude``, ``random``, ``dns``,
-    ``hydra`` or ``structured`` (its ``sparsity`` is the share of neurons /
-    channels removed per layer; ``structured`` gives its norm).
-    One-shot methods take ``steps`` pruning steps (kept fraction shrinking
-    geometrically from the current one) and retrain after each when
-    ``retrain`` is given. ``dns`` needs ``retrain`` (its surgery training; with
-    a callable, pass ``dns_steps``, its number of optimiser steps, for the ramp)
-    and fine-tunes ``dns.finetune_epochs`` with the final mask when ``retrain``
-    is a TrainConfig. ``hydra`` keeps ``k = 1 - sparsity`` of every layer and
-    needs ``retrain`` as a TrainConfig (its fine-tuning recipe; ``hydra`` its
-    score stage). ``seed`` fixes random masks, DNS draws and retraining
-    order. Returns the exact per-layer and total counts.
+    ``settings``: the method's settings (an instance of its ``settings_type``, e.g.
+    :class:`~sparserobust.pruning.dns.DNSConfig`; None: its defaults). One-shot methods
+    take ``steps`` pruning steps (kept fraction shrinking geometrically from the current
+    one) and retrain after each when ``retrain`` is given. ``dns`` needs ``retrain``
+    (its surgery training; with a callable, pass ``retrain_steps``, its number of
+    optimiser steps, for the ramp) and fine-tunes ``finetune_epochs`` with the final mask
+    when ``retrain`` is a TrainConfig. ``hydra`` keeps ``k = 1 - sparsity`` of every
+    layer and needs ``retrain`` as a TrainConfig (its fine-tuning recipe). ``seed``
+    fixes random masks, DNS draws and retraining order. Returns the exact per-layer and
+    total counts.
     """
     target = check_sparsity(sparsity)
     chosen = pruning_method(method)
     if steps < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
-    if chosen.name == "hydra":
-        return _prune_hydra(model, target, train, retrain, seed, hydra, progress)
-    if chosen.one_shot is None:
-        return _prune_dns(model, target, train, retrain, seed, dns, dns_steps, progress)
-    one_shot = chosen.one_shot
-    if chosen.name == "structured" and structured is not None:
-        norm = structured.norm
-        one_shot = lambda m, s, _seed: structured_prune(m, s, norm=norm)  # noqa: E731
-    current = chosen.level(model) if chosen.level is not None else sparsity_report(model).sparsity
-    kept_now, kept_end = 1.0 - current, 1.0 - target
-    for i in range(1, steps + 1):
-        level = target if i == steps else 1.0 - kept_now * (kept_end / kept_now) ** (i / steps)
-        one_shot(model, max(level, 0.0), seed + i)
-        fn, _ = _train_fn(retrain, train, seed + i, progress, f"retrain {method} {level:.4f}")
-        if fn is not None:
-            fn(model, None)
-    return sparsity_report(model)
-
-
-def _prune_hydra(
-    model: nn.Module,
-    sparsity: float,
-    train: Split | None,
-    retrain: Retrain | None,
-    seed: int,
-    hydra: HydraSettings | None,
-    progress: bool,
-) -> SparsityReport:
-    if not isinstance(retrain, TrainConfig) or train is None:
-        raise ConfigError(
-            "hydra trains while it prunes: give retrain as a TrainConfig (its fine-tuning "
-            "recipe) and the training split"
-        )
-    config = dataclasses.replace(retrain, seed=retrain.seed + seed)
-    return hydra_prune(model, 1.0 - sparsity, train, config, hydra, progress=progress)
-
-
-def _prune_dns(
-    model: nn.Module,
-    sparsity: float,
-    train: Split | None,
-    retrain: Retrain | None,
-    seed: int,
-    dns: DNSConfig | None,
-    dns_steps: int | None,
-    progress: bool,
-) -> SparsityReport:
-    config = dns or DNSConfig()
-    fn, steps = _train_fn(retrain, train, seed, progress, f"dns {sparsity:.4f}")
-    if fn is None:
-        raise ConfigError(
-            "dns prunes while it trains: give retrain epochs >= 1 (a TrainConfig with the "
-            "training split, or a training callable)"
-        )
-    finetune = None
-    if isinstance(retrain, TrainConfig) and config.finetune_epochs > 0:
-        ft_config = dataclasses.replace(retrain, epochs=config.finetune_epochs)
-        finetune, _ = _train_fn(ft_config, train, seed + 7919, progress, "dns finetune")
-    return dns_prune(
-        model,
-        sparsity,
-        fn,
-        steps=steps if steps is not None else int(dns_steps or 0),
-        config=config,
+    context = PruneContext(
+        train=train,
+        retrain=retrain,
+        steps=steps,
         seed=seed,
-        finetune=finetune,
+        retrain_steps=retrain_steps,
+        progress=progress,
     )
+    return chosen.prune(model, target, context, chosen.check_settings(settings))
 
 
 def load_state_into(model: nn.Module, path: str | os.PathLike[str]) -> None:
@@ -290,10 +192,8 @@ def sparsity_sweep(
     retrain: Retrain | None = None,
     steps_per_level: int = 1,
     seed: int = 0,
-    dns: DNSConfig | None = None,
-    dns_steps: int | None = None,
-    hydra: HydraSettings | None = None,
-    structured: StructuredSettings | None = None,
+    settings: Any = None,
+    retrain_steps: int | None = None,
     chain: bool = True,
     out_dir: str | os.PathLike[str] | None = None,
     metadata: Mapping[str, Any] | None = None,
@@ -315,9 +215,10 @@ def sparsity_sweep(
     retraining, seed, parent) are reused: a restarted sweep continues after
     the last finished level and gives the same files as an uninterrupted one.
 
-    ``dns_steps`` is the number of optimiser steps of a callable ``retrain``
-    (DNS's ramp; see :func:`prune_model`). ``hydra`` and ``structured`` are
-    those methods' settings (part of the sweep's identity only for them).
+    ``settings`` are the method's settings (see :func:`prune_model`; part of the
+    sweep's identity as the method says, :meth:`PruningMethod.sweep_identity`);
+    ``retrain_steps`` the number of optimiser steps of a callable ``retrain`` (DNS's
+    ramp).
 
     Returns one record per level: path (or None), target and measured
     sparsity, exact counts (total and per layer), accuracy on ``test`` (or
@@ -325,25 +226,22 @@ def sparsity_sweep(
     resumed from disk. Sparsity counts Linear/Conv weights only.
     """
     levels = validate_targets(targets)
-    pruning_method(method)
+    chosen = pruning_method(method)
+    settings = chosen.check_settings(settings)
     out = Path(out_dir) if out_dir is not None else None
     signature = {
         "method": method,
-        "retrain": _retrain_settings(retrain, dns),
+        "retrain": _retrain_settings(retrain),
         "steps_per_level": steps_per_level,
         "seed": seed,
-        "dns": (dns or DNSConfig()).as_dict() if method == "dns" else None,
+        "dns": None,  # kept in every signature, so sweeps written before stay resumable
         "chain": chain,
         "parent": parent,
         # the starting weights themselves: a folder pruned from another model (or
         # from a checkpoint retrained in place) is never mistaken for this sweep
         "source_state": state_fingerprint(model),
+        **chosen.sweep_identity(settings),
     }
-    # only for these methods, so the signatures of earlier sweeps stay as they were
-    if method == "hydra":
-        signature["hydra"] = (hydra or HydraSettings()).as_dict()
-    if method == "structured":
-        signature["structured"] = (structured or StructuredSettings()).as_dict()
     names = [checkpoint_name(method, s) for s in levels]
     paths: list[Path] = [out / n for n in names] if out is not None else []
     done = 0
@@ -383,10 +281,8 @@ def sparsity_sweep(
             retrain=retrain,
             steps=steps_per_level,
             seed=seed,
-            dns=dns,
-            dns_steps=dns_steps,
-            hydra=hydra,
-            structured=structured,
+            settings=settings,
+            retrain_steps=retrain_steps,
             evaluate=evaluate,
         )
         level_meta.update(
@@ -447,10 +343,8 @@ def _prune_level(
     retrain: Retrain | None,
     steps: int,
     seed: int,
-    dns: DNSConfig | None,
-    dns_steps: int | None,
-    hydra: HydraSettings | None,
-    structured: StructuredSettings | None,
+    settings: Any,
+    retrain_steps: int | None,
     evaluate: Callable[[nn.Module], float] | None,
 ) -> dict[str, Any]:
     """Prune one level (seeded by ``seed`` and the level index); its metadata."""
@@ -462,10 +356,8 @@ def _prune_level(
         retrain=retrain,
         steps=steps,
         seed=seed + 1000 * (index + 1),
-        dns=dns,
-        dns_steps=dns_steps,
-        hydra=hydra,
-        structured=structured,
+        settings=settings,
+        retrain_steps=retrain_steps,
     )
     accuracy: float | None = None
     if test is not None:
@@ -528,9 +420,7 @@ def prune_checkpoint(
     weight_decay: float | None = None,
     steps_per_level: int = 1,
     seed: int = 0,
-    dns: DNSConfig | None = None,
-    hydra: HydraSettings | None = None,
-    structured: StructuredSettings | None = None,
+    settings: Any = None,
     adversarial: AdversarialTraining | None = None,
     chain: bool = True,
     device: str = "auto",
@@ -542,8 +432,9 @@ def prune_checkpoint(
     ``lr``; batch size and weight decay default to the model's recipe) and
     recording test accuracy. ``out_dir`` follows the output-path policy
     (:func:`~sparserobust.rundir.check_output`: never inside a run directory).
-    For ``dns`` the epochs are its surgery training, for ``hydra`` its fine-tuning.
-    ``adversarial`` makes retraining adversarial.
+    ``settings`` are the method's settings (None: its defaults). For ``dns`` the epochs
+    are its surgery training, for ``hydra`` its fine-tuning. ``adversarial`` makes
+    retraining adversarial.
     ``lr`` defaults to the model's training lr (on LeNet-300-100/MNIST, 0.05
     beat 0.01 for every method: global magnitude at 98% 98.1% vs 97.2%, DNS at
     98% 98.2% vs 97.8%)."""
@@ -553,11 +444,11 @@ def prune_checkpoint(
     from sparserobust.utils import resolve_device
 
     check_output(out_dir, folder=True, what="the output folder (--out)")
-    pruning_method(method)
+    chosen = pruning_method(method)
     levels = validate_targets(targets)
     if retrain_epochs < 0:
         raise ConfigError(f"--retrain-epochs must be >= 0, got {retrain_epochs}")
-    if method in ("dns", "hydra") and retrain_epochs == 0:
+    if chosen.trains_while_pruning and retrain_epochs == 0:
         raise ConfigError(f"{method} prunes while it trains: use --retrain-epochs 1 or more")
     model, meta = load_checkpoint(checkpoint, device=resolve_device(device))
     spec = model_spec(meta["model"])
@@ -582,9 +473,7 @@ def prune_checkpoint(
         retrain=retrain if retrain_epochs > 0 else None,
         steps_per_level=steps_per_level,
         seed=seed,
-        dns=dns,
-        hydra=hydra,
-        structured=structured,
+        settings=settings,
         chain=chain,
         out_dir=out_dir,
         metadata=meta,
