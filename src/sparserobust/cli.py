@@ -23,6 +23,7 @@ from sparserobust.engine.executors import EXECUTOR_NAMES
 from sparserobust.errors import ConfigError, SparseRobustError
 from sparserobust.models import model_names
 from sparserobust.pruning.registry import method_names
+from sparserobust.verify.methods import verifier_names
 
 log = logging.getLogger("sparserobust")
 
@@ -454,6 +455,68 @@ def attack(
     )
     result["seconds"] = round(time.perf_counter() - start, 2)
     emit(result, as_json, format_summary(result))
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--eps", required=True, help="Comma-separated radii, e.g. 0.02,0.05.")
+@click.option("--n", "limit", type=int, default=100, show_default=True, help="First N test images.")
+@click.option(
+    "--method",
+    default=None,
+    help=f"{', '.join(verifier_names())} (weakest to strongest; default: the strongest "
+    "that handles --norm: milp for inf, crown for 2).",
+)
+@click.option(
+    "--time-limit",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds per point of a complete method (milp) before it counts as a timeout.",
+)
+@click.option(
+    "--norm", type=click.Choice(["inf", "2"]), default="inf", show_default=True, help="Norm."
+)
+@click.option(
+    "--data-dir", default=None, help="torchvision-layout data root (or $SPARSEROBUST_DATA)."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the PGD pre-check.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print a JSON object with every point's status."
+)
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def verify(
+    checkpoint: str,
+    eps: str,
+    limit: int,
+    method: str | None,
+    time_limit: float,
+    norm: str,
+    data_dir: str | None,
+    seed: int,
+    device: str,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Decide the first N test images of CHECKPOINT at each radius: verified,
+    counterexample, timeout or error (complete methods), verified or not certified
+    (bounds only). The dataset is the one the checkpoint was trained on."""
+    from sparserobust.api import format_verification, verify_checkpoint_points
+
+    result = verify_checkpoint_points(
+        checkpoint,
+        epsilons=parse_float_list(eps, "--eps"),
+        n=limit,
+        method=method,
+        norm=norm,
+        time_limit=time_limit,
+        data_dir=data_dir,
+        seed=seed,
+        device=device,
+        progress=not no_progress,
+    )
+    emit(result, as_json, format_verification(result))
 
 
 @cli.command()
