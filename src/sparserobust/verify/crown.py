@@ -24,15 +24,16 @@ import torch.nn.functional as F
 from sparserobust.verify.network import Layer, window_index
 from sparserobust.verify.threat import InputSet
 
-__all__ = ["crown_lower", "pool_windows", "tighten"]
+__all__ = ["backward_layer", "crown_lower", "pool_windows", "relu_relaxation", "tighten"]
 
 _ROW_BUDGET = 2**26  # coefficients per backward pass (512 MiB in float64)
 
 
-def _relu_relaxation(
+def relu_relaxation(
     lo: torch.Tensor, hi: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Slopes ``(lower, upper)`` and upper intercept of the CROWN-Ada ReLU relaxation."""
+    """Slopes ``(lower, upper)`` and upper intercept of the CROWN-Ada ReLU relaxation for
+    pre-activation bounds ``lo``/``hi``: ``lower * z <= relu(z) <= upper * z + intercept``."""
     active = lo >= 0
     unstable = (lo < 0) & (hi > 0)
     denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
@@ -60,7 +61,7 @@ def pool_windows(
     return pos, l_star.view(shape), u_max.view(shape), (l_star >= u_other).view(shape)
 
 
-def _backward(
+def backward_layer(
     layer: Layer,
     a: torch.Tensor,
     bias: torch.Tensor,
@@ -77,7 +78,7 @@ def _backward(
         return a.reshape(bsz, m, *layer.in_shape), bias
     if k == "relu":
         assert bounds is not None
-        low, up, icpt = _relu_relaxation(*bounds)
+        low, up, icpt = relu_relaxation(*bounds)
         pos, neg = a.clamp_min(0), a.clamp_max(0)
         bias = bias + (neg.flatten(2) * icpt.flatten(1).unsqueeze(1)).sum(2)
         return pos * low.unsqueeze(1) + neg * up.unsqueeze(1), bias
@@ -183,7 +184,7 @@ def crown_lower(
 ) -> torch.Tensor:
     """Lower bound over the input set of ``a . out(layers[end]) + bias``, ``(B, m)``."""
     for i in range(end, -1, -1):
-        a, bias = _backward(layers[i], a, bias, pre.get(i))
+        a, bias = backward_layer(layers[i], a, bias, pre.get(i))
     return inp.lower(a, bias)
 
 
