@@ -721,3 +721,25 @@ def test_html_page_renders_the_markdown_and_inlines_the_plots() -> None:
     png1 = base64.b64encode(b"PNG1").decode()
     assert f'alt="overview" class="overview" src="data:image/png;base64,{png1}"' in page
     assert 'class="security"' in page and ".png" not in page
+
+
+def test_figures_leave_the_matplotlib_state_alone() -> None:
+    """A study run from a notebook must not switch its plotting backend or keep figures:
+    the report draws without pyplot."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from sparserobust.report import Cell
+    from sparserobust.report.figures import metric_plot
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        plt.figure()  # the user's own figure
+        cells = {0.0: Cell(0.9, 0.85, 0.95, 3, 0.0), 0.5: Cell(0.8, 0.7, 0.9, 3, 0.5)}
+        png = metric_plot("m", {"m": {"a": cells}, CLEAN: {"a": cells}})
+        assert png.startswith(b"\x89PNG") and len(png) > 5000
+        assert matplotlib.get_backend() == "svg" and len(plt.get_fignums()) == 1
+    finally:
+        plt.close("all")
+        matplotlib.use(before)

@@ -16,6 +16,7 @@ from sparserobust.report.brackets import (
     sound_bounds,
     sound_change,
 )
+from sparserobust.report.figures import subplots
 from sparserobust.report.reader import StoredResults
 from sparserobust.report.text import fmt
 
@@ -302,12 +303,7 @@ def solve_time_plot(times: dict) -> bytes:
     timeout rate (mean over seeds; dense drawn at sparsity 0 of every method)."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = subplots(1, 3, figsize=(14, 3.8))
     methods = sorted({m for m, _ in times if m != "dense"})
     epsilons = sorted(
         {e for per in times.values() for k, v in per.items() if k != "model_s" for e in v}
@@ -341,7 +337,6 @@ def solve_time_plot(times: dict) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     return buf.getvalue()
 
 
