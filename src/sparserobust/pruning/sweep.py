@@ -58,6 +58,7 @@ from sparserobust.pruning.masks import (
 from sparserobust.pruning.registry import pruning_method
 from sparserobust.pruning.structured import StructuredSettings, structured_prune
 from sparserobust.rundir import check_output, remove_temps
+from sparserobust.settings import check_bounds, check_value
 from sparserobust.training import AdversarialTraining, TrainConfig, evaluate_accuracy, train_model
 
 log = logging.getLogger(__name__)
@@ -556,11 +557,20 @@ def prune_checkpoint(
     from sparserobust.models import model_spec
     from sparserobust.utils import resolve_device
 
+    for name, value, flag in (
+        ("retrain_epochs", retrain_epochs, "--retrain-epochs"),
+        ("lr", lr, "--lr"),
+        ("batch_size", batch_size, "--batch-size"),
+        ("steps", steps_per_level, "--steps"),
+        ("seed", seed, "--seed"),
+    ):
+        check_value(name, value, flag)  # the bounds every route meets
+    for settings, where in ((dns, "dns"), (hydra, "hydra"), (structured, "structured")):
+        if settings is not None:
+            check_bounds(settings, where)
     check_output(out_dir, folder=True, what="the output folder (--out)")
     pruning_method(method)
     levels = validate_targets(targets)
-    if retrain_epochs < 0:
-        raise ConfigError(f"--retrain-epochs must be >= 0, got {retrain_epochs}")
     if method in ("dns", "hydra") and retrain_epochs == 0:
         raise ConfigError(f"{method} prunes while it trains: use --retrain-epochs 1 or more")
     model, meta = load_checkpoint(checkpoint, device=resolve_device(device))
