@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from sparserobust.errors import CheckpointError, ConfigError, ModelError
 from sparserobust.models import build_model, model_spec
 from sparserobust.pruning import SPARSITY_NOTE, sparsity_report
 from sparserobust.rundir import check_output
+from sparserobust.settings import check_value
 from sparserobust.training import TrainConfig, evaluate_accuracy, train_model
 from sparserobust.utils import model_device, resolve_device, seed_everything
 
@@ -38,6 +38,8 @@ def train_reference(
     checkpoint (checked against the output-path policy before training,
     :func:`~sparserobust.rundir.check_output`). Returns the metadata record (accuracy
     is a fraction in [0,1])."""
+    for name, value in (("seed", seed), ("epochs", epochs), ("lr", lr), ("batch_size", batch_size)):
+        check_value(name, value, f"--{name.replace('_', '-')}")
     if out is not None:
         check_output(out, what="the checkpoint to write (--out)")
     spec = model_spec(model_name)
@@ -101,6 +103,7 @@ def evaluate_checkpoint(
     """Clean test accuracy and measured sparsity of the checkpoint at ``path``."""
     if limit is not None and limit < 1:
         raise ConfigError(f"--n must be >= 1, got {limit}")
+    check_value("n", limit, "--n")
     model, meta = load_checkpoint(path, device=resolve_device(device))
     data = load_dataset(meta["dataset"], data_dir)
     check_input_shape(meta, data.info.input_shape, path)
@@ -157,7 +160,6 @@ def verify_checkpoint_points(
     """
     from tqdm.auto import tqdm
 
-    from sparserobust.settings import check_value
     from sparserobust.verify.methods import POINT_STATUSES, decide_points, get_verifier
     from sparserobust.verify.network import parse_network
 
@@ -169,8 +171,8 @@ def verify_checkpoint_points(
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
     check_value("n", n, "--n")
-    if not (math.isfinite(time_limit) and time_limit > 0):
-        raise ConfigError(f"--time-limit must be > 0 seconds, got {time_limit}")
+    check_value("time_limit", time_limit, "--time-limit")
+    check_value("seed", seed, "--seed")
     model, meta = load_checkpoint(path, device=resolve_device(device))
     check_model_finite(model, path)
     data = load_dataset(meta["dataset"], data_dir)
