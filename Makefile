@@ -111,8 +111,9 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) runs site .pytest_cache .ruff_cache .mypy_cache
 
-# On a machine with a GPU (the device tool): attacks, measurements and the quick study on
-# CUDA against CPU, and LeNet-5 measurement timings; writes runs/gpu-check.json.
+# On a machine with a GPU (the device tool): attacks, measurements, the quick study,
+# alpha-CROWN and branch and bound on CUDA against CPU, and LeNet-5 measurement timings;
+# writes runs/gpu-check.json.
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py --device cuda --data-dir $(DATA) --json-out runs/gpu-check.json
 

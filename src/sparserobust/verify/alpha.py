@@ -34,7 +34,7 @@ from sparserobust.verify.certification import (
     margin_spec,
     prepare_layers,
 )
-from sparserobust.verify.crown import backward_layer, relu_relaxation
+from sparserobust.verify.crown import backward_layer, relu_relaxation, start_rows
 from sparserobust.verify.network import Layer
 from sparserobust.verify.threat import InputSet
 
@@ -44,6 +44,7 @@ __all__ = [
     "alpha_certify",
     "initial_alpha",
     "optimize_bounds",
+    "optimize_intermediate",
     "relaxed_lower",
     "relu_backward",
     "relu_indices",
@@ -115,10 +116,11 @@ def relaxed_lower(
     alpha: dict[int, torch.Tensor] | None = None,
     beta: dict[int, torch.Tensor] | None = None,
     record: dict[int, torch.Tensor] | None = None,
+    end: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lower bound over ``inp`` of ``a . logits + bias`` through all of ``layers``.
+    """Lower bound over ``inp`` of ``a . out(layers[end]) + bias`` (default: the logits).
 
-    ``a``: ``(B, m, K)``; ``pre``: input bounds of every nonlinear layer; ``alpha``/
+    ``a``: ``(B, m, *out_shape)``; ``pre``: input bounds of every nonlinear layer; ``alpha``/
     ``beta``: per ReLU layer index, as in :func:`relu_backward` (missing: CROWN-Ada, no
     split term). ``record``: if given, filled with the (detached) coefficient reaching
     each ReLU layer's output, ``(B, m, *shape)``, for branching heuristics. Returns the
@@ -127,7 +129,8 @@ def relaxed_lower(
     """
     alpha = alpha or {}
     beta = beta or {}
-    for i in range(len(layers) - 1, -1, -1):
+    last = len(layers) - 1 if end is None else end
+    for i in range(last, -1, -1):
         layer = layers[i]
         if layer.kind == "relu":
             if record is not None:
@@ -152,10 +155,12 @@ def optimize_bounds(
     lr_alpha: float = 0.1,
     lr_beta: float = 0.05,
     stop_above: float | None = None,
+    end: int | None = None,
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor], torch.Tensor]:
-    """Maximise the lower bound of ``spec . logits`` over ``alpha`` (and ``beta``).
+    """Maximise the lower bound of ``spec . out(layers[end])`` (default: the logits) over
+    ``alpha`` (and ``beta``).
 
-    ``spec``: ``(B, m, K)``. ``alpha``: start slopes per ReLU layer ``(B, m, *shape)``;
+    ``spec``: ``(B, m, *out_shape)``. ``alpha``: start slopes per ReLU layer ``(B, m, *shape)``;
     ``beta``: start multipliers ``>= 0`` of the split constraints, same shapes, with
     ``signs`` the split sign per neuron ``(B, *shape)`` (+1, -1 or 0); None: no splits.
     Adam ascent on the sum of the bounds, projected onto ``alpha`` in [0, 1] and
@@ -181,7 +186,7 @@ def optimize_bounds(
     for step in range(iterations + 1):
         signed = {i: v * sg[i].unsqueeze(1) for i, v in be.items()}
         with torch.set_grad_enabled(opt is not None and step < iterations):
-            bound, coef = relaxed_lower(layers, spec, zero, pre, inp, al, signed)
+            bound, coef = relaxed_lower(layers, spec, zero, pre, inp, al, signed, end=end)
         better = bound.detach() > best
         best = torch.where(better, bound.detach(), best)
         for src, dst in ((al, best_al), (be, best_be)):
@@ -204,6 +209,42 @@ def optimize_bounds(
                 v.clamp_min_(0.0)
     assert best_coef is not None
     return best, best_al, best_be, best_coef
+
+
+@torch.no_grad()
+def optimize_intermediate(
+    layers: Sequence[Layer], pre: Bounds, inp: InputSet, *, iterations: int = 20, lr: float = 0.1
+) -> Bounds:
+    """``pre`` with the unstable inputs of every ReLU layer after the first re-bounded by
+    alpha-CROWN (slopes of the earlier ReLUs optimised per neuron and bound direction),
+    intersected with the old bounds; layer by layer, each using the tightened earlier
+    ones. ``pre``: as from :func:`~sparserobust.verify.certification.bound_pass` (B points)."""
+    out = dict(pre)
+    relus = relu_indices(layers)
+    for i in relus[1:]:
+        lo, hi = out[i]
+        cand = ((lo < 0) & (hi > 0)).flatten(1)
+        counts = cand.sum(1)
+        kmax = int(counts.max()) if counts.numel() else 0
+        if kmax == 0:
+            continue
+        idx = torch.argsort(cand.to(torch.int8), dim=1, descending=True, stable=True)[:, :kmax]
+        valid = torch.arange(kmax, device=lo.device).unsqueeze(0) < counts.unsqueeze(1)
+        a, bias, nxt = start_rows(layers, i - 1, idx, lo.dtype)
+        spec = torch.cat([a, -a], 1)
+        alpha = initial_alpha(out, [r for r in relus if r <= nxt], 2 * kmax)
+        with torch.enable_grad():
+            best = optimize_bounds(layers, spec, out, inp, alpha, iterations=iterations,
+                                   lr_alpha=lr, end=nxt)[0]  # fmt: skip
+        best = best + torch.cat([bias, -bias], 1)
+        flo, fhi = lo.flatten(1).clone(), hi.flatten(1).clone()
+        old_lo, old_hi = flo.gather(1, idx), fhi.gather(1, idx)
+        new_lo = torch.where(valid, torch.maximum(old_lo, best[:, :kmax]), old_lo)
+        new_hi = torch.where(valid, torch.minimum(old_hi, -best[:, kmax:]), old_hi)
+        flo.scatter_(1, idx, new_lo)
+        fhi.scatter_(1, idx, new_hi)
+        out[i] = (flo.view_as(lo), fhi.view_as(hi))
+    return out
 
 
 @torch.no_grad()

@@ -53,7 +53,13 @@ from torch import nn
 from sparserobust.errors import ConfigError
 from sparserobust.metrics.margin import check_metric_inputs
 from sparserobust.utils import eval_mode, model_device
-from sparserobust.verify.alpha import initial_alpha, optimize_bounds, relaxed_lower, relu_indices
+from sparserobust.verify.alpha import (
+    initial_alpha,
+    optimize_bounds,
+    optimize_intermediate,
+    relaxed_lower,
+    relu_indices,
+)
 from sparserobust.verify.branching import babsr_choice
 from sparserobust.verify.certification import bound_pass, check_labels, margin_spec
 from sparserobust.verify.crown import tighten
@@ -76,6 +82,8 @@ class BabSettings:
     - ``batch_domains``: domains split per bound pass (twice as many children bounded);
     - ``iterations`` / ``root_iterations``: Adam steps on alpha (and beta) per bound pass
       of the children / of the root's alpha-CROWN; ``lr_alpha``, ``lr_beta``: step sizes;
+    - ``root_intermediate``: Adam steps of alpha-CROWN on the intermediate bounds of the
+      ReLU layers after the first, once per point before branching (0: CROWN's);
     - ``tighten_intermediate``: re-compute the intermediate bounds of the ReLU layers
       after the first under each child's splits (CROWN); else the parent's, clamped;
     - ``pgd_steps``, ``pgd_restarts``: the PGD attack on each point before branching
@@ -85,12 +93,13 @@ class BabSettings:
     - ``dtype``: of the bounds.
     """
 
-    batch_domains: int = 64
-    iterations: int = 20
+    batch_domains: int = 256
+    iterations: int = 10
     root_iterations: int = 50
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
-    tighten_intermediate: bool = True
+    tighten_intermediate: bool = False
+    root_intermediate: int = 20
     pgd_steps: int = 50
     pgd_restarts: int = 2
     max_domains: int = 50_000
@@ -339,6 +348,8 @@ class _Search:
     def run(self, dom: _Domains) -> str:
         """Search until every domain is proven (``verified``) or time runs out
         (``timeout``); raises :class:`_Found` for a counterexample or an error."""
+        if time.perf_counter() > self.deadline:
+            return "timeout"
         self.bound(dom, self.s.iterations)
         while True:
             proven = dom.bound > 0
@@ -413,10 +424,14 @@ def _verify_point(
         k = layers[-1].out_shape[0]
         inp = InputSet(xd, et, math.inf)
         spec = margin_spec(yt, k, s.dtype)
-        alpha = initial_alpha(crown.pre, relu_indices(layers), k)
+        pre = crown.pre
+        if s.root_intermediate > 0:
+            pre = optimize_intermediate(layers, pre, inp, iterations=s.root_intermediate,
+                                        lr=s.lr_alpha)  # fmt: skip
+        alpha = initial_alpha(pre, relu_indices(layers), k)
         with torch.enable_grad():
             best, al, _, _ = optimize_bounds(
-                layers, spec, crown.pre, inp, alpha, iterations=s.root_iterations,
+                layers, spec, pre, inp, alpha, iterations=s.root_iterations,
                 lr_alpha=s.lr_alpha,
             )  # fmt: skip
         best = torch.maximum(best, margins.unsqueeze(0))[0]
@@ -429,15 +444,15 @@ def _verify_point(
         rl = relu_indices(layers)
         dom = _Domains(
             classes, best[classes],
-            {i: crown.pre[i][0].expand(n, *crown.pre[i][0].shape[1:]).clone() for i in rl},
-            {i: crown.pre[i][1].expand(n, *crown.pre[i][1].shape[1:]).clone() for i in rl},
+            {i: pre[i][0].expand(n, *pre[i][0].shape[1:]).clone() for i in rl},
+            {i: pre[i][1].expand(n, *pre[i][1].shape[1:]).clone() for i in rl},
             {i: torch.zeros(n, *layers[i].in_shape, dtype=torch.int8, device=x0.device)
              for i in rl},
             {i: al[i][0, classes].unsqueeze(1) for i in rl},
             {i: torch.zeros(n, 1, *layers[i].in_shape, dtype=s.dtype, device=x0.device)
              for i in rl},
         )  # fmt: skip
-        search = _Search(model, layers, xd[0], y, eps, crown.pre, s, deadline)
+        search = _Search(model, layers, xd[0], y, eps, pre, s, deadline)
         search.lower = float(best[best > 0].min()) if bool((best > 0).any()) else math.inf
         try:
             status = search.run(dom)

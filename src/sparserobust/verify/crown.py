@@ -24,7 +24,14 @@ import torch.nn.functional as F
 from sparserobust.verify.network import Layer, window_index
 from sparserobust.verify.threat import InputSet
 
-__all__ = ["backward_layer", "crown_lower", "pool_windows", "relu_relaxation", "tighten"]
+__all__ = [
+    "backward_layer",
+    "crown_lower",
+    "pool_windows",
+    "relu_relaxation",
+    "start_rows",
+    "tighten",
+]
 
 _ROW_BUDGET = 2**26  # coefficients per backward pass (512 MiB in float64)
 
@@ -119,7 +126,7 @@ def backward_layer(
     return a_in.view(bsz, m, ci, hi, wi), bias
 
 
-def _start_rows(
+def start_rows(
     layers: Sequence[Layer], end: int, idx: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Coefficients selecting neurons ``idx`` ``(B, k)`` of the output of ``layers[end]``.
@@ -230,7 +237,7 @@ def tighten(
     chunk = _row_chunk(layers, i, lo.shape[0])
     lows, highs = [], []
     for r in range(0, kmax, chunk):
-        a, bias, nxt = _start_rows(layers, i - 1, idx[:, r : r + chunk], lo.dtype)
+        a, bias, nxt = start_rows(layers, i - 1, idx[:, r : r + chunk], lo.dtype)
         k = a.shape[1]
         res = crown_lower(layers, nxt, torch.cat([a, -a], 1), torch.cat([bias, -bias], 1), pre, inp)
         lows.append(res[:, :k])
