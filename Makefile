@@ -6,13 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run test lint install clean gpu-check mutation repro-linear repro-lenet300 repro-lenet5-cpu repro-lenet5-subset repro-lenet5 robust-lenet300 robust-lenet5 verify-lenet300 verify-lenet5 repro-fashion repro-lenet5-aa
+.PHONY: run test docs lint install clean gpu-check mutation repro-linear repro-lenet300 repro-lenet5-cpu repro-lenet5-subset repro-lenet5 robust-lenet300 robust-lenet5 verify-lenet300 verify-lenet5 repro-fashion repro-lenet5-aa
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e '.[dev,ray,mlflow]'
+	$(BIN)/pip install -q -e '.[dev,ray,mlflow,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,7 +23,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy src
+	$(BIN)/mkdocs build --strict -q -d site
 	$(BIN)/pytest -q
+
+# The API reference site (mkdocs.yml: docs/*.md plus the docstrings), served locally
+docs: $(STAMP)
+	$(BIN)/mkdocs serve
 
 # The paper reproduction (docs/reproduction.md): one command per study. Each runs the
 # study on real MNIST (DATA, default ../shared/data) with JOBS workers (resuming if
@@ -105,10 +110,11 @@ lint: $(STAMP)
 	$(BIN)/mypy src
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) runs site .pytest_cache .ruff_cache .mypy_cache
 
-# On a machine with a GPU (the device tool): attacks, measurements and the quick study on
-# CUDA against CPU, and LeNet-5 measurement timings; writes runs/gpu-check.json.
+# On a machine with a GPU (the device tool): attacks, measurements, the quick study,
+# alpha-CROWN and branch and bound on CUDA against CPU, and LeNet-5 measurement timings;
+# writes runs/gpu-check.json.
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py --device cuda --data-dir $(DATA) --json-out runs/gpu-check.json
 

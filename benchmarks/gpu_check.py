@@ -5,7 +5,10 @@
    images: robust accuracies within 2 points, median norms within 2%.
 2. The quick study with ``device: cuda`` against the same study on CPU: every stored
    record within the same tolerances.
-3. The LeNet-5 measurement cells (FGSM, PGD-40, DeepFool, DDN on 500 MNIST images when
+3. alpha-CROWN and branch and bound (:func:`sparserobust.verify.verify_bab`) on the
+   digits LeNet-300-100 at l_inf 0.08: the same certified points and margins (1e-6), the
+   same decision on every point both devices decide, and the seconds of each.
+4. The LeNet-5 measurement cells (FGSM, PGD-40, DeepFool, DDN on 500 MNIST images when
    ``--data-dir`` has MNIST, else digits-sized random data): seconds on CPU and GPU.
 
 Runs on CPU alone too (``--device cpu``: a self-check of the script). Writes a JSON
@@ -117,6 +120,45 @@ def check_attacks(device: torch.device) -> dict[str, Any]:
     return out
 
 
+def check_verifiers(device: torch.device) -> dict[str, Any]:
+    """alpha-CROWN and branch and bound on CPU and on ``device``: same answers."""
+    from sparserobust.verify import alpha_certify, verify_bab
+
+    model, data = digits_model()
+    gpu = copy.deepcopy(model).to(device)
+    x, y = data.test.x[:16], data.test.y[:16]
+    eps = 0.08
+    out: dict[str, Any] = {}
+    runs = []
+    for m, dev in ((model, torch.device("cpu")), (gpu, device)):
+        start = time.perf_counter()
+        alpha = alpha_certify(m, x.to(dev), y.to(dev), epsilon=eps)
+        mid = time.perf_counter()
+        results = verify_bab(m, x.to(dev), y.to(dev), epsilon=eps, time_limit=10)
+        runs.append((alpha, results, mid - start, time.perf_counter() - mid))
+    (a_cpu, b_cpu, ta_cpu, tb_cpu), (a_gpu, b_gpu, ta_gpu, tb_gpu) = runs
+    fin = torch.isfinite(a_cpu.margins)
+    gap = float((a_cpu.margins[fin] - a_gpu.margins[fin]).abs().max()) if fin.any() else 0.0
+    alpha_bad = []
+    if not torch.equal(a_cpu.certified, a_gpu.certified):
+        alpha_bad.append("alpha-CROWN certifies different points")
+    if gap > 1e-6:
+        alpha_bad.append(f"alpha-CROWN margins differ by {gap:.3g}")
+    out["alpha"] = {"cpu_s": round(ta_cpu, 2), "gpu_s": round(ta_gpu, 2),
+                    "mismatches": alpha_bad}  # fmt: skip
+    decided = ("verified", "counterexample")
+    bab_bad = [
+        f"point {c.index}: cpu {c.status} vs gpu {g.status}"
+        for c, g in zip(b_cpu, b_gpu, strict=True)
+        if c.status in decided and g.status in decided and c.status != g.status
+    ]
+    out["bab"] = {
+        "cpu_s": round(tb_cpu, 2), "gpu_s": round(tb_gpu, 2), "mismatches": bab_bad,
+        "cpu_statuses": [r.status for r in b_cpu], "gpu_statuses": [r.status for r in b_gpu],
+    }  # fmt: skip
+    return out
+
+
 def check_quick_study(device: str, out: Path) -> dict[str, Any]:
     runs = {}
     for dev in ("cpu", device):
@@ -201,6 +243,7 @@ def main() -> int:
         "torch": torch.__version__,
         "attacks_and_measurements": check_attacks(device),
         "quick_study": check_quick_study(args.device, Path(args.out)),
+        "verifiers": check_verifiers(device),
         "lenet5_cells": lenet5_cells(device, args.data_dir),
     }
     text = json.dumps(report, indent=1)
@@ -210,6 +253,7 @@ def main() -> int:
     bad = [k for k, v in report["attacks_and_measurements"].items() if v["mismatches"]] + (
         ["quick_study"] if report["quick_study"]["mismatches"] else []
     )
+    bad += [f"verifiers {k}" for k, v in report["verifiers"].items() if v["mismatches"]]
     print(f"gpu-check: {'FAIL ' + ', '.join(bad) if bad else 'all comparisons within tolerance'}")
     return 1 if bad else 0
 

@@ -1,4 +1,4 @@
-"""`make mutation`: mutmut over attacks/ metrics/ verify/ pruning/ report.py (docs/testing.md).
+"""`make mutation`: mutmut over attacks/ metrics/ verify/ pruning/ report/ (docs/testing.md).
 
 Run from the repository root. Config: [tool.mutmut] in pyproject.toml (files to mutate, the
 test selection). This wrapper does three things mutmut's own CLI does not:
@@ -103,7 +103,7 @@ def _patch_operators() -> None:
 
 
 def package_of(mutant_name: str) -> str | None:
-    # sparserobust.pruning.magnitude.x_fn__mutmut_3 / sparserobust.report.x_fn__mutmut_1
+    # sparserobust.pruning.magnitude.x_fn__mutmut_3 / sparserobust.report.study.x_fn__mutmut_1
     parts = mutant_name.split(".")
     if parts[1:3] == ["measurements", "verify"]:
         return "verify"  # verify_points: the study's combination of the verifiers

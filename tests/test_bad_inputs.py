@@ -82,7 +82,7 @@ CLI_CASES: list[tuple[str, list[str], str]] = [
     (
         "negative epochs",
         ["train", "--model", "linear", "--dataset", "digits", "--epochs", "-1", "--out", "o.st"],
-        "epochs must be >= 0",
+        "--epochs: must be >= 0",
     ),
     (
         "wrong type",

@@ -250,7 +250,7 @@ def test_conv_rows_are_the_transposed_convolution_of_one_hot_rows(kwargs) -> Non
     idx = torch.stack([torch.randperm(n, generator=gen)[:9] for _ in range(2)])  # (B=2, k=9)
     a, bias = cert._conv_rows(layer, idx)
     one_hot = torch.zeros(2, 9, n, dtype=torch.float64).scatter_(2, idx.unsqueeze(2), 1.0)
-    ref_a, ref_bias = cert._backward(
+    ref_a, ref_bias = cert.backward_layer(
         layer, one_hot.view(2, 9, *layer.out_shape), torch.zeros(2, 9, dtype=torch.float64), None
     )
     assert torch.equal(a, ref_a)

@@ -75,7 +75,7 @@ BAD = [
     (["train", "--model", "linear", "--dataset", "nope", "--out", "x.st"], "unknown dataset"),
     (
         ["train", "--model", "linear", "--dataset", "digits", "--epochs", "-2", "--out", "x.st"],
-        "epochs must be >= 0",
+        "--epochs: must be >= 0",
     ),
     (
         ["train", "--model", "linear", "--dataset", "digits", "--epochs", "two", "--out", "x"],

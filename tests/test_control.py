@@ -11,7 +11,11 @@ import pytest
 
 from sparserobust import load_checkpoint
 from sparserobust.config import FRONT, config_from_dict, front_id
-from sparserobust.control import (
+from sparserobust.engine.tasks import dense_train_config
+from sparserobust.errors import ConfigError
+from sparserobust.pipeline import run_study
+from sparserobust.report import CLEAN, Cell, StudyData, load_study, write_report
+from sparserobust.report.front import (
     ABOVE,
     BELOW,
     ON,
@@ -21,11 +25,6 @@ from sparserobust.control import (
     front_value,
     mean_front,
 )
-from sparserobust.engine.tasks import dense_train_config
-from sparserobust.errors import ConfigError
-from sparserobust.pipeline import run_study
-from sparserobust.report import load_study, write_report
-from sparserobust.verdict import CLEAN, Cell, StudyData
 
 LABEL = "pgd_linf robust_acc@0.1"
 

@@ -547,6 +547,42 @@ def test_flags_reach_the_store_and_report(small_run: Path, tmp_path: Path) -> No
     assert total >= 2 and md.count("\n- `s0/") == total
 
 
+def test_planned_keys_are_what_plan_schedules_and_the_report_counts(
+    small_run: Path, tmp_path: Path
+) -> None:
+    """engine.plan.planned_keys: the models and results plan() schedules on an empty
+    store, none left on a finished run, and the report's completeness counts them."""
+    from sparserobust.engine.plan import plan, planned_keys
+    from sparserobust.report import completeness
+    from sparserobust.store import ResultStore, params_hash
+
+    config = config_from_dict(SMALL)
+    keys = planned_keys(config)
+    with ResultStore(tmp_path / "empty") as empty:
+        tasks = plan(config, empty)
+    measured = {
+        (t.what[0], t.what[1].key, params_hash(t.what[1].params))
+        for t in tasks
+        if t.kind == "measure"
+    }
+    assert measured == keys.results
+    assert len(keys.models) == 5 and {k for k, _, _ in keys.results} == keys.models
+    assert [t.kind for t in tasks].count("sweep") == 2
+    with ResultStore(small_run, readonly=True) as store:
+        assert plan(config, store) == []
+        n = len(keys.results)
+        assert completeness(config.to_dict(), store) == (5, 5, n, n)
+        # a second seed and two dense-front models: planned, not stored
+        more = {
+            **SMALL,
+            "seeds": [0, 1],
+            "control": {"dense_front": [{"epochs": 1}, {"epochs": 2}]},
+        }
+        bigger = planned_keys(config_from_dict(more))
+        assert len(bigger.models) == 2 * (5 + 2) and len(bigger.results) == 2 * n * 7 // 5
+        assert completeness(config_from_dict(more).to_dict(), store) == (5, 14, n, 14 * n // 5)
+
+
 def test_reproduction_tables_script(small_run: Path, tmp_path: Path) -> None:
     """scripts/reproduction_tables.py: tables carry the stored numbers, peaks and
     their verdicts follow the intervals, and a missing run is one error line."""
@@ -557,6 +593,8 @@ def test_reproduction_tables_script(small_run: Path, tmp_path: Path) -> None:
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    from sparserobust.report import tables as repro
+
     out = tmp_path / "tables"
     assert mod.main([str(small_run), str(out), "--plot", "fgsm_linf robust_acc@0.05"]) == 0
     text = (out / "tables.md").read_text()
@@ -585,14 +623,14 @@ def test_reproduction_tables_script(small_run: Path, tmp_path: Path) -> None:
     from sparserobust.measurements import Record
 
     info = {"r": Record("r", 0.0, "robust_accuracy", "pgd", "inf", 0.1)}
-    row = mod.peaks(["r"], table, info)[2]
+    row = repro.peaks(["r"], table, info)[2]
     # a diagnostic has no peak row
     diag = {"r": Record("r", 0.0, "active_relu_fraction", "x", robustness=False)}
-    assert len(mod.peaks(["r"], table, diag)) == 3
+    assert len(repro.peaks(["r"], table, diag)) == 3
     # the overall peak (0.9) costs 8 points of accuracy; the usable one (0.5) clears dense
     assert "| 0.9: 0.500 | 0.5: 0.300 [0.250, 0.350] | yes (95% intervals disjoint) |" in row
     table["r"]["a"][0.5] = cell(0.21, 0.15, 0.27)
-    assert "intervals overlap" in mod.peaks(["r"], table, info)[2]
+    assert "intervals overlap" in repro.peaks(["r"], table, info)[2]
     assert mod.main([str(tmp_path / "none"), str(out)]) == 2
     # runs of one config with other seeds merge; anything else is refused
     other = tmp_path / "seed1"
@@ -629,7 +667,7 @@ def test_reproduction_tables_script(small_run: Path, tmp_path: Path) -> None:
         "2026-01-01 11:00:30,000 INFO sparserobust.pipeline: study done in 30.5s: 1 models\n"
     )
     # a killed start counts to its last line (100 s), a finished one its own total
-    assert mod.wall_time(log).endswith("130 s over 2 start(s) (100 s, 30 s).")
+    assert repro.wall_time(log).endswith("130 s over 2 start(s) (100 s, 30 s).")
     # a diverged (not measured) model is missing from its cell, which says so, not zero
     from types import SimpleNamespace
 
@@ -652,9 +690,11 @@ def test_reproduction_tables_script(small_run: Path, tmp_path: Path) -> None:
     ]
     store = SimpleNamespace(models=lambda: [SimpleNamespace(method="a")], results=lambda: rows)
     combined: dict = {"other": {"a": {0.9: cell(0.1, 0.0, 0.2, 3)}}}
-    mod.add_combined(store, combined, {})
+    repro.add_combined(store, combined, {})
     got = combined["square_linf+gradient robust_acc@0.1"]["a"][0.9]
     assert got.n == 2 and got.mean == pytest.approx(0.5)
     combined["square_linf+gradient robust_acc@0.1"]["a"][0.5] = cell(0.3, 0.2, 0.4, 3)
-    text = "\n".join(mod.metric_table("square_linf+gradient robust_acc@0.1", combined, [0.5, 0.9]))
+    text = "\n".join(
+        repro.metric_table("square_linf+gradient robust_acc@0.1", combined, [0.5, 0.9])
+    )
     assert "| a | 0.300 [0.200, 0.400] | 0.500 [" in text and text.count("(n=2)") == 1

@@ -613,7 +613,7 @@ def test_prune_checkpoint_passes_its_settings_through(
     assert calls[-1][2]["retrain"].weight_decay == 0.0
 
     # only a negative epoch count is an error, and 0 only for the methods that train
-    with pytest.raises(ConfigError, match="--retrain-epochs must be >= 0"):
+    with pytest.raises(ConfigError, match="--retrain-epochs: must be >= 0"):
         sweep_module.prune_checkpoint(
             dense, "magnitude", [0.3], out_dir=tmp_path, retrain_epochs=-1
         )

@@ -15,9 +15,8 @@ from sparserobust.config import config_from_dict
 from sparserobust.errors import ConfigError
 from sparserobust.measurements import Record
 from sparserobust.pipeline import run_study
-from sparserobust.verdict import (
-    CLEAN,
-    StudyData,
+from sparserobust.report.study import CLEAN, StudyData
+from sparserobust.report.verdicts import (
     headlines,
     pareto_front,
     security_curve,
@@ -67,7 +66,7 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _study(rob: dict[float, list[float]], clean: dict[float, list[float]]) -> StudyData:
     """A hand-made study of one method over three seeds (Student-t intervals)."""
-    from sparserobust.verdict import _cell
+    from sparserobust.report.study import seed_cell
 
     data = StudyData("hand", {}, {}, ["rob"], {})
     data.info["rob"] = Record("rob", 0.0, "robust_accuracy", "pgd", "inf", 0.1)
@@ -75,7 +74,7 @@ def _study(rob: dict[float, list[float]], clean: dict[float, list[float]]) -> St
         for target, vals in per.items():
             seeds = {s: (v, target, None) for s, v in enumerate(vals)}
             key = (label, "m", target)
-            data.table.setdefault(label, {}).setdefault("m", {})[target] = _cell(
+            data.table.setdefault(label, {}).setdefault("m", {})[target] = seed_cell(
                 data, key, seeds, clip=True
             )
             data.seed_values[key] = dict(enumerate(vals))
@@ -108,7 +107,7 @@ def test_verdict_row_picks_best_sparsity_in_budget_and_its_change() -> None:
 def test_verdict_of_a_method_with_no_pruned_value_says_not_measured() -> None:
     """An incomplete run: the dense model is measured, no pruned model is yet. The row
     must not claim that no pruned model is within the accuracy budget (0.5 is)."""
-    from sparserobust.verdict import NOT_MEASURED, below_text
+    from sparserobust.report.verdicts import NOT_MEASURED, below_text
 
     clean = {0.0: [0.98] * 3, 0.5: [0.975] * 3}
     rob = {0.0: [0.20, 0.21, 0.19], 0.5: [math.nan] * 3}
@@ -131,7 +130,7 @@ def test_noisy_change_is_no_gain() -> None:
 
 def _methods_study(per_method: dict[str, dict[float, list[float]]], grids: dict) -> StudyData:
     """A hand-made study of several methods over three seeds (robust accuracy "rob")."""
-    from sparserobust.verdict import _cell
+    from sparserobust.report.study import seed_cell
 
     data = StudyData("hand", {"pruning": {"grids": grids}}, {}, ["rob"], {})
     data.info["rob"] = Record("rob", 0.0, "robust_accuracy", "pgd", "inf", 0.1)
@@ -141,7 +140,7 @@ def _methods_study(per_method: dict[str, dict[float, list[float]]], grids: dict)
                 vals = [0.97] * 3 if label == CLEAN else vals
                 seeds = {s: (v, target, None) for s, v in enumerate(vals)}
                 key = (label, method, target)
-                data.table.setdefault(label, {}).setdefault(method, {})[target] = _cell(
+                data.table.setdefault(label, {}).setdefault(method, {})[target] = seed_cell(
                     data, key, seeds, clip=True
                 )
                 data.seed_values[key] = dict(enumerate(vals))
@@ -149,7 +148,7 @@ def _methods_study(per_method: dict[str, dict[float, list[float]]], grids: dict)
 
 
 def test_methods_ranked_per_sparsity_with_a_paired_lead() -> None:
-    from sparserobust.verdict import method_rankings, ranking_sentence
+    from sparserobust.report.verdicts import method_rankings, ranking_sentence
 
     dense = [0.2, 0.3, 0.25]
     data = _methods_study(
@@ -344,7 +343,7 @@ def _fake_store(dists: dict[float, list[float]], clean: dict[float, float]):  # 
 
 
 def test_verdict_from_a_constructed_store_pairs_images() -> None:
-    from sparserobust.verdict import gather
+    from sparserobust.report import gather
 
     dense = [0.0] * 20 + [0.8] * 90 + [1.5] * 90
     half = [0.0] * 20 + [0.8] * 60 + [1.5] * 120  # 30 points harder to break
@@ -366,7 +365,7 @@ def test_verdict_from_a_constructed_store_pairs_images() -> None:
 
 
 def test_overview_has_a_panel_for_exact_values() -> None:
-    from sparserobust.figures import overview
+    from sparserobust.report.figures import overview
 
     def width(png: bytes) -> int:
         return int.from_bytes(png[16:20], "big")
@@ -391,7 +390,7 @@ def test_headline_setting_is_validated() -> None:
 
 def _bracket_study(values: dict[str, float], config: dict | None = None) -> StudyData:
     """One model ("m" at 0.9) with the verify records at eps 0.05 and two attacks."""
-    from sparserobust.verdict import Cell
+    from sparserobust.report import Cell
 
     metrics = {
         "ibp": "certified_accuracy_ibp",
@@ -410,7 +409,7 @@ def _bracket_study(values: dict[str, float], config: dict | None = None) -> Stud
 
 
 def test_brackets_pick_the_strongest_attack_and_catch_unsound_bounds() -> None:
-    from sparserobust.verdict import brackets
+    from sparserobust.report.brackets import brackets
 
     same = {"eval": {"n": 50, "measurements": {"verify": {"n_exact": 50}}}}
     good = {"ibp": 0.2, "crown": 0.5, "exact": 0.6, "upper": 0.7, "pgd": 0.8, "aa": 0.65}
@@ -433,7 +432,7 @@ def test_brackets_pick_the_strongest_attack_and_catch_unsound_bounds() -> None:
 
 
 def test_sound_bounds_take_the_lowest_upper_bound_per_seed() -> None:
-    from sparserobust.verdict import sound_bounds
+    from sparserobust.report.brackets import sound_bounds
 
     data = _bracket_study({"exact": 0.6, "upper": 0.7, "pgd": 0.8, "aa": 0.65})
     per_seed = {  # seed 1: AutoAttack below the exact upper share; seed 2: no AutoAttack
@@ -451,15 +450,9 @@ def test_sound_bounds_take_the_lowest_upper_bound_per_seed() -> None:
 
 
 def test_sound_change_table_compares_with_dense_and_the_level_before() -> None:
-    import importlib.util
+    from sparserobust.report import Cell
+    from sparserobust.report.verify_tables import sound_change_table
 
-    from sparserobust.verdict import Cell
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / "reproduction_tables.py"
-    spec = importlib.util.spec_from_file_location("reproduction_tables", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     same = {"eval": {"n": 50, "measurements": {"verify": {"n_exact": 50}}}}
     data = _bracket_study({"exact": 0.0, "upper": 0.0, "aa": 0.0}, same)
     bounds = {0.0: (0.10, 0.40), 0.5: (0.45, 0.50), 0.9: (0.30, 0.35)}  # (exact, aa)
@@ -467,21 +460,21 @@ def test_sound_change_table_compares_with_dense_and_the_level_before() -> None:
         for t, b in bounds.items():
             data.table[label].setdefault("m", {})[t] = Cell(b[k], math.nan, math.nan, 1, t)
             data.seed_values[(label, "m", t)] = {0: b[k]}
-    lines = mod.sound_change_table(data)
+    lines = sound_change_table(data)
     assert "| dense | 0 | [0.100, 0.400] | - | - |" in lines
     # 50%: from dense [0.45 - 0.40, 0.50 - 0.10], proven up; 90%: from dense [-0.10, +0.25]
     # open, from 50% [0.30 - 0.50, 0.35 - 0.45] proven down
     assert "| m | 0.5 | [0.450, 0.500] | [+0.050, +0.400] up | [+0.050, +0.400] up |" in lines
     assert "| m | 0.9 | [0.300, 0.350] | [-0.100, +0.250] | [-0.200, -0.100] down |" in lines
-    assert mod.sound_change_table(_bracket_study({"exact": 0.5}, {})) == []  # other points
+    assert sound_change_table(_bracket_study({"exact": 0.5}, {})) == []  # other points
 
 
 def test_verify_study_report_reads_as_a_bracket(tmp_path: Path) -> None:
     """A real study with the verify measurement and two attacks on the same points:
     each report line holds the stored numbers, and they are ordered."""
-    from sparserobust.report import write_report
+    from sparserobust.report import gather, write_report
+    from sparserobust.report.brackets import brackets
     from sparserobust.store import ResultStore
-    from sparserobust.verdict import brackets, gather
 
     cfg = {
         **SMALL,
@@ -628,7 +621,7 @@ def test_verify_study_report_reads_as_a_bracket(tmp_path: Path) -> None:
 
 
 def test_sound_change_pairs_seeds_and_proves_only_when_bounds_exclude_zero() -> None:
-    from sparserobust.verdict import sound_change
+    from sparserobust.report.brackets import sound_change
 
     a = {0: (0.30, 0.30), 1: (0.20, 0.40), 2: (0.9, 0.9)}
     b = {0: (0.10, 0.25), 1: (0.10, 0.15)}
@@ -651,25 +644,31 @@ def test_metric_info_has_one_record_per_label(two_runs: tuple[Path, Path]) -> No
 
 
 def test_report_of_some_seeds(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
-    import json
-    from types import SimpleNamespace
+    """RunReader reads runs of one study as one, or some of its seeds: the merged
+    reader restricted to seed 1 is seed 1's own run, number for number."""
+    from sparserobust.report import RunReader, gather, load_study, write_report
+    from sparserobust.store import ResultStore
 
-    from sparserobust.report import SeedView, write_report
-    from sparserobust.verdict import gather
-
-    # two seeds of one store (the second a copy of the first, every accuracy halved)
-    one = _fake_store({0.0: [0.5, 2.0], 0.5: [2.0, 2.0]}, {0.0: 0.9, 0.5: 0.8})
-    models = one.models() + [
-        SimpleNamespace(**{**vars(m), "seed": 1, "accuracy": m.accuracy / 2}) for m in one.models()
-    ]
-    meta = {"config": json.dumps({"name": "fake", "dataset": "digits", "seeds": [0, 1]})}
-    store = SimpleNamespace(models=lambda: models, results=one.results, get_meta=meta.get)
-    both, first = gather(store), gather(SeedView(store, [1]))  # type: ignore[arg-type]
-    assert both.table[CLEAN]["m"][0.5].mean == pytest.approx(0.6)
-    assert first.table[CLEAN]["m"][0.5].mean == pytest.approx(0.4)
-    assert first.config["seeds"] == [1] and "ddn_l2 robust_acc@1" not in first.table
+    with RunReader(two_runs) as both, RunReader(two_runs, [1]) as first:
+        merged, one = gather(both), gather(first)
+    own = load_study(two_runs[1])
+    accs = []
+    for seed, run in enumerate(two_runs):
+        with ResultStore(run, readonly=True) as store:
+            accs.append(store.get_model(f"s{seed}/random/0.5000"))
+    assert merged.config["seeds"] == [0, 1] and one.config["seeds"] == [1]
+    assert merged.table[CLEAN]["random"][0.5].mean == pytest.approx(
+        (accs[0].accuracy + accs[1].accuracy) / 2  # type: ignore[union-attr]
+    )
+    assert merged.table[CLEAN]["random"][0.5].n == 2
+    for label in own.table:
+        for method, cells in own.table[label].items():
+            assert [c.mean for c in cells.values()] == pytest.approx(
+                [c.mean for c in one.table[label][method].values()], nan_ok=True
+            )
+    assert sorted(one.table) == sorted(own.table)
     with pytest.raises(ConfigError, match="seeds are 0, 1"):
-        SeedView(store, [2])  # type: ignore[arg-type]
+        RunReader(two_runs, [2])
     # on a real run: the header names the seed; an unknown one is a one-line error
     md = write_report(two_runs[0], out_dir=tmp_path / "r", seeds=[0]).read_text()
     assert "seeds [0]" in md
@@ -681,8 +680,8 @@ def test_interval_note_names_the_interval_each_cell_shows() -> None:
     """Three seeds give Student-t intervals; the few cells where fewer seeds have a value
     (e.g. a median norm that is infinite for two seeds) must not make the note claim a
     bootstrap for every bracket (it once did, on the 3-seed LeNet-300-100 study)."""
-    from sparserobust.verdict import Cell as VCell
-    from sparserobust.verdict import StudyData
+    from sparserobust.report import Cell as VCell
+    from sparserobust.report import StudyData
 
     def study(kinds: list[str]) -> StudyData:
         cells = {0.1 * i: VCell(0.5, 0.4, 0.6, 3, 0.1 * i, kind=k) for i, k in enumerate(kinds)}
@@ -697,3 +696,50 @@ def test_interval_note_names_the_interval_each_cell_shows() -> None:
     )
     only = study(["bootstrap", "none"]).interval_note()
     assert only.startswith("brackets (fewer than 3 seeds): 95% bootstrap interval")
+
+
+def test_html_page_renders_the_markdown_and_inlines_the_plots() -> None:
+    """report.html comes from markdown-it-py: headings, tables with a header row, lists,
+    the folded warnings, inline code and the plots as base64 PNG (no file reference)."""
+    import base64
+
+    from sparserobust.report.html import html_page
+
+    md = (
+        "# Title\n\nSome `code`, **bold** and a < b.\n\n| a | b |\n| --- | --- |\n"
+        "| 1 | `x` |\n\n- one\n- two\n\n<details><summary>All 2 warnings</summary>\n\n"
+        "- w1\n\n</details>\n\n![overview](overview.png)\n"
+        "![security_pgd_linf](security_pgd_linf.png)\n"
+    )
+    page = html_page(md, {"overview": b"PNG1", "security_pgd_linf": b"PNG2"}, title="t & u")
+    assert "<title>t &amp; u</title>" in page and "<h1>Title</h1>" in page
+    assert "<code>code</code>" in page and "<strong>bold</strong>" in page
+    assert "a &lt; b" in page
+    assert "<th>a</th>" in page and "<td><code>x</code></td>" in page
+    assert page.count("<table>") == 1 and page.count("<li>") == 3
+    assert "<details><summary>All 2 warnings</summary>" in page and "</details>" in page
+    png1 = base64.b64encode(b"PNG1").decode()
+    assert f'alt="overview" class="overview" src="data:image/png;base64,{png1}"' in page
+    assert 'class="security"' in page and ".png" not in page
+
+
+def test_figures_leave_the_matplotlib_state_alone() -> None:
+    """A study run from a notebook must not switch its plotting backend or keep figures:
+    the report draws without pyplot."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from sparserobust.report import Cell
+    from sparserobust.report.figures import metric_plot
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        plt.figure()  # the user's own figure
+        cells = {0.0: Cell(0.9, 0.85, 0.95, 3, 0.0), 0.5: Cell(0.8, 0.7, 0.9, 3, 0.5)}
+        png = metric_plot("m", {"m": {"a": cells}, CLEAN: {"a": cells}})
+        assert png.startswith(b"\x89PNG") and len(png) > 5000
+        assert matplotlib.get_backend() == "svg" and len(plt.get_fignums()) == 1
+    finally:
+        plt.close("all")
+        matplotlib.use(before)

@@ -1,8 +1,10 @@
-"""High-level Python API behind the CLI commands (train, evaluate)."""
+"""High-level Python API behind the CLI commands (train, evaluate, verify)."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -13,8 +15,9 @@ from sparserobust.errors import CheckpointError, ConfigError, ModelError
 from sparserobust.models import build_model, model_spec
 from sparserobust.pruning import SPARSITY_NOTE, sparsity_report
 from sparserobust.rundir import check_output
+from sparserobust.settings import check_value
 from sparserobust.training import TrainSettings, evaluate_accuracy, train_model
-from sparserobust.utils import resolve_device, seed_everything
+from sparserobust.utils import model_device, resolve_device, seed_everything
 
 
 def train_reference(
@@ -35,6 +38,8 @@ def train_reference(
     checkpoint (checked against the output-path policy before training,
     :func:`~sparserobust.rundir.check_output`). Returns the metadata record (accuracy
     is a fraction in [0,1])."""
+    for name, value in (("seed", seed), ("epochs", epochs), ("lr", lr), ("batch_size", batch_size)):
+        check_value(name, value, f"--{name.replace('_', '-')}")
     if out is not None:
         check_output(out, what="the checkpoint to write (--out)")
     spec = model_spec(model_name)
@@ -98,6 +103,7 @@ def evaluate_checkpoint(
     """Clean test accuracy and measured sparsity of the checkpoint at ``path``."""
     if limit is not None and limit < 1:
         raise ConfigError(f"--n must be >= 1, got {limit}")
+    check_value("n", limit, "--n")
     model, meta = load_checkpoint(path, device=resolve_device(device))
     data = load_dataset(meta["dataset"], data_dir)
     check_input_shape(meta, data.info.input_shape, path)
@@ -123,3 +129,111 @@ def evaluate_checkpoint(
         "sparsity_note": SPARSITY_NOTE,
         "metadata": meta,
     }
+
+
+def verify_checkpoint_points(
+    path: str | os.PathLike[str],
+    *,
+    epsilons: Sequence[float],
+    n: int = 100,
+    method: str | None = None,
+    norm: str = "inf",
+    time_limit: float = 30.0,
+    data_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Decide the first ``n`` test images of the checkpoint at ``path`` at every radius
+    of ``epsilons`` ([0,1] pixel space, ``norm`` ``inf`` or ``2``) with ``method`` (a
+    name of :data:`~sparserobust.verify.methods.VERIFIERS`; None: the strongest for the
+    norm). ``time_limit``: seconds per point of a complete method; ``seed``: its PGD
+    pre-check. ``progress``: a tqdm bar over points x radii on stderr.
+
+    Returns a JSON-able record: checkpoint, model, dataset, method, complete, norm, n,
+    time_limit_s, seed, clean_accuracy, seconds, and per radius under ``epsilons``:
+    ``epsilon``, ``counts`` (every status of
+    :data:`~sparserobust.verify.methods.POINT_STATUSES`, zeros included),
+    ``verified_accuracy`` (verified / n: a proven lower bound of robust accuracy),
+    ``robust_accuracy_upper`` ((n - counterexamples) / n: an upper bound), ``seconds``
+    and ``points`` (one :meth:`~sparserobust.verify.methods.PointVerdict.as_dict` each).
+    """
+    from tqdm.auto import tqdm
+
+    from sparserobust.verify.methods import POINT_STATUSES, decide_points, get_verifier
+    from sparserobust.verify.network import parse_network
+
+    verifier = get_verifier(method, norm)
+    eps_list = [float(e) for e in epsilons]
+    if not eps_list:
+        raise ConfigError("--eps needs at least one radius, e.g. 0.02,0.05")
+    check_value("eps", eps_list, "--eps", norm=norm)
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    check_value("n", n, "--n")
+    check_value("time_limit", time_limit, "--time-limit")
+    check_value("seed", seed, "--seed")
+    model, meta = load_checkpoint(path, device=resolve_device(device))
+    check_model_finite(model, path)
+    data = load_dataset(meta["dataset"], data_dir)
+    check_input_shape(meta, data.info.input_shape, path)
+    parse_network(model, data.info.input_shape)  # an unsupported model fails before any work
+    test = data.test.head(n)
+    dev = model_device(model)
+    x, y = test.x.to(dev), test.y.to(dev)
+    clean = float((predict_logits(model, x).argmax(1) == y).float().mean())
+    start = time.perf_counter()
+    entries = []
+    with tqdm(
+        total=len(test) * len(eps_list), desc=f"verify {verifier.name}", disable=not progress
+    ) as bar:
+        for eps in eps_list:
+            t0 = time.perf_counter()
+            verdicts = decide_points(
+                model, x, y, epsilon=eps, method=verifier.name, norm=norm,
+                time_limit=time_limit, seed=seed, progress=bar.update,
+            )  # fmt: skip
+            counts = {s: sum(v.status == s for v in verdicts) for s in POINT_STATUSES}
+            entries.append(
+                {
+                    "epsilon": eps,
+                    "counts": counts,
+                    "verified_accuracy": counts["verified"] / len(test),
+                    "robust_accuracy_upper": (len(test) - counts["counterexample"]) / len(test),
+                    "seconds": round(time.perf_counter() - t0, 4),
+                    "points": [v.as_dict() for v in verdicts],
+                }
+            )
+    return {
+        "checkpoint": str(path),
+        "model": meta["model"],
+        "dataset": meta["dataset"],
+        "method": verifier.name,
+        "complete": verifier.complete,
+        "norm": norm,
+        "n": len(test),
+        "time_limit_s": time_limit,
+        "seed": seed,
+        "clean_accuracy": clean,
+        "seconds": round(time.perf_counter() - start, 4),
+        "epsilons": entries,
+    }
+
+
+def format_verification(result: dict[str, Any]) -> list[str]:
+    """Human-readable lines for a :func:`verify_checkpoint_points` record."""
+    kind = "complete" if result["complete"] else "sound, incomplete"
+    lines = [
+        f"{result['method']} ({kind}) l_{result['norm']} on {result['n']} test images of "
+        f"{result['model']}/{result['dataset']}: clean accuracy {result['clean_accuracy']:.4f}, "
+        f"{result['seconds']:.1f}s"
+    ]
+    for e in result["epsilons"]:
+        c = e["counts"]
+        shown = [f"{k.replace('_', ' ')} {v}" for k, v in c.items() if v or k == "verified"]
+        lines.append(
+            f"eps {e['epsilon']:g}: verified accuracy {e['verified_accuracy']:.4f}, robust "
+            f"accuracy at most {e['robust_accuracy_upper']:.4f} ({', '.join(shown)}; "
+            f"{e['seconds']:.1f}s)"
+        )
+    return lines

@@ -23,6 +23,8 @@ from sparserobust.engine.executors import EXECUTOR_NAMES
 from sparserobust.errors import ConfigError, SparseRobustError
 from sparserobust.models import model_names
 from sparserobust.pruning.registry import method_names
+from sparserobust.settings import check_value
+from sparserobust.verify.methods import verifier_names
 
 log = logging.getLogger("sparserobust")
 
@@ -43,6 +45,18 @@ def emit(payload: dict[str, Any], as_json: bool, lines: list[str]) -> None:
     else:
         for line in lines:
             click.echo(line)
+
+
+def bounded(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback: the flag's value meets the bound of the setting ``name``
+    (:func:`sparserobust.settings.check_value`, the one place every bound lives), before
+    the command runs or writes anything."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        check_value(name, value, max(param.opts, key=len))
+        return value
+
+    return check
 
 
 def parse_float_list(text: str, what: str) -> list[float]:
@@ -73,10 +87,31 @@ def cli(verbose: bool) -> None:
 @click.option(
     "--data-dir", default=None, help="torchvision-layout data root (or $SPARSEROBUST_DATA)."
 )
-@click.option("--epochs", type=int, default=None, help="Epochs (default: the model's recipe).")
-@click.option("--lr", type=float, default=None, help="Peak learning rate (cosine schedule).")
-@click.option("--batch-size", type=int, default=None, help="Mini-batch size.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    callback=bounded("epochs"),
+    help="Epochs (default: the model's recipe).",
+)
+@click.option(
+    "--lr",
+    type=float,
+    default=None,
+    callback=bounded("lr"),
+    help="Peak learning rate (cosine schedule).",
+)
+@click.option(
+    "--batch-size", type=int, default=None, callback=bounded("batch_size"), help="Mini-batch size."
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    callback=bounded("seed"),
+    help="Random seed.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option(
     "--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write."
@@ -130,7 +165,14 @@ def train(
 @click.option(
     "--data-dir", default=None, help="torchvision-layout data root (or $SPARSEROBUST_DATA)."
 )
-@click.option("--n", "limit", type=int, default=None, help="Use only the first N test images.")
+@click.option(
+    "--n",
+    "limit",
+    type=int,
+    default=None,
+    callback=bounded("n"),
+    help="Use only the first N test images.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def evaluate(
@@ -163,16 +205,22 @@ def evaluate(
 @click.option(
     "--retrain-epochs",
     type=int,
+    callback=bounded("retrain_epochs"),
     default=1,
     show_default=True,
     help="Retraining epochs per level (dns: surgery epochs; 0: one-shot).",
 )
 @click.option(
-    "--lr", type=float, default=None, help="Retraining peak lr [default: the model's training lr]."
+    "--lr",
+    type=float,
+    default=None,
+    callback=bounded("lr"),
+    help="Retraining peak lr [default: the model's training lr].",
 )
 @click.option(
     "--steps",
     type=int,
+    callback=bounded("steps"),
     default=1,
     show_default=True,
     help="Pruning+retraining steps per level (one-shot methods).",
@@ -180,13 +228,21 @@ def evaluate(
 @click.option(
     "--dns-finetune-epochs",
     type=int,
+    callback=bounded("finetune_epochs"),
     default=1,
     show_default=True,
     help="dns: epochs with the calibrated mask fixed.",
 )
 @click.option("--data-dir", default=None, help="Data root (or $SPARSEROBUST_DATA).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    callback=bounded("seed"),
+    help="Random seed.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
@@ -248,6 +304,7 @@ def prune(
     "--jobs",
     "-j",
     type=int,
+    callback=bounded("jobs"),
     default=1,
     show_default=True,
     help="Workers (one torch thread each): local processes, or the CPUs of a local Ray "
@@ -315,6 +372,7 @@ def run(
 @click.option(
     "--max-accuracy-drop",
     type=float,
+    callback=bounded("max_accuracy_drop"),
     default=None,
     help="Clean-accuracy budget of the best sparsity (default: the config's).",
 )
@@ -329,6 +387,7 @@ def run(
     "--seed",
     "seeds",
     type=int,
+    callback=bounded("seeds"),
     multiple=True,
     help="Report only this seed (repeatable), e.g. while the other seeds still run.",
 )
@@ -338,10 +397,6 @@ def report(
     """(Re)write the markdown/HTML report of RUN_DIR."""
     from sparserobust.report import write_report
 
-    if max_accuracy_drop is not None and not (
-        math.isfinite(max_accuracy_drop) and 0 <= max_accuracy_drop <= 1
-    ):
-        raise ConfigError(f"--max-accuracy-drop must be in [0,1], got {max_accuracy_drop}")
     path = write_report(run_dir, max_accuracy_drop, out_dir, list(seeds) or None)
     click.echo(f"report: {path} (and {path.with_suffix('.html')})")
 
@@ -359,6 +414,7 @@ def report(
 @click.option(
     "--max-accuracy-drop",
     type=float,
+    callback=bounded("max_accuracy_drop"),
     default=None,
     help="Clean-accuracy budget of the best sparsity (default: the runs' largest).",
 )
@@ -367,8 +423,6 @@ def compare(run_dirs: tuple[str, ...], out_dir: str, max_accuracy_drop: float | 
     figure, one colour per run."""
     from sparserobust.report import write_comparison
 
-    if max_accuracy_drop is not None and not 0 <= max_accuracy_drop <= 1:
-        raise ConfigError(f"--max-accuracy-drop must be in [0,1], got {max_accuracy_drop}")
     path = write_comparison(list(run_dirs), out_dir, max_accuracy_drop)
     click.echo(f"comparison: {path} (and {path.with_suffix('.html')})")
 
@@ -418,12 +472,25 @@ def export(run_dir: str, csv_path: str | None, json_path: str | None) -> None:
 @click.option("--norm", default=None, help="inf or 2 (default: the attack's own).")
 @click.option("--eps", default=None, help="Comma-separated epsilons, e.g. 0.1,0.2.")
 @click.option(
-    "--n", "limit", type=int, default=1000, show_default=True, help="First N test images."
+    "--n",
+    "limit",
+    type=int,
+    default=1000,
+    show_default=True,
+    callback=bounded("n"),
+    help="First N test images.",
 )
 @click.option(
     "--data-dir", default=None, help="torchvision-layout data root (or $SPARSEROBUST_DATA)."
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Attack seed.")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    callback=bounded("seed"),
+    help="Attack seed.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 def attack(
@@ -454,6 +521,84 @@ def attack(
     )
     result["seconds"] = round(time.perf_counter() - start, 2)
     emit(result, as_json, format_summary(result))
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--eps", required=True, help="Comma-separated radii, e.g. 0.02,0.05.")
+@click.option(
+    "--n",
+    "limit",
+    type=int,
+    default=100,
+    show_default=True,
+    callback=bounded("n"),
+    help="First N test images.",
+)
+@click.option(
+    "--method",
+    default=None,
+    help=f"{', '.join(verifier_names())} (weakest to strongest; default: the strongest "
+    "that handles --norm: milp for inf, crown for 2).",
+)
+@click.option(
+    "--time-limit",
+    type=float,
+    callback=bounded("time_limit"),
+    default=30.0,
+    show_default=True,
+    help="Seconds per point of a complete method (milp) before it counts as a timeout.",
+)
+@click.option(
+    "--norm", type=click.Choice(["inf", "2"]), default="inf", show_default=True, help="Norm."
+)
+@click.option(
+    "--data-dir", default=None, help="torchvision-layout data root (or $SPARSEROBUST_DATA)."
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    callback=bounded("seed"),
+    help="Seed of the PGD pre-check.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print a JSON object with every point's status."
+)
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def verify(
+    checkpoint: str,
+    eps: str,
+    limit: int,
+    method: str | None,
+    time_limit: float,
+    norm: str,
+    data_dir: str | None,
+    seed: int,
+    device: str,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Decide the first N test images of CHECKPOINT at each radius: verified,
+    counterexample, timeout or error (complete methods), verified or not certified
+    (bounds only). The dataset is the one the checkpoint was trained on."""
+    from sparserobust.api import format_verification, verify_checkpoint_points
+
+    result = verify_checkpoint_points(
+        checkpoint,
+        epsilons=parse_float_list(eps, "--eps"),
+        n=limit,
+        method=method,
+        norm=norm,
+        time_limit=time_limit,
+        data_dir=data_dir,
+        seed=seed,
+        device=device,
+        progress=not no_progress,
+    )
+    emit(result, as_json, format_verification(result))
 
 
 @cli.command()

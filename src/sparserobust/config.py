@@ -145,7 +145,7 @@ class ControlSettings:
     ``{weight_decay: 0.01}`` or ``{epochs: 1}``). They are measured like every model,
     and with the dense model they draw a clean-vs-robust accuracy front: the report says
     whether each pruned model lies above it (sparsity helps beyond the accuracy-robustness
-    trade-off), on it, or below (:mod:`sparserobust.control`)."""
+    trade-off), on it, or below (:mod:`sparserobust.report.front`)."""
 
     dense_front: tuple[DenseTrainSettings, ...] = ()
 

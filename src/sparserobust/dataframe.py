@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sparserobust.errors import StoreError
 from sparserobust.measurements import records_of
-from sparserobust.store import ModelRow, ResultStore, sha256_file
+from sparserobust.store import RESULT_MODEL_FIELDS, ModelRow, ResultStore, sha256_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,12 +40,7 @@ MODEL_COLUMNS = [
 removed, ``clean_accuracy`` on the whole test split, ``seconds`` to produce the model."""
 
 RESULT_COLUMNS = [
-    "model_key",
-    "seed",
-    "method",
-    "target_sparsity",
-    "sparsity",
-    "clean_accuracy",
+    *RESULT_MODEL_FIELDS,
     "parent",
     "measurement",
     "label",
@@ -137,12 +132,7 @@ def results(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
         for rec in records_of(r["numbers"]):
             table.append(
                 [
-                    key,
-                    r["seed"],
-                    r["method"],
-                    r["target_sparsity"],
-                    r["sparsity"],
-                    r["clean_accuracy"],
+                    *(r[field] for field in RESULT_MODEL_FIELDS),
                     parent.get(key),
                     r["measurement"],
                     rec.label,

@@ -11,7 +11,7 @@ from typing import Any
 
 from sparserobust import rundir
 from sparserobust.measurements import records_of
-from sparserobust.store import ResultStore
+from sparserobust.store import RESULT_MODEL_FIELDS, ResultStore
 from sparserobust.utils import atomic_write
 
 
@@ -46,12 +46,7 @@ def export_csv(run_dir: str | os.PathLike[str], path: str | os.PathLike[str]) ->
     rows: list[list[Any]] = []
     for r in results:
         common = [
-            r["model_key"],
-            r["seed"],
-            r["method"],
-            r["target_sparsity"],
-            r["sparsity"],
-            r["clean_accuracy"],
+            *(r[field] for field in RESULT_MODEL_FIELDS),
             r["measurement"],
             json.dumps(r["params"], sort_keys=True),
         ]
@@ -72,12 +67,7 @@ def export_csv(run_dir: str | os.PathLike[str], path: str | os.PathLike[str]) ->
         _flatten("", rest, flat)
         rows += [[*common, metric, value, "", "", "", ""] for metric, value in flat]
     header = [
-        "model_key",
-        "seed",
-        "method",
-        "target_sparsity",
-        "sparsity",
-        "clean_accuracy",
+        *RESULT_MODEL_FIELDS,
         "measurement",
         "params",
         "metric",

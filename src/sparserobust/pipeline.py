@@ -29,8 +29,8 @@ from torch import nn
 from sparserobust.checkpoint import load_checkpoint
 from sparserobust.config import AttackSettings, EvalSettings, StudyConfig, check_sparsities
 from sparserobust.data import Split, resolve_data_dir
-from sparserobust.engine.executors import EXECUTOR_NAMES, Executor, make_executor
-from sparserobust.engine.plan import Resources, Task, plan
+from sparserobust.engine.executors import EXECUTOR_NAMES, Executor, check_jobs, make_executor
+from sparserobust.engine.plan import Resources, Task, plan, planned_keys
 from sparserobust.engine.scheduler import run_tasks
 from sparserobust.engine.tasks import (
     FRONT,
@@ -56,6 +56,7 @@ from sparserobust.rundir import (
     open_no_follow,
     start_over,
 )
+from sparserobust.settings import check_value
 from sparserobust.store import ModelRow, ResultStore, provenance, sha256_file
 from sparserobust.training import evaluate_accuracy
 from sparserobust.utils import resolve_device
@@ -156,7 +157,6 @@ class StudyRecorder:
         every measurement the stored config planned still planned with the same
         identity, so no stored number is orphaned or computed under other settings."""
         from sparserobust.config import config_from_dict
-        from sparserobust.store import params_hash
 
         try:
             old = config_from_dict(json.loads(self.store.get_meta("config") or "null"))
@@ -164,15 +164,8 @@ class StudyRecorder:
             return False
         if old.models_hash() != self.config.models_hash():
             return False
-        if not set(old.control.front_models()) <= set(self.config.control.front_models()):
-            return False
-        for seed in old.seeds:
-            new_cells = {(c.key, params_hash(c.params)) for c in plan_cells(self.config.eval, seed)}
-            if any(
-                (c.key, params_hash(c.params)) not in new_cells for c in plan_cells(old.eval, seed)
-            ):
-                return False
-        return True
+        before, now = planned_keys(old), planned_keys(self.config)
+        return before.models <= now.models and before.results <= now.results
 
     def done(self, task: Task, out: Any) -> None:
         """Record the result of ``task`` (called by the scheduler, in this process)."""
@@ -309,11 +302,11 @@ def run_study(
     thread count, which the provenance records.
     Returns a summary: run directory, report path, models, results, seconds.
     """
-    if jobs < 1:
-        raise ConfigError(f"jobs must be at least 1, got {jobs}")
+    check_value("jobs", jobs, "--jobs")
     kind = executor or ("local" if jobs > 1 else "inline")
     if kind not in EXECUTOR_NAMES:
         raise ConfigError(f"unknown executor {kind!r}: choose one of {', '.join(EXECUTOR_NAMES)}")
+    check_jobs(kind, jobs, address)  # before the run directory is touched
     raw = run_dir if run_dir is not None else default_run_dir(config)
     run = check_output(raw, folder=True, own_run=raw, what="the run directory (--out)")
     start = time.perf_counter()

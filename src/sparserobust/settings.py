@@ -186,6 +186,11 @@ MAX_COUNT = 1_000_000
 MAX_LR = 10.0
 MAX_EPS = {"inf": 1.0, "2": 100.0}
 """Largest epsilon per norm, in [0,1] pixel space (l2: above any image's diameter here)."""
+MAX_JOBS = 256
+"""Most worker processes (``-j``) any executor may start; how many the machine's CPUs
+allow is checked where the pool is made (:func:`sparserobust.engine.executors.check_jobs`)."""
+MAX_TIME_LIMIT = 86_400.0
+"""Longest per-point time limit of a verifier, in seconds (a day)."""
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -231,9 +236,12 @@ def check_shape(data: Any, where: str = "config") -> None:
             stack.extend((v, depth + 1) for v in value)
 
 
-NOT_COUNTS = frozenset({"norm", "seed"})
-"""Integer settings that are not counts (structured pruning's l_p order; seeds have
-their own range, :data:`SEED_LIMIT`)."""
+NOT_COUNTS = frozenset({"norm"})
+"""Integer settings that are not counts (structured pruning's l_p order)."""
+SEEDS = frozenset({"seed", "seeds"})
+"""Seed settings: integers in ``[0, SEED_LIMIT)``."""
+FRACTIONS = frozenset({"max_accuracy_drop"})
+"""Settings that are fractions in [0, 1]."""
 
 
 def _norm_key(norm: Any) -> str | None:
@@ -244,29 +252,63 @@ def _norm_key(norm: Any) -> str | None:
         return None
 
 
+def _is_radius(name: str) -> bool:
+    return name in ("eps", "epsilons", "init_epsilon") or name.endswith("_eps")
+
+
+def _is_real(name: str) -> bool:
+    """Settings that are real numbers (an integer given for one is checked as a float)."""
+    return (
+        _is_radius(name)
+        or name in ("lr", "time_limit")
+        or name.endswith("_lr")
+        or (name in FRACTIONS)
+    )
+
+
 def check_value(name: str, value: Any, where: str, norm: Any = None) -> None:
     """The one range check of a setting called ``name`` (any component's, any route:
-    a config field, a ``params:`` entry, a CLI flag): integers are counts in
-    ``[0, MAX_COUNT]`` (epochs: ``MAX_EPOCHS``), radii (``eps``, ``*_eps``,
-    ``epsilons``, ``init_epsilon``) in ``[0, MAX_EPS[norm]]`` (the larger limit when the
-    norm is unknown), learning rates (``lr``, ``*_lr``) in ``(0, MAX_LR]``. ConfigError
-    naming ``where`` otherwise; other names and types pass."""
+    a config field, a ``params:`` entry, a CLI flag, the Python API): seeds (``seed``,
+    ``seeds``) in ``[0, SEED_LIMIT)``, worker counts (``jobs``) in ``[1, MAX_JOBS]``,
+    other integers are counts in ``[0, MAX_COUNT]`` (epochs: ``MAX_EPOCHS``). Floats
+    must be finite: radii (``eps``, ``*_eps``, ``epsilons``, ``init_epsilon``) in
+    ``[0, MAX_EPS[norm]]`` (the larger limit when the norm is unknown), learning rates
+    (``lr``, ``*_lr``) in ``(0, MAX_LR]``, time limits (``time_limit``) in
+    ``(0, MAX_TIME_LIMIT]`` seconds, fractions (:data:`FRACTIONS`) in [0, 1]; an integer
+    given for one of these is checked as that number. ConfigError naming ``where``
+    otherwise; other names and types pass."""
     if value is None or isinstance(value, bool):
         return
     if isinstance(value, tuple | list):
         for i, v in enumerate(value):
             check_value(name, v, f"{where}[{i}]", norm)
         return
-    if isinstance(value, int) and name not in NOT_COUNTS:
+    if isinstance(value, int) and name in SEEDS:
+        if not 0 <= value < SEED_LIMIT:
+            raise ConfigError(f"{where}: a seed must be in [0, 2**32), got {short(value)}")
+    elif isinstance(value, int) and name == "jobs":
+        if not 1 <= value <= MAX_JOBS:
+            raise ConfigError(
+                f"{where}: the number of workers must be in [1, {MAX_JOBS}], got {short(value)}"
+            )
+    elif isinstance(value, int) and _is_real(name):
+        check_value(name, float(value), where, norm)
+    elif isinstance(value, int) and name not in NOT_COUNTS:
         count_limit = MAX_EPOCHS if name == "epochs" or name.endswith("_epochs") else MAX_COUNT
         check_positive(value, where, allow_zero=True, maximum=count_limit)
-    elif isinstance(value, float) and not isinstance(value, bool):
-        if name in ("eps", "epsilons", "init_epsilon") or name.endswith("_eps"):
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: must be a finite number, got {value}")
+        if _is_radius(name):
             key = _norm_key(norm)
             limit = MAX_EPS[key] if key is not None else max(MAX_EPS.values())
             check_positive(value, where, allow_zero=True, maximum=limit)
         elif name == "lr" or name.endswith("_lr"):
             check_positive(value, where, maximum=MAX_LR)
+        elif name == "time_limit":
+            check_positive(value, where, maximum=MAX_TIME_LIMIT)
+        elif name in FRACTIONS:
+            check_positive(value, where, allow_zero=True, maximum=1.0)
 
 
 def check_bounds(settings: Any, where: str) -> None:

@@ -74,6 +74,18 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 
+RESULT_MODEL_FIELDS = (
+    "model_key",
+    "seed",
+    "method",
+    "target_sparsity",
+    "sparsity",
+    "clean_accuracy",
+)
+"""The model's columns that every row of :meth:`ResultStore.results` carries, in the
+order the CSV export and :func:`sparserobust.results` put them first."""
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file's bytes."""
     h = hashlib.sha256()

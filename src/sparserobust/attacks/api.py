@@ -9,6 +9,7 @@ from typing import Any
 from sparserobust.attacks.norms import INF
 from sparserobust.attacks.registry import get_attack
 from sparserobust.errors import ConfigError
+from sparserobust.settings import check_value
 
 DEFAULT_EPSILONS: dict[tuple[str, float], tuple[float, ...]] = {
     ("cifar10", INF): (2 / 255, 4 / 255, 8 / 255),
@@ -51,7 +52,10 @@ def attack_checkpoint(
 
     if n is not None and n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
+    check_value("n", n, "--n")
+    check_value("seed", seed, "--seed")
     atk = get_attack(attack, norm, **(params or {}))
+    check_value("eps", None if epsilons is None else list(epsilons), "--eps", norm=atk.norm)
     model, meta = load_checkpoint(path, device=resolve_device(device))
     test = load_dataset(meta["dataset"], data_dir).test.head(n)
     eps = epsilons

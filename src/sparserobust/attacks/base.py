@@ -42,6 +42,7 @@ from sparserobust.attacks.result import (
     keep_successes,
 )
 from sparserobust.errors import AttackError
+from sparserobust.settings import check_value
 from sparserobust.utils import eval_mode, model_device
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,8 @@ class Attack(ABC):
         """
         check_inputs(x, y, target)
         eps = check_epsilons(epsilons) if self.fixed_epsilon else None
+        check_value("epsilons", eps, "epsilons", norm=self.norm)
+        check_value("seed", seed, "seed")
         device = model_device(model)
         out_device = x.device
         xd = x.detach().to(device, torch.float32)

@@ -23,6 +23,7 @@ import torch
 
 from sparserobust.engine.plan import Resources
 from sparserobust.errors import ClusterError, ConfigError, SparseRobustError, StoreError
+from sparserobust.settings import check_value
 
 log = logging.getLogger(__name__)
 
@@ -266,12 +267,49 @@ class RayExecutor(Executor):
         return {**super().describe(), "address": self.address}
 
 
-def make_executor(name: str, jobs: int = 1, address: str | None = None) -> Executor:
-    """The executor ``name`` (inline, local or ray); ConfigError for a bad choice."""
-    if jobs < 1:
-        raise ConfigError(f"jobs must be at least 1, got {jobs}")
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def check_jobs(name: str, jobs: int, address: str | None = None, warn: bool = True) -> None:
+    """``jobs`` workers for executor ``name``: in ``[1, MAX_JOBS]`` (settings.check_value);
+    with a local Ray instance (``ray`` without ``address``) at most the available CPUs,
+    since Ray starts one Python worker per CPU it is told about before running anything
+    (``-j 10**9`` never finished starting): ConfigError. A local pool above the CPUs
+    works (it starts a process per queued task, up to ``jobs``, and the CPUs are shared):
+    a warning (``warn``) says so. With an ``address`` the cluster's CPUs set the
+    parallelism and ``-j`` is not used: a warning when it was given."""
+    check_value("jobs", jobs, "--jobs")
     if address is not None and name != "ray":
         raise ConfigError("--address is for --executor ray: add --executor ray or drop it")
+    cpus = available_cpus()
+    if name == "ray" and address is None and jobs > cpus:
+        raise ConfigError(
+            f"--jobs {jobs} is more than the {cpus} CPUs here: a local Ray instance starts "
+            f"one worker process per CPU it is given before any task runs; use -j {cpus} "
+            "or less, or --address to use a cluster"
+        )
+    if not warn:
+        return
+    if name == "local" and jobs > cpus:
+        log.warning(
+            "--jobs %d is more than the %d CPUs here: up to %d worker processes will share "
+            "them (each with its own copy of the model and data), so the study is no faster "
+            "than with -j %d",
+            jobs, cpus, jobs, cpus,
+        )  # fmt: skip
+    if name == "ray" and address is not None and jobs > 1:
+        log.warning("--jobs is not used with --address: the cluster's CPUs set the parallelism")
+
+
+def make_executor(name: str, jobs: int = 1, address: str | None = None) -> Executor:
+    """The executor ``name`` (inline, local or ray); ConfigError for a bad choice or a
+    worker count :func:`check_jobs` refuses."""
+    check_jobs(name, jobs, address, warn=False)
     if name == "inline":
         return InlineExecutor()
     if name == "local":

@@ -70,6 +70,55 @@ def measure_task_id(key: str, cell: MeasurementCell) -> str:
     return f"measure:{key}:{cell.key}:{params_hash(cell.params)}"
 
 
+@dataclass(frozen=True)
+class PlannedModel:
+    """One model a study plans: its store ``key``, ``seed``, ``kind`` (``"dense"``,
+    ``"sweep"`` for a pruned model, ``"front"`` for a dense-front model), ``group``
+    (the pruning method of a sweep, the front id of a front model, ``"dense"``) and
+    the measurement ``cells`` planned on it."""
+
+    key: str
+    seed: int
+    kind: str
+    group: str
+    cells: tuple[MeasurementCell, ...]
+
+
+@dataclass(frozen=True)
+class PlannedKeys:
+    """The store identities a study plans: model keys, and results as (model key,
+    measurement key, params hash)."""
+
+    models: frozenset[str]
+    results: frozenset[tuple[str, str, str]]
+
+
+def planned_models(config: StudyConfig) -> list[PlannedModel]:
+    """Every model of ``config`` in planning order: per seed the dense model, each
+    method's grid, then the dense-front models; each with its planned cells."""
+    out: list[PlannedModel] = []
+    for seed in config.seeds:
+        cells = tuple(plan_cells(config.eval, seed))
+        out.append(PlannedModel(model_key(seed, "dense", 0.0), seed, "dense", "dense", cells))
+        for method in config.pruning.methods:
+            for t in config.pruning.grid(method):
+                out.append(PlannedModel(model_key(seed, method, t), seed, "sweep", method, cells))
+        for front in config.control.front_models():
+            out.append(PlannedModel(front_key(seed, front), seed, "front", front, cells))
+    return out
+
+
+def planned_keys(config: StudyConfig) -> PlannedKeys:
+    """The model keys and result identities ``config`` plans (:func:`planned_models`):
+    what :func:`plan` schedules, what the report counts as complete and what a config
+    must keep planning to reuse a run directory."""
+    models = planned_models(config)
+    return PlannedKeys(
+        frozenset(m.key for m in models),
+        frozenset((m.key, c.key, params_hash(c.params)) for m in models for c in m.cells),
+    )
+
+
 def plan(config: StudyConfig, store: ResultStore, resources: Resources | None = None) -> list[Task]:
     """The tasks of ``config`` not yet finished in ``store``, with their dependencies."""
     res = resources or Resources()
@@ -87,73 +136,90 @@ def plan(config: StudyConfig, store: ResultStore, resources: Resources | None = 
 
         return args
 
-    def measures(seed: int, key: str, deps: tuple[str, ...]) -> None:
-        for cell in plan_cells(config.eval, seed):
-            tid = measure_task_id(key, cell)
-            if tid in seen or store.has_result(key, cell.key, cell.params):
+    def measures(model: PlannedModel, deps: tuple[str, ...]) -> None:
+        for cell in model.cells:
+            tid = measure_task_id(model.key, cell)
+            if tid in seen or store.has_result(model.key, cell.key, cell.params):
                 continue
             seen.add(tid)
-            base = checkpoint_of(key)
+            base = checkpoint_of(model.key)
             tasks.append(
                 Task(
                     tid,
                     "measure",
-                    seed,
+                    model.seed,
                     task_measure,
                     lambda base=base, cell=cell: (*base(), cell),  # type: ignore[misc]
-                    (key, cell),
+                    (model.key, cell),
                     deps,
                     res,
                 )
             )
 
-    for seed in config.seeds:
-        dense_key = model_key(seed, "dense", 0.0)
-        dense_deps: tuple[str, ...] = ()
-        if store.get_model(dense_key) is None:
-            dense_id = f"dense:s{seed}"
-            dense_deps = (dense_id,)
-            tasks.append(Task(dense_id, "dense", seed, task_dense, _const((seed,)), seed, (), res))
-        measures(seed, dense_key, dense_deps)
-        for method in config.pruning.methods:
-            keys = [model_key(seed, method, t) for t in config.pruning.grid(method)]
-            registered = {k for k in keys if store.get_model(k) is not None}
-            sweep_id = f"sweep:s{seed}:{method}"
-            if len(registered) < len(keys):
+    models = planned_models(config)
+    dense_deps: dict[int, tuple[str, ...]] = {}
+    for m in models:
+        if m.kind != "dense":
+            continue
+        dense_deps[m.seed] = ()
+        if store.get_model(m.key) is None:
+            dense_id = f"dense:s{m.seed}"
+            dense_deps[m.seed] = (dense_id,)
+            tasks.append(
+                Task(dense_id, "dense", m.seed, task_dense, _const((m.seed,)), m.seed, (), res)
+            )
+        measures(m, dense_deps[m.seed])
+        sweeps: dict[str, list[PlannedModel]] = {}
+        for p in models:
+            if p.seed == m.seed and p.kind == "sweep":
+                sweeps.setdefault(p.group, []).append(p)
+        for method, levels in sweeps.items():
+            registered = {p.key for p in levels if store.get_model(p.key) is not None}
+            sweep_id = f"sweep:s{m.seed}:{method}"
+            if len(registered) < len(levels):
                 tasks.append(
                     Task(
                         sweep_id,
                         "sweep",
-                        seed,
+                        m.seed,
                         task_sweep,
-                        _const((seed, method)),
-                        (seed, method),
-                        dense_deps,
+                        _const((m.seed, method)),
+                        (m.seed, method),
+                        dense_deps[m.seed],
                         res,
                     )
                 )
-            for k in keys:
-                measures(seed, k, () if k in registered else (sweep_id,))
-        for front in config.control.front_models():
-            key = front_key(seed, front)
+            for p in levels:
+                measures(p, () if p.key in registered else (sweep_id,))
+        for p in models:
+            if p.seed != m.seed or p.kind != "front":
+                continue
             front_deps: tuple[str, ...] = ()
-            if store.get_model(key) is None:
-                front_task = f"front:s{seed}:{front}"
+            if store.get_model(p.key) is None:
+                front_task = f"front:s{p.seed}:{p.group}"
                 front_deps = (front_task,)
                 tasks.append(
                     Task(
                         front_task,
                         "front",
-                        seed,
+                        p.seed,
                         task_front,
-                        _const((seed, front)),
-                        (seed, front),
+                        _const((p.seed, p.group)),
+                        (p.seed, p.group),
                         (),
                         res,
                     )
                 )
-            measures(seed, key, front_deps)
+            measures(p, front_deps)
     return tasks
 
 
-__all__ = ["Resources", "Task", "plan"]
+__all__ = [
+    "PlannedKeys",
+    "PlannedModel",
+    "Resources",
+    "Task",
+    "plan",
+    "planned_keys",
+    "planned_models",
+]

@@ -10,7 +10,6 @@ the MILP (:mod:`sparserobust.verify`) on the first ``n_exact``.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -198,7 +197,6 @@ def verify_points(
     median and p95 of per-point seconds (all points and MILP points only), and
     per-point records.
     """
-    from sparserobust.attacks import get_attack
     from sparserobust.norms import parse_norm
     from sparserobust.verify import certify
 
@@ -240,7 +238,7 @@ def verify_points(
             if n_ex:
                 entry["exact"] = _exact_entry(
                     model, x[:n_ex].to(device), y[:n_ex].to(device), eps, crown, time_limit,
-                    seed, tighten, get_attack,
+                    seed, tighten,
                 )  # fmt: skip
             record["epsilons"].append(entry)
     return record
@@ -248,44 +246,14 @@ def verify_points(
 
 def _exact_entry(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, crown: Any,
-    time_limit: float, seed: int, tighten: bool, get_attack: Any,
+    time_limit: float, seed: int, tighten: bool,
 ) -> dict[str, Any]:  # fmt: skip
-    from sparserobust.verify import STATUSES, ExactResult, parse_network
-    from sparserobust.verify.exact import (
-        CEX_TOL,
-        LP_FRACTION,
-        bounds_from,
-        check_counterexample,
-        verify_many,
-    )
+    from sparserobust.verify import STATUSES
+    from sparserobust.verify.methods import decide_exact
 
     n = x.shape[0]
-    start = time.perf_counter()
-    pgd = get_attack("pgd", "inf").run(model, x, y, epsilons=[eps], seed=seed)
-    attack_seconds = (time.perf_counter() - start) / max(n, 1)
-    decided: dict[int, ExactResult] = {}
-    for i in range(n):
-        t0 = time.perf_counter()
-        adv = pgd.x_adv[0, i]
-        if bool(pgd.success[0, i]):
-            checked = check_counterexample(model, x[i], adv, int(y[i]), eps)
-            if checked is not None:
-                by = "clean" if not bool(pgd.clean_correct[i]) else "attack"
-                point_s = attack_seconds + time.perf_counter() - t0
-                decided[i] = ExactResult(i, eps, "counterexample", by, point_s,
-                                         counterexample=checked.cpu())  # fmt: skip
-    rest = [i for i in range(n) if i not in decided]
-    if rest:
-        # the MILPs reuse the CROWN bounds of verify_points' certify pass
-        bounds = bounds_from(crown, rest)
-        layers = parse_network(model, x.shape[1:], device=x.device)
-        exact = verify_many(model, layers, x[rest], y[rest], eps, bounds, rest,
-                             time_limit=time_limit, tighten=tighten, lp_fraction=LP_FRACTION,
-                             cex_tol=CEX_TOL)  # fmt: skip
-        for r in exact:
-            r.seconds += attack_seconds
-            decided[r.index] = r
-    results = [decided[i] for i in range(n)]
+    results, pgd = decide_exact(model, x, y, eps, crown, time_limit=time_limit, seed=seed,
+                                tighten=tighten)  # fmt: skip
     counts = {s: sum(r.status == s for r in results) for s in STATUSES}
     secs = [r.seconds for r in results]
     milp_secs = [r.seconds for r in results if r.by == "milp"]

@@ -56,6 +56,7 @@ from sparserobust.pruning.masks import (
 from sparserobust.pruning.registry import pruning_method
 from sparserobust.rundir import check_output, remove_temps
 from sparserobust.runpaths import checkpoint_name
+from sparserobust.settings import check_bounds, check_value
 from sparserobust.training import AdversarialTrainingSettings, TrainSettings, evaluate_accuracy
 
 log = logging.getLogger(__name__)
@@ -443,11 +444,19 @@ def prune_checkpoint(
     from sparserobust.models import model_spec
     from sparserobust.utils import resolve_device
 
+    for name, value, flag in (
+        ("retrain_epochs", retrain_epochs, "--retrain-epochs"),
+        ("lr", lr, "--lr"),
+        ("batch_size", batch_size, "--batch-size"),
+        ("steps", steps_per_level, "--steps"),
+        ("seed", seed, "--seed"),
+    ):
+        check_value(name, value, flag)  # the bounds every route meets
+    if settings is not None:
+        check_bounds(settings, method)
     check_output(out_dir, folder=True, what="the output folder (--out)")
     chosen = pruning_method(method)
     levels = validate_targets(targets)
-    if retrain_epochs < 0:
-        raise ConfigError(f"--retrain-epochs must be >= 0, got {retrain_epochs}")
     if chosen.trains_while_pruning and retrain_epochs == 0:
         raise ConfigError(f"{method} prunes while it trains: use --retrain-epochs 1 or more")
     model, meta = load_checkpoint(checkpoint, device=resolve_device(device))

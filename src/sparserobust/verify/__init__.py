@@ -4,12 +4,16 @@
   layers (:func:`parse_network`);
 - :mod:`~sparserobust.verify.threat`: the l_p ball intersected with the [0,1] box;
 - :mod:`~sparserobust.verify.ibp` and :mod:`~sparserobust.verify.crown`: the two bound
-  propagation methods;
+  propagation methods; :mod:`~sparserobust.verify.alpha`: alpha-CROWN, CROWN with
+  optimised ReLU slopes (:func:`alpha_certify`);
 - :mod:`~sparserobust.verify.certification`: certified margins, accuracy and radius
   (:func:`certify`, :func:`certified_radius`, :func:`network_bounds`);
 - :mod:`~sparserobust.verify.stages` and :mod:`~sparserobust.verify.milp`: the network
   as sparse affine stages and as a mixed-integer linear program (HiGHS);
 - :mod:`~sparserobust.verify.exact`: exact l_inf decisions per point (:func:`verify_exact`);
+- :mod:`~sparserobust.verify.bab` and :mod:`~sparserobust.verify.branching`: complete
+  l_inf decisions by branch and bound over ReLU splits with beta-CROWN bounds
+  (:func:`verify_bab`, same statuses and result type as :func:`verify_exact`);
 - :mod:`~sparserobust.verify.distance`: the exact minimal adversarial l_inf distance
   (:func:`minimal_distance`).
 
@@ -17,6 +21,8 @@ The study's combination of bounds, attack pre-check and MILP is the ``verify``
 measurement, :func:`sparserobust.measurements.verify.verify_points`.
 """
 
+from sparserobust.verify.alpha import alpha_certify
+from sparserobust.verify.bab import BabSettings, verify_bab
 from sparserobust.verify.certification import (
     METHODS,
     CertifyResult,
@@ -32,17 +38,20 @@ from sparserobust.verify.network import Layer, parse_network
 
 __all__ = [
     "METHODS",
+    "BabSettings",
     "STATUSES",
     "CertifyResult",
     "DistanceResult",
     "ExactResult",
     "Layer",
     "NetworkBounds",
+    "alpha_certify",
     "certified_radius",
     "certify",
     "forward_layers",
     "minimal_distance",
     "network_bounds",
     "parse_network",
+    "verify_bab",
     "verify_exact",
 ]

@@ -40,12 +40,18 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "METHODS",
+    "BoundPass",
     "CertifyResult",
     "NetworkBounds",
     "certified_radius",
+    "bound_pass",
     "certify",
     "check_labels",
+    "check_method",
+    "eps_vector",
+    "margin_spec",
     "network_bounds",
+    "prepare_layers",
 ]
 
 METHODS = ("ibp", "crown")
@@ -59,26 +65,30 @@ def _unstable_count(layer: Layer, lo: torch.Tensor, hi: torch.Tensor) -> torch.T
 
 
 @dataclass
-class _Pass:
+class BoundPass:
+    """One bound pass: ``pre[i]`` the input interval of nonlinear layer ``i`` (each
+    ``(B, *in_shape)``), ``margins`` ``(B, K)`` and ``unstable`` ``(B, L)`` counts."""
+
     pre: dict[int, tuple[torch.Tensor, torch.Tensor]]
     margins: torch.Tensor
     unstable: torch.Tensor
 
 
-def _spec(y: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
-    """``(B, K, K)``: row j is ``e_y - e_j`` (the zero row at ``j = y`` is discarded)."""
+def margin_spec(y: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(B, K, K)``: row j is ``e_y - e_j`` over ``K`` logits (the zero row at ``j = y``
+    is discarded by the callers)."""
     eye = torch.eye(k, dtype=dtype, device=y.device)
     return eye[y].unsqueeze(1) - eye.unsqueeze(0)
 
 
-def _bound_pass(
+def bound_pass(
     layers: Sequence[Layer],
     x: torch.Tensor,
     y: torch.Tensor | None,
     eps: torch.Tensor,
     p: float,
     method: str,
-) -> _Pass:
+) -> BoundPass:
     """Input bounds of every nonlinear layer, margin lower bounds and unstable counts.
 
     ``x``: ``(B, *shape)`` in the layers' dtype; ``y``: labels ``(B,)`` or None (no
@@ -103,19 +113,20 @@ def _bound_pass(
     bsz = x.shape[0]
     counts_t = torch.stack(counts, 1) if counts else torch.zeros(bsz, 0, dtype=torch.long)
     if y is None:
-        return _Pass(pre, torch.empty(bsz, 0), counts_t)
+        return BoundPass(pre, torch.empty(bsz, 0), counts_t)
     k = layers[-1].out_shape[0]
-    spec = _spec(y, k, x.dtype)
+    spec = margin_spec(y, k, x.dtype)
     last = len(layers) - 1
     if method == "crown":
         margins = crown_lower(layers, last, spec, torch.zeros(bsz, k, dtype=x.dtype), pre, inp)
     else:
         margins = ibp_lower(layers, spec, inp)
     margins = margins.scatter(1, y.view(-1, 1), math.inf)
-    return _Pass(pre, margins, counts_t)
+    return BoundPass(pre, margins, counts_t)
 
 
-def _check_method(method: str) -> str:
+def check_method(method: str) -> str:
+    """``method`` normalised to one of :data:`METHODS`; else :class:`ConfigError`."""
     key = str(method).strip().lower()
     if key not in METHODS:
         raise ConfigError(f"unknown bound method {method!r}: use ibp or crown")
@@ -190,16 +201,17 @@ class NetworkBounds:
     unstable: torch.Tensor
 
 
-def _prepare(
+def prepare_layers(
     model: nn.Module, x: torch.Tensor, norm: float | str, dtype: torch.dtype
 ) -> tuple[float, list[Layer]]:
+    """Check ``x`` (images in [0,1]), parse ``norm`` to ``p`` and parse the model's layers."""
     check_metric_inputs(x)
     p = parse_norm(norm)
     layers = parse_network(model, x.shape[1:], dtype=dtype, device=x.device)
     return p, layers
 
 
-def _eps_vector(epsilon: float | torch.Tensor, n: int) -> torch.Tensor:
+def eps_vector(epsilon: float | torch.Tensor, n: int) -> torch.Tensor:
     """Radii ``(n,)`` in float64 from a number or a per-point tensor; ConfigError if bad."""
     if isinstance(epsilon, torch.Tensor):
         eps = epsilon.detach().to("cpu", torch.float64).flatten()
@@ -232,13 +244,13 @@ def network_bounds(
     the margins, or None; ``epsilon``: one radius or one per point ``(B,)``. One
     batch, no chunking (see :func:`certify`). Runs in eval mode, on ``x``'s device.
     """
-    method = _check_method(method)
+    method = check_method(method)
     with eval_mode(model):
-        p, layers = _prepare(model, x, norm, dtype)
-        eps = _eps_vector(epsilon, x.shape[0]).to(x.device)
+        p, layers = prepare_layers(model, x, norm, dtype)
+        eps = eps_vector(epsilon, x.shape[0]).to(x.device)
         k = layers[-1].out_shape[0]
         yy = None if y is None else check_labels(y, x.shape[0], k).to(x.device)
-        res = _bound_pass(layers, x.to(dtype), yy, eps, p, method)
+        res = bound_pass(layers, x.to(dtype), yy, eps, p, method)
     return NetworkBounds(layers, res.pre, res.margins, res.unstable)
 
 
@@ -266,15 +278,15 @@ def certify(
     layers' input bounds of the first that many points (``CertifyResult.pre``, on CPU),
     for an exact verifier to reuse.
     """
-    method = _check_method(method)
+    method = check_method(method)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     start = time.perf_counter()
     device = model_device(model)
     with eval_mode(model):
-        p, layers = _prepare(model, x.to(device), norm, dtype)
+        p, layers = prepare_layers(model, x.to(device), norm, dtype)
         n = x.shape[0]
-        eps = _eps_vector(epsilon, n)
+        eps = eps_vector(epsilon, n)
         k = layers[-1].out_shape[0]
         y = check_labels(y, n, k)
         margins, correct, unstable, unstable_ibp = [], [], [], []
@@ -285,7 +297,7 @@ def certify(
             eb = eps[i : i + batch_size].to(device)
             correct.append((model(xb).argmax(1) == yb).cpu())
             xd = xb.to(dtype)
-            res = _bound_pass(layers, xd, yb, eb, p, method)
+            res = bound_pass(layers, xd, yb, eb, p, method)
             margins.append(res.margins.cpu())
             if i < keep_bounds:
                 k = min(keep_bounds - i, xb.shape[0])
@@ -294,7 +306,7 @@ def certify(
             if method == "ibp":
                 unstable_ibp.append(res.unstable.cpu())
             else:
-                unstable_ibp.append(_bound_pass(layers, xd, None, eb, p, "ibp").unstable.cpu())
+                unstable_ibp.append(bound_pass(layers, xd, None, eb, p, "ibp").unstable.cpu())
     m = torch.cat(margins)
     cc = torch.cat(correct)
     certified = cc & (m > 0).all(1)

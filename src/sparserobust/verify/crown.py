@@ -24,15 +24,23 @@ import torch.nn.functional as F
 from sparserobust.verify.network import Layer, window_index
 from sparserobust.verify.threat import InputSet
 
-__all__ = ["crown_lower", "pool_windows", "tighten"]
+__all__ = [
+    "backward_layer",
+    "crown_lower",
+    "pool_windows",
+    "relu_relaxation",
+    "start_rows",
+    "tighten",
+]
 
 _ROW_BUDGET = 2**26  # coefficients per backward pass (512 MiB in float64)
 
 
-def _relu_relaxation(
+def relu_relaxation(
     lo: torch.Tensor, hi: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Slopes ``(lower, upper)`` and upper intercept of the CROWN-Ada ReLU relaxation."""
+    """Slopes ``(lower, upper)`` and upper intercept of the CROWN-Ada ReLU relaxation for
+    pre-activation bounds ``lo``/``hi``: ``lower * z <= relu(z) <= upper * z + intercept``."""
     active = lo >= 0
     unstable = (lo < 0) & (hi > 0)
     denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
@@ -60,7 +68,7 @@ def pool_windows(
     return pos, l_star.view(shape), u_max.view(shape), (l_star >= u_other).view(shape)
 
 
-def _backward(
+def backward_layer(
     layer: Layer,
     a: torch.Tensor,
     bias: torch.Tensor,
@@ -77,7 +85,7 @@ def _backward(
         return a.reshape(bsz, m, *layer.in_shape), bias
     if k == "relu":
         assert bounds is not None
-        low, up, icpt = _relu_relaxation(*bounds)
+        low, up, icpt = relu_relaxation(*bounds)
         pos, neg = a.clamp_min(0), a.clamp_max(0)
         bias = bias + (neg.flatten(2) * icpt.flatten(1).unsqueeze(1)).sum(2)
         return pos * low.unsqueeze(1) + neg * up.unsqueeze(1), bias
@@ -118,7 +126,7 @@ def _backward(
     return a_in.view(bsz, m, ci, hi, wi), bias
 
 
-def _start_rows(
+def start_rows(
     layers: Sequence[Layer], end: int, idx: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Coefficients selecting neurons ``idx`` ``(B, k)`` of the output of ``layers[end]``.
@@ -183,7 +191,7 @@ def crown_lower(
 ) -> torch.Tensor:
     """Lower bound over the input set of ``a . out(layers[end]) + bias``, ``(B, m)``."""
     for i in range(end, -1, -1):
-        a, bias = _backward(layers[i], a, bias, pre.get(i))
+        a, bias = backward_layer(layers[i], a, bias, pre.get(i))
     return inp.lower(a, bias)
 
 
@@ -229,7 +237,7 @@ def tighten(
     chunk = _row_chunk(layers, i, lo.shape[0])
     lows, highs = [], []
     for r in range(0, kmax, chunk):
-        a, bias, nxt = _start_rows(layers, i - 1, idx[:, r : r + chunk], lo.dtype)
+        a, bias, nxt = start_rows(layers, i - 1, idx[:, r : r + chunk], lo.dtype)
         k = a.shape[1]
         res = crown_lower(layers, nxt, torch.cat([a, -a], 1), torch.cat([bias, -bias], 1), pre, inp)
         lows.append(res[:, :k])

@@ -382,10 +382,12 @@ def verify_exact(
 
 def verify_many(
     model: nn.Module, layers: list[Layer], x: torch.Tensor, y: torch.Tensor, eps: float,
-    bounds: list[PointBounds] | None, ids: Sequence[int], **kw: Any,
+    bounds: list[PointBounds] | None, ids: Sequence[int],
+    on_point: Callable[[ExactResult], None] | None = None, **kw: Any,
 ) -> list[ExactResult]:  # fmt: skip
     """The exact verdict per point; ``bounds``: the points' CROWN bounds when already
-    computed (else one batched pass here, for the correctly classified points)."""
+    computed (else one batched pass here, for the correctly classified points).
+    ``on_point`` is called with each verdict as soon as it is known (a progress bar)."""
     n = x.shape[0]
     start = time.perf_counter()
     wrong = [is_misclassified(model, x[i], int(y[i])) for i in range(n)]
@@ -410,7 +412,9 @@ def verify_many(
             out.append(ExactResult(ids[i], eps, "counterexample", "clean", clean_s,
                                    counterexample=xi.cpu(), margin_upper=0.0,
                                    detail="misclassified"))  # fmt: skip
-            continue
-        out.append(_verify_one(model, xi, int(y[i]), eps, of[i], stages, index=ids[i], **kw))
+        else:
+            out.append(_verify_one(model, xi, int(y[i]), eps, of[i], stages, index=ids[i], **kw))
         log.debug("point %d eps %g: %s", ids[i], eps, out[-1].status)
+        if on_point is not None:
+            on_point(out[-1])
     return out

@@ -21,11 +21,13 @@ def box_lower(
     a: torch.Tensor, bias: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
 ) -> torch.Tensor:
     """The minimum of ``a . x + bias`` over the box ``[lo, hi]``: ``a`` ``(B, m, *shape)``,
-    ``lo``/``hi`` ``(B, *shape)``; returns ``(B, m)``. Overwrites ``a`` (with ``|a|``)."""
+    ``lo``/``hi`` ``(B, *shape)``; returns ``(B, m)``. Overwrites ``a`` (with ``|a|``)
+    unless ``a`` requires a gradient (optimised bounds differentiate through it)."""
     af = a.flatten(2)
     lo, hi = lo.flatten(1).unsqueeze(2), hi.flatten(1).unsqueeze(2)
     mid = torch.bmm(af, (lo + hi) / 2)[..., 0]
-    return bias + mid - torch.bmm(af.abs_(), (hi - lo) / 2)[..., 0]
+    mag = af.abs() if af.requires_grad else af.abs_()
+    return bias + mid - torch.bmm(mag, (hi - lo) / 2)[..., 0]
 
 
 class InputSet:
@@ -41,7 +43,7 @@ class InputSet:
         """The minimum of ``a . x + bias`` (``a``: ``(B, m, *shape)``) over the set, ``(B, m)``."""
         if math.isinf(self.p):
             return box_lower(a, bias, self.lo, self.hi)
-        box = box_lower(a.clone(), bias, self.lo, self.hi)
+        box = box_lower(a if a.requires_grad else a.clone(), bias, self.lo, self.hi)
         # l2: weak duality, any lambda >= 0 gives a valid lower bound:
         # min_{x in box} a.x + lambda (||x - x0||^2 - eps^2), solved coordinate-wise
         af = a.flatten(2)

@@ -24,7 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sparserobust.verdict import CLEAN, StudyData, interval
+from sparserobust.report.study import CLEAN, StudyData, interval
 
 DENSE = "dense"
 """The front id of the study's own dense model, which every front includes."""

@@ -16,25 +16,34 @@ from typing import Any
 
 import numpy as np
 
-from sparserobust.verdict import CLEAN, NORMS, Cell, StudyData, pct, security_curve
+from sparserobust.report.study import CLEAN, NORMS, Cell, StudyData
+from sparserobust.report.text import pct
+from sparserobust.report.verdicts import exact_metrics, security_curve
 
 MARKERS = "osD^vP*X"
 LINESTYLES = ["-", "--", "-.", ":"]
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def subplots(
+    nrows: int = 1,
+    ncols: int = 1,
+    *,
+    figsize: tuple[float, float] | None = None,
+    dpi: float | None = None,
+    **kwargs: Any,
+) -> tuple[Any, Any]:
+    """A figure and its axes (as ``pyplot.subplots``) without pyplot: no backend is
+    chosen and no figure is kept, so the plots of a notebook that runs a study are
+    left alone."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize, dpi=dpi)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    _pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -77,8 +86,6 @@ def overview(
     headline and every certified/exact metric. ``runs`` pairs each study with its
     headlines ``{norm: label}``. One colour per method, or per run when ``compare``
     (methods then differ by line style)."""
-    from sparserobust.verdict import exact_metrics
-
     roles: list[tuple[str, str]] = [("clean accuracy", "clean")]
     if any("inf" in h for _, h in runs):
         roles.append((f"{NORMS['inf']} headline", "inf"))
@@ -88,10 +95,9 @@ def overview(
         roles.append((exact, f"exact:{exact}"))
     if not any(CLEAN in d.table for d, _ in runs):
         return None
-    plt = _pyplot()
     cols = min(len(roles), 4)
     rows = math.ceil(len(roles) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.2 * rows), dpi=90, squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(3.3 * cols, 3.2 * rows), dpi=90, squeeze=False)
     for ax in list(axes.flat)[len(roles) :]:
         ax.set_visible(False)
     methods = sorted({m for d, _ in runs for m in d.table.get(CLEAN, {})})
@@ -132,10 +138,9 @@ def diagnostics(data: StudyData) -> bytes | None:
     labels = [k for k in data.metrics if not data.info[k].robustness]
     if not labels:
         return None
-    plt = _pyplot()
     cols = min(3, len(labels))
     rows = math.ceil(len(labels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), dpi=80, squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), dpi=80, squeeze=False)
     for ax, label in zip(axes.flat, labels, strict=False):
         for i, (method, cells) in enumerate(sorted(data.table[label].items())):
             draw_cells(ax, cells, f"C{i}", method, marker=MARKERS[i % len(MARKERS)])
@@ -156,16 +161,13 @@ def tradeoff(
 ) -> bytes:
     """Clean accuracy (x) against robust accuracy ``label`` (y), one point per model kind
     labelled with its sparsity; the Pareto front is ringed and joined. ``front`` (id,
-    clean, robust; :func:`sparserobust.control.mean_front`) is the dense control front,
+    clean, robust; :func:`sparserobust.report.front.mean_front`) is the dense control front,
     drawn as a dashed line. When some models lose more than ``zoom`` clean accuracy, a
     second panel shows only those within it."""
-    plt = _pyplot()
     top = max((p[2] for p in points if math.isfinite(p[2])), default=1.0)
     near = [p for p in points if p[2] >= top - zoom]
     panels = [points, near] if 1 < len(near) < len(points) else [points]
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(5.2 * len(panels), 4.0), dpi=90, squeeze=False
-    )
+    fig, axes = subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), dpi=90, squeeze=False)
     methods = sorted({p[0] for p in points} - {"dense"})
     for k, (ax, shown) in enumerate(zip(axes[0], panels, strict=True)):
         for i, method in enumerate(["dense", *methods]):
@@ -214,7 +216,6 @@ def tradeoff(
 def security(data: StudyData, source: str, norm: str) -> bytes:
     """Robust accuracy against epsilon from stored per-sample minimal norms: one panel
     per method, one line per sparsity (darker = sparser)."""
-    plt = _pyplot()
     per_method = data.distances[(source, norm)]
     finite = np.concatenate(
         [d[np.isfinite(d)] for cells in per_method.values() for ds in cells.values() for d in ds]
@@ -222,10 +223,10 @@ def security(data: StudyData, source: str, norm: str) -> bytes:
     top = float(np.quantile(finite, 0.98)) * 1.1 if finite.size else 1.0
     eps = np.linspace(0, max(top, 1e-6), 120)
     methods = sorted(per_method)
-    fig, axes = plt.subplots(
-        1, len(methods), figsize=(3.6 * len(methods), 3.0), dpi=90, squeeze=False
-    )
-    cmap = plt.get_cmap("viridis")
+    fig, axes = subplots(1, len(methods), figsize=(3.6 * len(methods), 3.0), dpi=90, squeeze=False)
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
     for ax, method in zip(axes[0], methods, strict=True):
         targets = sorted(per_method[method])
         for k, target in enumerate(targets):
@@ -246,8 +247,7 @@ def security(data: StudyData, source: str, norm: str) -> bytes:
 def metric_plot(label: str, table: dict[str, dict[str, dict[float, Cell]]]) -> bytes:
     """One metric against sparsity, one line per method, clean accuracy dotted on a
     second axis."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=90)
+    fig, ax = subplots(figsize=(6.0, 3.6), dpi=90)
     ax2 = ax.twinx() if label != CLEAN else None
     for i, (method, cells) in enumerate(sorted(table[label].items())):
         draw_cells(ax, cells, f"C{i}", method, marker="o")

@@ -1,0 +1,522 @@
+"""Complete l_inf verification by branch and bound over ReLU splits (beta-CROWN style).
+
+Threat set: the l_inf ball of radius ``eps`` around ``x`` intersected with the [0,1]
+box, in [0,1] pixel space. Per point the verifier runs, cheapest first:
+
+1. the clean check (misclassified: a counterexample at distance 0), CROWN
+   (:func:`~sparserobust.verify.certification.bound_pass`), a PGD attack, alpha-CROWN
+   (:mod:`~sparserobust.verify.alpha`) on every margin ``f_y - f_j``;
+2. for every class ``j`` alpha-CROWN leaves unproven, a *domain* (the whole ball),
+   then branch and bound: the ``batch_domains`` domains with the lowest bounds each
+   split their best unstable ReLU by the BaBSR score (:mod:`~sparserobust.verify.branching`)
+   into ``z >= 0`` and ``z <= 0``; all children are bounded in one batched pass. A
+   split neuron's bounds are clamped (``l = 0`` or ``u = 0``, so its relaxation is
+   exact), the later layers' intermediate bounds are re-computed by CROWN under the
+   clamped ones, and the split constraints ``s z >= 0`` enter the bound with
+   beta-CROWN multipliers ``beta >= 0`` (``f >= f - beta s z`` on the domain), optimised
+   jointly with the alpha slopes by projected Adam (Wang et al., NeurIPS 2021). A
+   domain whose bound is > 0 is proven; every bound pass also evaluates the input that
+   minimises each domain's linear bound, so counterexamples surface early;
+3. a domain with no unstable ReLU left (a *leaf*) is decided exactly by one LP: the
+   network is affine on the ReLU pattern, and the pattern's constraints cut the ball to
+   exactly that domain.
+
+Statuses as :mod:`~sparserobust.verify.exact`'s (:class:`ExactResult`): ``verified``
+(every class's domains proven; ``margin_lower`` a proven lower bound of the minimal
+margin), ``counterexample`` (an input our own float32 forward pass misclassifies, checked
+to lie in the box and the ball), ``timeout`` (time limit, too many domains, or a leaf
+the relaxation cannot decide: never verified), ``error`` (an exception, or an LP point
+that fails the forward-pass check: the margin is within float tolerance of 0).
+
+Complete for networks whose only nonlinearity is ReLU: with time, every domain is
+proven, refuted, or split down to an exact LP leaf. Max-pool layers are never branched
+on and keep CROWN's relaxation; on such networks (LeNet-5) the verifier is sound but not
+complete (a leaf the relaxation leaves undecided ends the point as ``timeout``). Bounds
+are computed in floating point (float64 by default) without directed rounding, as
+:func:`certify`'s. Runs on the model's device (CUDA when the model is there), the LPs on
+the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.optimize import linprog
+from torch import nn
+
+from sparserobust.errors import ConfigError
+from sparserobust.metrics.margin import check_metric_inputs
+from sparserobust.utils import eval_mode, model_device
+from sparserobust.verify.alpha import (
+    initial_alpha,
+    optimize_bounds,
+    optimize_intermediate,
+    relaxed_lower,
+    relu_indices,
+)
+from sparserobust.verify.branching import babsr_choice
+from sparserobust.verify.certification import bound_pass, check_labels, margin_spec
+from sparserobust.verify.crown import tighten
+from sparserobust.verify.exact import ExactResult, check_counterexample, is_misclassified
+from sparserobust.verify.ibp import interval_forward
+from sparserobust.verify.network import Layer, parse_network
+from sparserobust.verify.threat import InputSet
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BabSettings", "leaf_lp", "verify_bab"]
+
+Bounds = dict[int, tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class BabSettings:
+    """Hyperparameters of :func:`verify_bab`.
+
+    - ``batch_domains``: domains split per bound pass (twice as many children bounded);
+    - ``iterations`` / ``root_iterations``: Adam steps on alpha (and beta) per bound pass
+      of the children / of the root's alpha-CROWN; ``lr_alpha``, ``lr_beta``: step sizes;
+    - ``root_intermediate``: Adam steps of alpha-CROWN on the intermediate bounds of the
+      ReLU layers after the first, once per point before branching (0: CROWN's);
+    - ``tighten_intermediate``: re-compute the intermediate bounds of the ReLU layers
+      after the first under each child's splits (CROWN); else the parent's, clamped;
+    - ``pgd_steps``, ``pgd_restarts``: the PGD attack on each point before branching
+      (0 steps: none);
+    - ``max_domains``: open domains at most (more: ``timeout``, memory);
+    - ``leaf_lp``: decide leaves by LP (needed for completeness);
+    - ``dtype``: of the bounds.
+    """
+
+    batch_domains: int = 256
+    iterations: int = 10
+    root_iterations: int = 50
+    lr_alpha: float = 0.1
+    lr_beta: float = 0.05
+    tighten_intermediate: bool = False
+    root_intermediate: int = 20
+    pgd_steps: int = 50
+    pgd_restarts: int = 2
+    max_domains: int = 50_000
+    leaf_lp: bool = True
+    dtype: torch.dtype = torch.float64
+
+
+@dataclass
+class _Domains:
+    """``D`` subdomains of one point, as stacked tensors (per ReLU layer index ``i``):
+    ``lo``/``hi`` its input bounds ``(D, *shape)``, ``sign`` the split (+1 active, -1
+    inactive, 0 none), ``alpha``/``beta`` ``(D, 1, *shape)``; ``cls`` the margin's other
+    class, ``bound`` the proven lower bound, ``layer``/``index`` the next split (layer
+    -1: a leaf)."""
+
+    cls: torch.Tensor
+    bound: torch.Tensor
+    lo: dict[int, torch.Tensor]
+    hi: dict[int, torch.Tensor]
+    sign: dict[int, torch.Tensor]
+    alpha: dict[int, torch.Tensor]
+    beta: dict[int, torch.Tensor]
+    layer: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    index: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+
+    @property
+    def size(self) -> int:
+        return int(self.cls.shape[0])
+
+    def take(self, idx: torch.Tensor) -> _Domains:
+        def sub(d: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+            return {i: v[idx] for i, v in d.items()}
+
+        return _Domains(self.cls[idx], self.bound[idx], sub(self.lo), sub(self.hi),
+                        sub(self.sign), sub(self.alpha), sub(self.beta), self.layer[idx],
+                        self.index[idx])  # fmt: skip
+
+    @staticmethod
+    def cat(a: _Domains, b: _Domains) -> _Domains:
+        def join(x: dict[int, torch.Tensor], y: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+            return {i: torch.cat([x[i], y[i]]) for i in x}
+
+        return _Domains(torch.cat([a.cls, b.cls]), torch.cat([a.bound, b.bound]),
+                        join(a.lo, b.lo), join(a.hi, b.hi), join(a.sign, b.sign),
+                        join(a.alpha, b.alpha), join(a.beta, b.beta),
+                        torch.cat([a.layer, b.layer]), torch.cat([a.index, b.index]))  # fmt: skip
+
+
+class _Found(Exception):
+    """A decision reached inside the search (counterexample or error)."""
+
+    def __init__(self, status: str, detail: str, x: torch.Tensor | None = None,
+                 margin: float | None = None) -> None:  # fmt: skip
+        super().__init__(detail)
+        self.status, self.detail, self.x, self.margin = status, detail, x, margin
+
+
+def _margin(model: nn.Module, x: torch.Tensor, y: int) -> float:
+    """``f_y - max_{j != y} f_j`` at ``x`` ``(C, H, W)`` by our forward pass (logits)."""
+    with torch.no_grad():
+        logits = model(x.unsqueeze(0))[0]
+    return float(logits[y] - torch.cat([logits[:y], logits[y + 1 :]]).max())
+
+
+def leaf_lp(
+    layers: Sequence[Layer], x0: torch.Tensor, eps: float, y: int, cls: int,
+    lo: dict[int, torch.Tensor], hi: dict[int, torch.Tensor],
+) -> tuple[float, np.ndarray | None]:  # fmt: skip
+    """The exact minimum of ``f_y - f_cls`` over the inputs of the l_inf ball (in the
+    box) where every ReLU follows the pattern the bounds ``lo``/``hi`` fix (active where
+    ``lo >= 0``, else inactive; no neuron may be unstable), by one LP (HiGHS).
+
+    ``x0``: ``(C, H, W)``; ``lo``/``hi``: per ReLU layer index, ``(*shape)``. On that
+    pattern the network is affine and the constraints ``z >= 0`` / ``z <= 0`` of every
+    neuron cut the ball to exactly the inputs that follow it. Returns ``(minimum,
+    minimiser)``; ``(inf, None)`` when no input follows the pattern. ValueError for
+    layers without an exact pattern form (max-pool) or an unstable neuron.
+    """
+    d = x0.numel()
+    dtype = torch.float64
+    basis = torch.cat([torch.zeros(1, d, dtype=dtype), torch.eye(d, dtype=dtype)])
+    v = basis.to(x0.device).view(d + 1, *x0.shape)
+    a_rows, b_rows = [], []
+    for i, layer in enumerate(layers):
+        if layer.kind == "maxpool":
+            raise ValueError("leaf_lp handles ReLU networks only (no max-pool)")
+        if layer.kind == "relu":
+            lo_i, hi_i = lo[i].flatten().double().cpu(), hi[i].flatten().double().cpu()
+            if bool(((lo_i < 0) & (hi_i > 0)).any()):
+                raise ValueError("leaf_lp needs every ReLU stable")
+            z = v.flatten(1).cpu()
+            z0, m = z[0], (z[1:] - z[0]).T  # z = m x + z0, m (n, d)
+            active = lo_i >= 0
+            sgn = torch.where(active, -1.0, 1.0).to(dtype)  # active: -z <= 0; else z <= 0
+            a_rows.append((sgn.unsqueeze(1) * m).numpy())
+            b_rows.append((-sgn * z0).numpy())
+            v = v * active.to(v.dtype).view(1, *layer.in_shape).to(v.device)
+        else:
+            v = interval_forward(layer, v, v)[0]
+    out = v.cpu()
+    z0, m = out[0], (out[1:] - out[0]).T
+    c = (m[y] - m[cls]).numpy()
+    const = float(z0[y] - z0[cls])
+    xf = x0.flatten().double().cpu()
+    box = list(zip((xf - eps).clamp(0, 1).tolist(), (xf + eps).clamp(0, 1).tolist(), strict=True))
+    a_ub = np.vstack(a_rows) if a_rows else None
+    b_ub = np.concatenate(b_rows) if b_rows else None
+    res = linprog(c, A_ub=a_ub, b_ub=b_ub, bounds=box, method="highs")
+    if res.status == 2:
+        return math.inf, None
+    if res.status != 0:
+        raise RuntimeError(f"leaf LP failed: {res.message}")
+    return float(res.fun) + const, np.asarray(res.x)
+
+
+class _Search:
+    """Branch and bound for one point, over the classes alpha-CROWN left unproven."""
+
+    def __init__(
+        self, model: nn.Module, layers: list[Layer], x0: torch.Tensor, y: int, eps: float,
+        pre: Bounds, settings: BabSettings, deadline: float,
+    ) -> None:  # fmt: skip
+        self.model, self.layers, self.x0, self.y, self.eps = model, layers, x0, y, eps
+        self.pre, self.s, self.deadline = pre, settings, deadline
+        self.relus = relu_indices(layers)
+        self.has_pool = any(layer.kind == "maxpool" for layer in layers)
+        self.k = layers[-1].out_shape[0]
+        self.lower = math.inf  # min over proven domains' bounds
+        self.undecided_leaf = False
+        self.domains_bounded = 0
+
+    def _inp(self, n: int) -> InputSet:
+        x = self.x0.unsqueeze(0).expand(n, *self.x0.shape)
+        return InputSet(x, torch.full((n,), self.eps, dtype=x.dtype, device=x.device), math.inf)
+
+    def _pre(self, dom: _Domains) -> Bounds:
+        n = dom.size
+        pre: Bounds = {}
+        for i, (lo, hi) in self.pre.items():
+            if i in dom.lo:
+                pre[i] = (dom.lo[i], dom.hi[i])
+            else:
+                pre[i] = (lo.expand(n, *lo.shape[1:]), hi.expand(n, *hi.shape[1:]))
+        return pre
+
+    def bound(self, dom: _Domains, iterations: int) -> None:
+        """Bound ``dom`` in place (bounds, parameters, next split) and check the inputs
+        that minimise its linear bounds for counterexamples."""
+        n = dom.size
+        inp = self._inp(n)
+        pre = self._pre(dom)
+        if self.s.tighten_intermediate and any(bool((v != 0).any()) for v in dom.sign.values()):
+            for i in self.relus[1:]:
+                lo, hi = tighten(self.layers, i, *pre[i], pre, inp)
+                pre[i] = (lo, hi)
+                dom.lo[i], dom.hi[i] = lo, hi
+        empty = torch.zeros(n, dtype=torch.bool, device=self.x0.device)
+        for i in self.relus:
+            empty |= (dom.lo[i] > dom.hi[i]).flatten(1).any(1)
+        yy = torch.full((n,), self.y, dtype=torch.long, device=self.x0.device)
+        spec = margin_spec(yy, self.k, self.x0.dtype)[torch.arange(n), dom.cls].unsqueeze(1)
+        signs = {i: dom.sign[i].to(self.x0.dtype) for i in self.relus}
+        with torch.enable_grad():
+            best, al, be, _ = optimize_bounds(
+                self.layers, spec, pre, inp, dom.alpha, dom.beta, signs, iterations=iterations,
+                lr_alpha=self.s.lr_alpha, lr_beta=self.s.lr_beta, stop_above=0.0,
+            )  # fmt: skip
+        dom.alpha, dom.beta = al, be
+        record: dict[int, torch.Tensor] = {}
+        betas = {i: be[i] * signs[i].unsqueeze(1) for i in be}
+        bnd, coef = relaxed_lower(self.layers, spec, torch.zeros_like(best), pre, inp, al, betas,
+                                  record)  # fmt: skip
+        bnd = torch.maximum(bnd, best)[:, 0]
+        dom.bound = torch.where(empty, torch.full_like(bnd, math.inf), bnd)
+        coefs = {i: record[i][:, 0] for i in self.relus}
+        dom.layer, dom.index = babsr_choice(self.relus, {i: pre[i] for i in self.relus}, coefs)
+        self.domains_bounded += n
+        self._check_primal(dom, coef[:, 0], inp)
+
+    def _check_primal(self, dom: _Domains, coef: torch.Tensor, inp: InputSet) -> None:
+        """The input minimising each unproven domain's linear bound, through our model."""
+        todo = (dom.bound <= 0).nonzero().flatten()
+        if not len(todo):
+            return
+        c = coef[todo]
+        cand = torch.where(c > 0, inp.lo[todo], inp.hi[todo])
+        mdtype = next(self.model.parameters()).dtype
+        with torch.no_grad():
+            logits = self.model(cand.to(mdtype))
+        own = logits[:, self.y]
+        other = logits.clone()
+        other[:, self.y] = -math.inf
+        for r in (other.max(1).values > own).nonzero().flatten().tolist():
+            checked = check_counterexample(self.model, self.x0.to(mdtype), cand[r].to(mdtype),
+                                           self.y, self.eps)  # fmt: skip
+            if checked is not None:
+                raise _Found("counterexample", "bound minimiser", checked,
+                             _margin(self.model, checked, self.y))  # fmt: skip
+
+    def split(self, dom: _Domains) -> _Domains:
+        """Two children per domain of ``dom`` (all non-leaves): active, then inactive."""
+        n = dom.size
+        rows = torch.arange(n, device=dom.cls.device).repeat(2)
+        kids = dom.take(rows)
+        s = torch.cat([torch.ones(n), -torch.ones(n)]).to(self.x0.device)
+        for i in self.relus:
+            sel = (kids.layer == i).nonzero().flatten()
+            if not len(sel):
+                continue
+            j = kids.index[sel]
+            sign, lo, hi = (kids.sign[i].flatten(1), kids.lo[i].flatten(1).clone(),
+                            kids.hi[i].flatten(1).clone())  # fmt: skip
+            sign = sign.clone()
+            sign[sel, j] = s[sel].to(sign.dtype)
+            up = s[sel] > 0
+            lo[sel, j] = torch.where(up, lo[sel, j].clamp_min(0), lo[sel, j])
+            hi[sel, j] = torch.where(up, hi[sel, j], hi[sel, j].clamp_max(0))
+            shape = kids.lo[i].shape
+            kids.sign[i], kids.lo[i], kids.hi[i] = sign.view(shape), lo.view(shape), hi.view(shape)
+        return kids
+
+    def leaf(self, dom: _Domains, r: int) -> None:
+        """Decide leaf ``r`` of ``dom`` by LP; an undecidable one is remembered."""
+        if not self.s.leaf_lp or self.has_pool:
+            self.undecided_leaf = True
+            return
+        lo = {i: dom.lo[i][r] for i in self.relus}
+        hi = {i: dom.hi[i][r] for i in self.relus}
+        cls = int(dom.cls[r])
+        value, sol = leaf_lp(self.layers, self.x0, self.eps, self.y, cls, lo, hi)
+        if value > 0:
+            self.lower = min(self.lower, value)
+            return
+        assert sol is not None
+        mdtype = next(self.model.parameters()).dtype
+        cand = torch.as_tensor(sol, device=self.x0.device).view_as(self.x0)
+        checked = check_counterexample(self.model, self.x0.to(mdtype), cand.to(mdtype), self.y,
+                                       self.eps)  # fmt: skip
+        if checked is not None:
+            raise _Found("counterexample", f"leaf LP, class {cls}", checked,
+                         _margin(self.model, checked, self.y))  # fmt: skip
+        raise _Found("error", f"class {cls}: leaf LP point (margin {value:.3g}) failed the "
+                     "forward-pass check; the true margin is within float tolerance of 0",
+                     margin=value)  # fmt: skip
+
+    def run(self, dom: _Domains) -> str:
+        """Search until every domain is proven (``verified``) or time runs out
+        (``timeout``); raises :class:`_Found` for a counterexample or an error."""
+        if time.perf_counter() > self.deadline:
+            return "timeout"
+        self.bound(dom, self.s.iterations)
+        while True:
+            proven = dom.bound > 0
+            if bool(proven.any()):
+                self.lower = min(self.lower, float(dom.bound[proven].min()))
+                dom = dom.take((~proven).nonzero().flatten())
+            if dom.size == 0:
+                return "timeout" if self.undecided_leaf else "verified"
+            if time.perf_counter() > self.deadline:
+                return "timeout"
+            if dom.size > self.s.max_domains:
+                return "timeout"
+            order = torch.argsort(dom.bound)
+            pick, rest = order[: self.s.batch_domains], order[self.s.batch_domains :]
+            batch, dom = dom.take(pick), dom.take(rest)
+            is_leaf = batch.layer < 0
+            for r in is_leaf.nonzero().flatten().tolist():
+                self.leaf(batch, r)
+                if time.perf_counter() > self.deadline:
+                    return "timeout"
+            batch = batch.take((~is_leaf).nonzero().flatten())
+            if batch.size:
+                kids = self.split(batch)
+                self.bound(kids, self.s.iterations)
+                dom = _Domains.cat(dom, kids)
+
+
+def _pgd(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, s: BabSettings
+) -> torch.Tensor | None:
+    """A PGD adversarial of ``x`` ``(1, C, H, W)`` (checked by the attack), or None."""
+    if s.pgd_steps <= 0:
+        return None
+    from sparserobust.attacks import get_attack
+
+    attack = get_attack("pgd", "inf", steps=s.pgd_steps, restarts=s.pgd_restarts)
+    res = attack.run(model, x, y, epsilons=[eps], seed=0)
+    return res.x_adv[0, 0] if bool(res.success[0, 0]) else None
+
+
+def _verify_point(
+    model: nn.Module, layers: list[Layer], x0: torch.Tensor, y: int, eps: float,
+    time_limit: float, s: BabSettings, index: int,
+) -> ExactResult:  # fmt: skip
+    """The branch-and-bound verdict for one point ``x0`` ``(C, H, W)`` (model dtype)."""
+    start = time.perf_counter()
+    deadline = start + time_limit
+    res = ExactResult(index, eps, "error", "bab", 0.0)
+    try:
+        if is_misclassified(model, x0, y):
+            res.status, res.by, res.counterexample = "counterexample", "clean", x0.cpu()
+            res.margin_upper, res.detail = 0.0, "misclassified"
+            return res
+        xd = x0.to(s.dtype).unsqueeze(0)
+        yt = torch.tensor([y], device=x0.device)
+        et = torch.tensor([eps], dtype=s.dtype, device=x0.device)
+        crown = bound_pass(layers, xd, yt, et, math.inf, "crown")
+        ibp = bound_pass(layers, xd, None, et, math.inf, "ibp")
+        relus = [c for c, layer in enumerate(la for la in layers if la.nonlinear)
+                 if layer.kind == "relu"]  # fmt: skip
+        res.unstable = {"ibp": int(ibp.unstable[0, relus].sum()),
+                        "crown": int(crown.unstable[0, relus].sum())}  # fmt: skip
+        margins = crown.margins[0]
+        if bool((margins > 0).all()):
+            res.status, res.by, res.margin_lower = "verified", "crown", float(margins.min())
+            return res
+        adv = _pgd(model, x0.unsqueeze(0), yt, eps, s)
+        if adv is not None:
+            checked = check_counterexample(model, x0, adv, y, eps)
+            if checked is not None:
+                res.status, res.by, res.counterexample = "counterexample", "attack", checked.cpu()
+                res.margin_upper = _margin(model, checked, y)
+                return res
+        k = layers[-1].out_shape[0]
+        inp = InputSet(xd, et, math.inf)
+        spec = margin_spec(yt, k, s.dtype)
+        pre = crown.pre
+        if s.root_intermediate > 0:
+            pre = optimize_intermediate(layers, pre, inp, iterations=s.root_intermediate,
+                                        lr=s.lr_alpha)  # fmt: skip
+        alpha = initial_alpha(pre, relu_indices(layers), k)
+        with torch.enable_grad():
+            best, al, _, _ = optimize_bounds(
+                layers, spec, pre, inp, alpha, iterations=s.root_iterations,
+                lr_alpha=s.lr_alpha,
+            )  # fmt: skip
+        best = torch.maximum(best, margins.unsqueeze(0))[0]
+        best[y] = math.inf
+        if bool((best > 0).all()):
+            res.status, res.by, res.margin_lower = "verified", "alpha", float(best.min())
+            return res
+        classes = (best <= 0).nonzero().flatten()
+        n = len(classes)
+        rl = relu_indices(layers)
+        dom = _Domains(
+            classes, best[classes],
+            {i: pre[i][0].expand(n, *pre[i][0].shape[1:]).clone() for i in rl},
+            {i: pre[i][1].expand(n, *pre[i][1].shape[1:]).clone() for i in rl},
+            {i: torch.zeros(n, *layers[i].in_shape, dtype=torch.int8, device=x0.device)
+             for i in rl},
+            {i: al[i][0, classes].unsqueeze(1) for i in rl},
+            {i: torch.zeros(n, 1, *layers[i].in_shape, dtype=s.dtype, device=x0.device)
+             for i in rl},
+        )  # fmt: skip
+        search = _Search(model, layers, xd[0], y, eps, pre, s, deadline)
+        search.lower = float(best[best > 0].min()) if bool((best > 0).any()) else math.inf
+        try:
+            status = search.run(dom)
+        finally:
+            res.detail = f"{search.domains_bounded} domains bounded"
+        res.status = status
+        if status == "verified":
+            res.margin_lower = search.lower
+        elif search.undecided_leaf:
+            res.detail += "; a leaf (every ReLU split) the max-pool relaxation leaves undecided"
+    except _Found as found:
+        res.status, res.detail = found.status, f"{found.detail}; {res.detail}".rstrip("; ")
+        res.margin_upper = found.margin
+        res.counterexample = None if found.x is None else found.x.cpu()
+    except Exception as exc:  # a failure is a status, never a crash
+        log.warning("point %d eps %g: branch and bound failed: %s", index, eps, exc)
+        res.status, res.detail = "error", f"{type(exc).__name__}: {exc}"
+    finally:
+        res.seconds = time.perf_counter() - start
+    return res
+
+
+def verify_bab(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epsilon: float,
+    norm: float | str = "inf",
+    time_limit: float = 30.0,
+    settings: BabSettings | None = None,
+    indices: Sequence[int] | None = None,
+) -> list[ExactResult]:
+    """Complete l_inf verdict per point of ``x`` ``(N, C, H, W)`` in [0,1], labels ``y``
+    ``(N,)``, by branch and bound (module docstring): one :class:`ExactResult` per point,
+    with ``by`` one of ``clean``, ``crown``, ``attack``, ``alpha``, ``bab``.
+
+    ``epsilon``: l_inf radius in [0,1] pixel space (the ball intersected with the [0,1]
+    box). ``time_limit``: seconds per point, everything included; a point still open is
+    a ``timeout``, never verified. ``settings``: :class:`BabSettings`. ``indices`` label
+    the results (default ``0..N-1``). Runs on the model's device in eval mode (restored).
+    """
+    s = settings or BabSettings()
+    if str(norm).strip().lower().removeprefix("l") not in ("inf", "infinity"):
+        raise ConfigError(f"branch and bound handles the l_inf norm only, got {norm!r}")
+    if not (time_limit > 0):
+        raise ConfigError(f"time_limit must be > 0 seconds, got {time_limit}")
+    if s.batch_domains < 1 or s.iterations < 0 or s.root_iterations < 0 or s.max_domains < 1:
+        raise ConfigError("BabSettings needs batch_domains, max_domains >= 1, iterations >= 0")
+    check_metric_inputs(x)
+    if not (math.isfinite(float(epsilon)) and float(epsilon) >= 0):
+        raise ConfigError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
+    eps = float(epsilon)
+    n = x.shape[0]
+    ids = list(range(n)) if indices is None else [int(i) for i in indices]
+    device = model_device(model)
+    with eval_mode(model):
+        layers = parse_network(model, x.shape[1:], dtype=s.dtype, device=device)
+        y = check_labels(y, n, layers[-1].out_shape[0]).to(device)
+        x = x.to(device)
+        out = []
+        for i in range(n):
+            out.append(_verify_point(model, layers, x[i], int(y[i]), eps, time_limit, s, ids[i]))
+            log.debug("point %d eps %g: %s by %s", ids[i], eps, out[-1].status, out[-1].by)
+    return out

@@ -1,0 +1,60 @@
+"""Which unstable ReLU a branch-and-bound subdomain splits next: the BaBSR score.
+
+BaBSR (Bunel et al., "Branch and bound for piecewise linear neural network
+verification", JMLR 2020) estimates how much splitting neuron ``j`` raises the bound
+from the backward coefficient ``lambda_j`` that reaches the ReLU's output in the
+domain's own bound pass: an unstable neuron with a negative coefficient pays the
+intercept of its upper relaxation, ``-lambda_j * (-u_j l_j / (u_j - l_j))`` logits,
+which a split removes. Neurons whose coefficient is not negative get a small score from
+the width of their relaxation times ``|lambda_j|`` (the backup score), so every unstable
+neuron can be chosen and the search stays complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["babsr_choice", "babsr_scores"]
+
+_BACKUP = 1e-3  # weight of the backup (width) score relative to the intercept score
+
+
+def babsr_scores(lo: torch.Tensor, hi: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """BaBSR score per neuron ``(B, n)`` for pre-activation bounds ``lo``/``hi``
+    ``(B, *shape)`` and the coefficient ``coef`` ``(B, *shape)`` on the ReLU's output;
+    ``-1`` for neurons that are not unstable (never chosen)."""
+    lo, hi, coef = lo.flatten(1), hi.flatten(1), coef.flatten(1)
+    unstable = (lo < 0) & (hi > 0)
+    width = torch.where(unstable, hi - lo, torch.ones_like(hi))
+    gap = torch.where(unstable, -hi * lo / width, torch.zeros_like(hi))  # upper intercept
+    score = coef.clamp_max(0).neg() * gap + _BACKUP * coef.abs() * gap
+    score = score + 1e-9 * torch.minimum(hi, -lo).clamp_min(0)  # ties: the more balanced split
+    return torch.where(unstable, score, torch.full_like(score, -1.0))
+
+
+def babsr_choice(
+    relus: Sequence[int],
+    bounds: dict[int, tuple[torch.Tensor, torch.Tensor]],
+    coefs: dict[int, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The neuron each of ``B`` domains splits: ``(layer, flat index)`` as two ``(B,)``
+    long tensors over ReLU layers ``relus``; layer ``-1`` where no ReLU is unstable (a
+    leaf). ``bounds[i]``: layer ``i``'s input bounds ``(B, *shape)``; ``coefs[i]``: the
+    coefficient on its output ``(B, *shape)``."""
+    best_s, best_l, best_j = None, None, None
+    for i in relus:
+        s = babsr_scores(*bounds[i], coefs[i])
+        val, idx = s.max(1)
+        if best_s is None or best_l is None or best_j is None:  # the first layer
+            best_s, best_j = val, idx
+            best_l = torch.full_like(idx, i)
+        else:
+            take = val > best_s
+            best_s = torch.where(take, val, best_s)
+            best_j = torch.where(take, idx, best_j)
+            best_l = torch.where(take, torch.full_like(idx, i), best_l)
+    assert best_s is not None and best_l is not None and best_j is not None
+    best_l = torch.where(best_s < 0, torch.full_like(best_l, -1), best_l)
+    return best_l, best_j

@@ -1,0 +1,111 @@
+"""alpha-CROWN: never looser than CROWN, strictly tighter on trained nets, and still sound
+(below the true minimal margin from pattern enumeration, and below every margin an
+attack or a sample reaches)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sparserobust.attacks import get_attack
+from sparserobust.errors import ConfigError
+from sparserobust.verify import alpha_certify, certify
+from sparserobust.verify.alpha import optimize_intermediate
+from sparserobust.verify.certification import bound_pass
+from sparserobust.verify.network import parse_network
+from sparserobust.verify.threat import InputSet
+from tests.test_certify import margins_at, samples_in_set, small_nets
+from tests.verify.oracles import CASES, problems, truth
+
+
+def test_ibp_crown_alpha_bracket_on_a_trained_net(digits, digits_lenet300: nn.Module) -> None:
+    x, y = digits.test.x[:48], digits.test.y[:48]
+    eps = 0.06
+    ibp = certify(digits_lenet300, x, y, epsilon=eps, method="ibp")
+    crown = certify(digits_lenet300, x, y, epsilon=eps, method="crown")
+    alpha = alpha_certify(digits_lenet300, x, y, epsilon=eps, iterations=30)
+    assert alpha.method == "alpha"
+    # point by point: IBP-certified => CROWN-certified => alpha-certified
+    assert bool((~ibp.certified | crown.certified).all())
+    assert bool((~crown.certified | alpha.certified).all())
+    assert bool((alpha.margins >= crown.margins - 1e-9).all())
+    fin = torch.isfinite(crown.margins)
+    gain = (alpha.margins - crown.margins)[fin]
+    assert float(gain.mean()) > 0.02  # the optimisation moves the bounds, not only ties
+    assert int(alpha.certified.sum()) >= int(crown.certified.sum())
+    # sound: below the margins at PGD's adversarials and at random corners of the ball
+    pgd = get_attack("pgd", "inf", steps=40).run(digits_lenet300, x, y, epsilons=[eps], seed=0)
+    reached = margins_at(digits_lenet300, pgd.x_adv[0], y)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        reached = torch.minimum(
+            reached, margins_at(digits_lenet300, samples_in_set(x, eps, "inf", gen), y)
+        )
+    ok = alpha.clean_correct
+    assert bool((alpha.margins[ok] <= reached[ok] + 1e-4).all())
+    assert not bool(alpha.certified[pgd.success[0]].any())
+
+
+def test_alpha_is_below_the_enumerated_minimal_margin() -> None:
+    tighter = 0
+    for p, eps in CASES:
+        net, x, y = problems()[p]
+        crown = certify(net, x, y, epsilon=eps, method="crown")
+        alpha = alpha_certify(net, x, y, epsilon=eps, iterations=40, lr=0.2)
+        for i in range(len(y)):
+            t = truth(p, i, eps)
+            assert float(alpha.margins[i].min()) <= t + 1e-6, (p, eps, i)
+            tighter += float(alpha.margins[i].min()) > float(crown.margins[i].min()) + 1e-6
+    assert tighter > 0
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_alpha_bounds_hold_on_samples_for_every_op(norm: str) -> None:
+    """Conv, padding, overlapping max-pool, l_inf and l2: no sample beats the bound."""
+    gen = torch.Generator().manual_seed(3)
+    for _, net in small_nets():
+        x = torch.rand(6, 1, 4, 4, generator=gen)
+        y = net(x).argmax(1)
+        eps = 0.3 if norm == "inf" else 0.6
+        alpha = alpha_certify(net, x, y, epsilon=eps, norm=norm, iterations=15)
+        crown = certify(net, x, y, epsilon=eps, norm=norm, method="crown")
+        assert bool((alpha.margins >= crown.margins - 1e-9).all())
+        reached = torch.full_like(alpha.margins, math.inf)
+        for _ in range(20):
+            reached = torch.minimum(reached, margins_at(net, samples_in_set(x, eps, norm, gen), y))
+        assert bool((alpha.margins <= reached + 1e-5).all())
+
+
+def test_optimised_intermediate_bounds_contain_activations_and_tighten() -> None:
+    net, x, y = problems()[3]
+    eps = 0.2
+    layers = parse_network(net, x.shape[1:])
+    xd = x.double()
+    et = torch.full((len(y),), eps, dtype=torch.float64)
+    crown = bound_pass(layers, xd, y, et, math.inf, "crown")
+    pre = optimize_intermediate(layers, crown.pre, InputSet(xd, et, math.inf), iterations=30)
+    gen = torch.Generator().manual_seed(0)
+    i = [j for j, la in enumerate(layers) if la.kind == "relu"][1]
+    width_gain = 0.0
+    for _ in range(50):
+        xs = samples_in_set(x, eps, "inf", gen).double()
+        z = xs.flatten(1)
+        for layer in layers[:i]:
+            from sparserobust.verify.ibp import interval_forward
+
+            z = interval_forward(layer, z, z)[0]
+        assert bool((z >= pre[i][0] - 1e-9).all() and (z <= pre[i][1] + 1e-9).all())
+    width_gain = float(((crown.pre[i][1] - crown.pre[i][0]) - (pre[i][1] - pre[i][0])).sum())
+    assert width_gain > 0
+    assert bool((pre[i][0] >= crown.pre[i][0]).all() and (pre[i][1] <= crown.pre[i][1]).all())
+
+
+def test_bad_arguments_raise(digits_lenet300: nn.Module, digits) -> None:
+    x, y = digits.test.x[:2], digits.test.y[:2]
+    with pytest.raises(ConfigError):
+        alpha_certify(digits_lenet300, x, y, epsilon=0.1, iterations=-1)
+    with pytest.raises(ConfigError):
+        alpha_certify(digits_lenet300, x, y, epsilon=-0.1)

@@ -1,0 +1,198 @@
+"""Branch and bound: agrees with ReLU-pattern enumeration on tiny nets and with the MILP
+on trained LeNet-300-100 and LeNet-5-style nets, no attack breaks a point it verifies,
+counterexamples are real, and a timeout or a failure is never verified."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import sparserobust.verify.bab as bab
+from sparserobust.attacks import get_attack
+from sparserobust.errors import ConfigError
+from sparserobust.models import Normalize
+from sparserobust.training import TrainSettings, train_model
+from sparserobust.verify import BabSettings, verify_bab, verify_exact
+from tests.conftest import kept
+from tests.verify.oracles import CASES, problems, truth
+
+# the search itself must decide: no PGD, no alpha-CROWN shortcut before branching
+SEARCH_ONLY = BabSettings(pgd_steps=0, root_iterations=0, root_intermediate=0, batch_domains=4)
+
+
+def check_result(net: nn.Module, x: torch.Tensor, y: int, eps: float, r) -> None:
+    """A counterexample lies in the box and the ball and is misclassified; a verified
+    point has a positive proven margin."""
+    if r.status == "counterexample":
+        xa = r.counterexample
+        assert xa is not None
+        assert float((xa - x).abs().max()) <= eps + 1e-6
+        assert bool((xa >= 0).all() and (xa <= 1).all())
+        with torch.no_grad():
+            logits = net(xa.unsqueeze(0))[0]
+        assert float(torch.cat([logits[:y], logits[y + 1 :]]).max()) > float(logits[y])
+    if r.status == "verified":
+        assert r.margin_lower is not None and r.margin_lower > 0
+
+
+@pytest.mark.parametrize("tighten", [False, True])
+def test_bab_agrees_with_pattern_enumeration(tighten: bool) -> None:
+    settings = BabSettings(**{**SEARCH_ONLY.__dict__, "tighten_intermediate": tighten})
+    by_search: set[str] = set()
+    for p, eps in CASES:
+        net, x, y = problems()[p]
+        for i, r in enumerate(verify_bab(net, x, y, epsilon=eps, time_limit=20, settings=settings)):
+            t = truth(p, i, eps)
+            check_result(net, x[i], int(y[i]), eps, r)
+            if abs(t) < 1e-4:
+                continue  # on the boundary: either answer is within tolerance
+            assert r.status == ("verified" if t > 0 else "counterexample"), (p, eps, i, t, r)
+            if r.status == "verified":
+                assert r.margin_lower <= t + 1e-6
+            if r.by == "bab":
+                by_search.add(r.status)
+    # the search itself proved and refuted points, not only the CROWN shortcut
+    assert by_search == {"verified", "counterexample"}
+
+
+def test_bab_with_every_shortcut_agrees_with_enumeration() -> None:
+    """Default settings (PGD, alpha-CROWN with optimised intermediate bounds first)."""
+    for p, eps in CASES[3:5]:
+        net, x, y = problems()[p]
+        for i, r in enumerate(verify_bab(net, x, y, epsilon=eps, time_limit=20)):
+            t = truth(p, i, eps)
+            check_result(net, x[i], int(y[i]), eps, r)
+            if abs(t) >= 1e-4:
+                assert r.status == ("verified" if t > 0 else "counterexample"), (p, eps, i, t, r)
+
+
+def lenet5_style(digits) -> nn.Sequential:
+    """Conv 8@3x3, max-pool 2, fc 48, ReLU, fc 10 on 8x8 digits (LeNet-5's shape: the
+    max-pools feed the only ReLU layer), trained 10 epochs."""
+
+    def build() -> nn.Sequential:
+        info = digits.info
+        torch.manual_seed(0)
+        net = nn.Sequential(
+            Normalize(info.mean, info.std), nn.Conv2d(1, 8, 3), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(72, 48), nn.ReLU(), nn.Linear(48, 10),
+        )  # fmt: skip
+        train_model(net, digits.train, TrainSettings(epochs=10, seed=0), progress=False)
+        return net.eval()
+
+    return kept("digits_lenet5_style", build)
+
+
+def agree_with_milp(net, x, y, eps, milp_limit: float) -> list:
+    results = verify_bab(net, x, y, epsilon=eps, time_limit=3,
+                         settings=BabSettings(pgd_steps=0))  # fmt: skip
+    milp = verify_exact(net, x, y, epsilon=eps, time_limit=milp_limit)
+    both = 0
+    for i, (r, m) in enumerate(zip(results, milp, strict=True)):
+        check_result(net, x[i], int(y[i]), eps, r)
+        decided = ("verified", "counterexample")
+        if r.status in decided and m.status in decided:
+            both += 1
+            assert r.status == m.status, (i, r, m)
+    assert both >= 4
+    return results
+
+
+def test_bab_agrees_with_the_milp_on_a_trained_lenet300(digits, digits_lenet300: nn.Module) -> None:
+    # points the MILP decides within its cap at this radius, some only by branching
+    idx = [10, 12, 13, 16, 1]
+    x, y = digits.test.x[idx], digits.test.y[idx]
+    results = agree_with_milp(digits_lenet300, x, y, 0.08, 4.0)
+    assert sum(r.by == "bab" and r.status == "verified" for r in results) >= 3
+    verified = [i for i, r in enumerate(results) if r.status == "verified"]
+    pgd = get_attack("pgd", "inf", steps=100, restarts=3).run(
+        digits_lenet300, x[verified], y[verified], epsilons=[0.08], seed=0
+    )
+    assert not bool(pgd.success.any())  # no attack breaks a point BaB verifies
+
+
+def test_bab_agrees_with_the_milp_on_a_trained_lenet5_style_net(digits) -> None:
+    net = lenet5_style(digits)
+    x, y = digits.test.x[:9], digits.test.y[:9]
+    results = agree_with_milp(net, x, y, 0.06, 3.0)
+    assert {"verified", "counterexample"} <= {r.status for r in results if r.by == "bab"}
+    verified = [i for i, r in enumerate(results) if r.status == "verified"]
+    pgd = get_attack("pgd", "inf", steps=100, restarts=3).run(
+        net, x[verified], y[verified], epsilons=[0.06], seed=0
+    )
+    assert not bool(pgd.success.any())
+
+
+def branched_points() -> tuple[nn.Module, torch.Tensor, torch.Tensor, float]:
+    """A tiny problem and its points that the search verifies only by branching."""
+    for p, eps in CASES:
+        net, x, y = problems()[p]
+        results = verify_bab(net, x, y, epsilon=eps, time_limit=20, settings=SEARCH_ONLY)
+        idx = [i for i, r in enumerate(results) if r.by == "bab" and r.status == "verified"]
+        if idx:
+            return net, x[idx], y[idx], eps
+    raise AssertionError("no point needs branching")
+
+
+def test_a_timeout_is_never_verified() -> None:
+    net, x, y, eps = branched_points()
+    results = verify_bab(net, x, y, epsilon=eps, time_limit=1e-4, settings=SEARCH_ONLY)
+    for r in results:
+        assert r.status == "timeout"
+        assert r.margin_lower is None and r.seconds < 5
+
+
+def test_a_failure_is_an_error_never_verified(monkeypatch) -> None:
+    net, x, y, eps = branched_points()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("bound pass failed")
+
+    monkeypatch.setattr(bab, "optimize_bounds", boom)
+    results = verify_bab(net, x, y, epsilon=eps, time_limit=5, settings=SEARCH_ONLY)
+    assert all(r.status == "error" and "bound pass failed" in r.detail for r in results)
+
+
+def test_unconfirmed_leaf_points_are_errors(monkeypatch) -> None:
+    """A leaf LP whose minimiser our forward pass does not confirm is an error."""
+    net, x, y = problems()[0]
+    eps = 0.2
+    refuted = [i for i in range(len(y)) if truth(0, i, eps) < -1e-4]
+    monkeypatch.setattr(bab, "check_counterexample", lambda *a, **k: None)
+    results = verify_bab(net, x[refuted], y[refuted], epsilon=eps, time_limit=10,
+                         settings=SEARCH_ONLY)  # fmt: skip
+    assert results and all(r.status == "error" for r in results)
+
+
+def test_leaf_lp_is_the_exact_minimum_of_a_fixed_pattern() -> None:
+    """Tiny net, one point, every neuron's pattern fixed: the LP equals enumeration."""
+    net, x, y = problems()[0]
+    eps = 0.2
+    from sparserobust.verify.network import parse_network
+
+    layers = parse_network(net, x.shape[1:])
+    relu = next(i for i, la in enumerate(layers) if la.kind == "relu")
+    n = layers[relu].in_shape[0]
+    best = math.inf
+    for pattern in range(2**n):
+        on = torch.tensor([(pattern >> k) & 1 for k in range(n)], dtype=torch.float64)
+        lo = {relu: torch.where(on > 0, 0.0, -1.0)}
+        hi = {relu: torch.where(on > 0, 1.0, 0.0)}
+        for cls in range(3):
+            if cls != int(y[0]):
+                v, _ = bab.leaf_lp(layers, x[0].double(), eps, int(y[0]), cls, lo, hi)
+                best = min(best, v)
+    assert best == pytest.approx(truth(0, 0, eps), abs=1e-6)
+
+
+def test_bad_arguments_raise(digits, digits_lenet300: nn.Module) -> None:
+    x, y = digits.test.x[:2], digits.test.y[:2]
+    with pytest.raises(ConfigError):
+        verify_bab(digits_lenet300, x, y, epsilon=0.1, norm="2")
+    with pytest.raises(ConfigError):
+        verify_bab(digits_lenet300, x, y, epsilon=0.1, time_limit=0)
+    with pytest.raises(ConfigError):
+        verify_bab(digits_lenet300, x, y, epsilon=0.1, settings=BabSettings(batch_domains=0))
