@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "src" / "sparserobust").is_dir())
+SRC = ROOT / "src"  # found upwards, so the test may live in any folder under tests/
 PACKAGE = SRC / "sparserobust"
 
 Edge = tuple[str, str, str]  # importer, imported, where (scope:line)

@@ -17,7 +17,11 @@ import pytest
 from sparserobust.errors import AttackError, ConfigError, NormError
 from sparserobust.norms import norm_key, norm_name, parse_norm
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sparserobust"
+PACKAGE = next(
+    p / "src" / "sparserobust"
+    for p in Path(__file__).resolve().parents
+    if (p / "src" / "sparserobust").is_dir()
+)
 
 
 @pytest.mark.parametrize(
