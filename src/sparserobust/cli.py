@@ -445,7 +445,7 @@ def compare(run_dirs: tuple[str, ...], out_dir: str, max_accuracy_drop: float | 
 )
 def export(run_dir: str, csv_path: str | None, json_path: str | None) -> None:
     """Export the results database of RUN_DIR as CSV and/or JSON."""
-    from sparserobust.export import export_csv, export_json
+    from sparserobust.export import export_run
 
     if csv_path is None and json_path is None:
         raise ConfigError("give --csv FILE and/or --json FILE")
@@ -453,10 +453,11 @@ def export(run_dir: str, csv_path: str | None, json_path: str | None) -> None:
         same = Path(csv_path).parent.resolve() / Path(csv_path).name
         if same == Path(json_path).parent.resolve() / Path(json_path).name:
             raise ConfigError("--csv and --json name the same file: give two different paths")
+    written = export_run(run_dir, csv_path=csv_path, json_path=json_path)
     if csv_path is not None:
-        click.echo(f"wrote {export_csv(run_dir, csv_path)} rows to {csv_path}")
+        click.echo(f"wrote {written['csv']} rows to {csv_path}")
     if json_path is not None:
-        click.echo(f"wrote {export_json(run_dir, json_path)} results to {json_path}")
+        click.echo(f"wrote {written['json']} results to {json_path}")
 
 
 @cli.command()
