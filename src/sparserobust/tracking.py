@@ -58,15 +58,24 @@ def _flat(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = text[:MAX_PARAM]
 
 
-def _client(uri: str) -> Any:
+def check_uri(uri: str) -> None:
+    """ConfigError (one line) unless MLflow is installed and ``uri`` is not empty:
+    what ``--mlflow`` checks before a study runs, so a missing extra is not found
+    only after hours of work."""
     try:
-        from mlflow.tracking import MlflowClient
+        import mlflow.tracking  # noqa: F401
     except ImportError:
         raise ConfigError(
             "--mlflow needs MLflow: pip install 'sparserobust[mlflow]' (or pip install mlflow)"
         ) from None
     if not uri.strip():
         raise ConfigError("--mlflow needs a tracking URI, e.g. sqlite:///mlflow.db")
+
+
+def _client(uri: str) -> Any:
+    check_uri(uri)
+    from mlflow.tracking import MlflowClient
+
     return MlflowClient(tracking_uri=uri)
 
 
@@ -156,4 +165,4 @@ def _quoted(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
-__all__ = ["log_run", "metric_key"]
+__all__ = ["check_uri", "log_run", "metric_key"]
