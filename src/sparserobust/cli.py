@@ -24,7 +24,7 @@ from sparserobust.errors import ConfigError, SparseRobustError
 from sparserobust.models import model_names
 from sparserobust.pruning.registry import method_names
 from sparserobust.settings import check_value
-from sparserobust.verify.methods import verifier_names
+from sparserobust.verify.methods import strongest, verifier_names
 
 log = logging.getLogger("sparserobust")
 
@@ -573,7 +573,7 @@ def attack(
     "--method",
     default=None,
     help=f"{', '.join(verifier_names())} (weakest to strongest; default: the strongest "
-    "that handles --norm: milp for inf, crown for 2).",
+    f"that handles --norm: {strongest('inf')} for inf, {strongest('2')} for 2).",
 )
 @click.option(
     "--time-limit",
