@@ -149,3 +149,18 @@ def test_cli_mlflow_without_mlflow_is_one_line_before_any_work(
     monkeypatch.undo()
     assert main(["export", str(tmp_path), "--mlflow", " "]) == 2
     assert "needs a tracking URI" in capsys.readouterr().err
+
+
+def test_cli_mlflow_failures_are_one_line_and_create_nothing(
+    logged: tuple[Path, str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the round-two sweep: a URI MLflow cannot use was a traceback, and a folder
+    that is not a run still created the MLflow database."""
+    run, _, _ = logged
+    assert main(["export", str(run), "--mlflow", "bogus://x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: MLflow at bogus://x refused the run") and err.count("\n") == 1
+    db = tmp_path / "m.db"
+    assert main(["export", str(tmp_path / "notarun"), "--mlflow", f"sqlite:///{db}"]) == 2
+    assert "holds no results database" in capsys.readouterr().err
+    assert not db.exists()

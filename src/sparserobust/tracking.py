@@ -82,13 +82,18 @@ def _client(uri: str) -> Any:
 def log_run(run_dir: str | os.PathLike[str], uri: str) -> str:
     """Log the run in ``run_dir`` to the MLflow tracking server or store at ``uri``,
     replacing what an earlier call logged for the same directory; returns the study
-    run's id. Reads the run without writing to it."""
-    client = _client(uri)
+    run's id. Reads the run without writing to it, before MLflow is touched (a folder
+    that is not a run creates no MLflow store); any MLflow failure, a URI it cannot
+    use included, is one StoreError line."""
+    check_uri(uri)
     from mlflow.entities import Metric, Param
 
     run = Path(run_dir)
     with ResultStore(run, readonly=True) as store:
-        config = json.loads(store.get_meta("config") or "null")
+        try:
+            config = json.loads(store.get_meta("config") or "null")
+        except ValueError:
+            config = None
         config_hash = store.get_meta("config_hash") or "?"
         models = store.models()
         results = store.results()
@@ -97,6 +102,7 @@ def log_run(run_dir: str | os.PathLike[str], uri: str) -> str:
     name = str(config.get("name", "study"))
     where = str(run.resolve())
     try:
+        client = _client(uri)
         experiment = client.get_experiment_by_name(name)
         exp_id = (
             experiment.experiment_id if experiment is not None else client.create_experiment(name)
@@ -154,7 +160,8 @@ def log_run(run_dir: str | os.PathLike[str], uri: str) -> str:
     except Exception as exc:
         if exc.__class__.__module__.startswith("mlflow"):
             raise StoreError(
-                f"MLflow at {uri} refused the run: {str(exc).splitlines()[0]}"
+                f"MLflow at {uri} refused the run: "
+                f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}"
             ) from None
         raise
     log.info("logged %s to MLflow (%s): study run %s, %d models", run, uri, pid, len(models))
