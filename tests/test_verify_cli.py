@@ -234,6 +234,10 @@ def unsupported_ckpt(tmp_path_factory: pytest.TempPathFactory, digits: Dataset) 
         (["--eps", "0.1", "--n", "0"], "--n must be >= 1"),
         (["--eps", "0.1", "--time-limit", "0"], "--time-limit"),
         (["--eps", "0.1", "--time-limit", "nan"], "--time-limit"),
+        (["--eps", "0.1", "--method", ""], "unknown verification method ''"),
+        (["--eps", "0.1", "--norm", "1"], "'1' is not one of 'inf', '2'"),
+        (["--eps", "0.1", "--device", "tpu"], "unknown device 'tpu'"),
+        (["--eps", "0.1", "--seed", "-1"], "--seed: a seed must be in"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(
