@@ -484,3 +484,48 @@ def test_run_force_starts_over_and_keeps_other_files(tiny_run: Path, tmp_path: P
     run_study(config_from_dict(TINY), run, force=True, progress=False)
     assert (run / "notes.txt").read_text() == "mine"
     assert rows(run) == before
+
+
+# --- round two (issue 26, requirement 6): the tracebacks that were left -------------
+# attack --eps 1e308, --seed 2**64 (attack, train), -j 10**10 and -j 2**64 are bounds:
+# tests/test_hardening_bounds.py::test_every_cli_flag_meets_its_bound_before_any_work;
+# compare --out a dangling link: tests/test_hardening_paths.py.
+
+
+@pytest.mark.parametrize(
+    "table,column",
+    [
+        ("models", "method"),
+        ("models", "checkpoint"),
+        ("results", "measurement"),
+        ("results", "numbers"),
+    ],  # fmt: skip
+)
+def test_text_cell_that_is_not_utf8_is_one_line(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], table: str, column: str
+) -> None:
+    """sqlite3 raised OperationalError ("Could not decode to UTF-8") from export."""
+    run = copy_run(tiny_run, tmp_path)
+    con = sqlite3.connect(run / "results.sqlite")
+    con.execute(f"UPDATE {table} SET {column}=CAST(X'FF0A61' AS TEXT)")  # bad byte, newline
+    con.commit()
+    con.close()
+    csv, js = tmp_path / "o.csv", tmp_path / "o.json"
+    code = main(["export", str(run), "--csv", str(csv), "--json", str(js)])
+    one_line_error(capsys, code, f"a text cell (column {column}) is not UTF-8")
+    assert not csv.exists() and not js.exists()  # nothing half-written
+    one_line_error(capsys, main(["report", str(run), "--out", str(tmp_path / "rep")]), "UTF-8")
+    assert not (tmp_path / "rep").exists()
+
+
+def test_report_out_with_a_300_character_name_is_one_line(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / ("r" * 300)
+    one_line_error(capsys, main(["report", str(tiny_run), "--out", str(out)]), "too long")
+    assert list(tmp_path.iterdir()) == []
+    code = main(["compare", str(tiny_run), str(tiny_run), "--out", str(out)])
+    one_line_error(capsys, code, "too long")
+    code = main(["export", str(tiny_run), "--json", str(tmp_path / ("e" * 300 + ".json"))])
+    one_line_error(capsys, code, "too long")
+    assert list(tmp_path.iterdir()) == []

@@ -4,9 +4,11 @@ every route to it (shortcut, ``params:``, nested settings) meets the same limit.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 from torch import nn
 
 from sparserobust.attacks import get_attack
@@ -158,6 +160,12 @@ ATTACK = ["attack", "--checkpoint", "c.st", "--attack", "fgsm", "--n", "5"]
         (["verify", "c.st", "--eps", "5"], "--eps[0]: must be at most 1"),
         (["verify", "c.st", "--eps", "5", "--norm", "2", "--method", "crown"], "nothing"),
         (["verify", "c.st", "--eps", "0.1", "--seed", HUGE], "--seed: a seed must be in"),
+        (
+            [*ATTACK, "--attack", "pgd", "--norm", "2", "--eps", "150"],
+            "--eps[0]: must be at most 100",
+        ),
+        (["run", "--out", "r", "--address", "auto", "-j", "2"], "--address is for --executor ray"),
+        (["run", "--out", "r", "--executor", "ray", "-j", "1000"], "--jobs: the number of workers"),
     ],
 )
 def test_every_cli_flag_meets_its_bound_before_any_work(
@@ -218,3 +226,18 @@ def test_library_routes_meet_the_same_bounds(digits_linear: nn.Module, digits: D
     with pytest.raises(ConfigError, match="epsilons"):
         attack.run(digits_linear, x, y, epsilons=[1e308], seed=0)
     assert attack.run(digits_linear, x, y, epsilons=[0.1], seed=SEED_LIMIT - 1).success.shape
+
+
+@pytest.mark.parametrize(
+    "verify,text",
+    [
+        ("{epsilons: [0.02], time_limit: 1.0e+12}", "verify.time_limit: must be at most 86400"),
+        ("{epsilons: [5]}", "verify.epsilons[0]: must be at most 1"),
+        ("{epsilons: [0.1], n_exact: -1}", "verify.n_exact: must be >= 0"),
+        ("{epsilons: [0.1], n: 10000000}", "verify.n: must be at most"),
+    ],
+)
+def test_verify_settings_in_a_config_meet_the_same_bounds(verify: str, text: str) -> None:
+    """The verify measurement's settings (the round-two sweep): the same limits as the flags."""
+    with pytest.raises(ConfigError, match=re.escape(text)):
+        config_from_dict({**BASE, "eval": {"measurements": {"verify": yaml.safe_load(verify)}}})

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
 
 import sparserobust
+from sparserobust.cli import main
 from sparserobust.config import config_from_dict
 from sparserobust.errors import ConfigError, StoreError
 from sparserobust.pipeline import run_study
@@ -88,3 +91,76 @@ def test_bad_uri_and_not_a_run_are_one_line_errors(tmp_path: Path) -> None:
         log_run(tmp_path, " ")
     with pytest.raises(StoreError):
         log_run(tmp_path, f"sqlite:///{tmp_path / 'm.db'}")
+
+
+# --- the CLI routes: run --mlflow and export --mlflow (issue 30, requirement 2) -------
+
+
+def test_cli_run_and_export_log_every_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    config = {**SMALL, "name": "cli-tracked", "seeds": [0]}
+    Path("study.yaml").write_text(yaml.safe_dump(config))
+    uri = f"sqlite:///{tmp_path / 'cli.db'}"
+    code = main(["run", "study.yaml", "--out", "run", "--no-progress", "--json", "--mlflow", uri])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    pid = json.loads(out)["mlflow_run_id"]
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.tracking.MlflowClient(uri).get_experiment_by_name("cli-tracked")
+    df = mlflow.search_runs([exp.experiment_id])
+    children = df[df["tags.mlflow.parentRunId"] == pid].set_index("params.model_key")
+    results = sparserobust.results(Path("run"))
+    assert set(children.index) == set(results.model_key) and len(children) == 3
+    checked = 0
+    for row in results.itertuples():
+        if math.isfinite(row.value):
+            got = children.loc[row.model_key, f"metrics.{metric_key(row.label)}"]
+            assert got == pytest.approx(row.value, abs=0), (row.model_key, row.label)
+            checked += 1
+    assert checked == len(results) > 20
+    # export --mlflow logs the same run again, replacing the study run run --mlflow made
+    assert main(["export", "run", "--mlflow", uri]) == 0
+    again = capsys.readouterr().out
+    assert again.startswith(f"logged to MLflow at {uri}: study run ")
+    df = mlflow.search_runs([exp.experiment_id])
+    parents = df[df["tags.mlflow.parentRunId"].isna()]
+    assert len(parents) == 1 and parents.run_id.iloc[0] == again.split()[-1] != pid
+    assert (df["tags.mlflow.parentRunId"] == parents.run_id.iloc[0]).sum() == 3
+
+
+def test_cli_mlflow_without_mlflow_is_one_line_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in [m for m in sys.modules if m == "mlflow" or m.startswith("mlflow.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    for args in (["run", "--out", "run", "--mlflow", uri], ["export", "run", "--mlflow", uri]):
+        code = main([*args, "--no-progress"] if args[0] == "run" else args)
+        _, err = capsys.readouterr()
+        assert code == 2 and err.count("\n") == 1, err
+        assert err.startswith("error: --mlflow needs MLflow: pip install 'sparserobust[mlflow]'")
+    assert list(tmp_path.iterdir()) == []  # no study ran, no database made
+    monkeypatch.undo()
+    assert main(["export", str(tmp_path), "--mlflow", " "]) == 2
+    assert "needs a tracking URI" in capsys.readouterr().err
+
+
+def test_cli_mlflow_failures_are_one_line_and_create_nothing(
+    logged: tuple[Path, str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the round-two sweep: a URI MLflow cannot use was a traceback, and a folder
+    that is not a run still created the MLflow database."""
+    run, _, _ = logged
+    assert main(["export", str(run), "--mlflow", "bogus://x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: MLflow at bogus://x refused the run") and err.count("\n") == 1
+    db = tmp_path / "m.db"
+    assert main(["export", str(tmp_path / "notarun"), "--mlflow", f"sqlite:///{db}"]) == 2
+    assert "holds no results database" in capsys.readouterr().err
+    assert not db.exists()

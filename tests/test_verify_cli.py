@@ -76,7 +76,7 @@ def closed_form_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     return out
 
 
-@pytest.mark.parametrize("method", ["ibp", "crown", "milp"])
+@pytest.mark.parametrize("method", ["ibp", "crown", "alpha", "milp", "bab"])
 def test_linear_model_statuses_match_the_closed_form(
     ckpts: dict[str, Path],
     digits: Dataset,
@@ -100,11 +100,12 @@ def test_linear_model_statuses_match_the_closed_form(
         elif margin > 1e-4:
             assert p["status"] == "verified", (p, margin)
             seen["verified"] += 1
-            if method != "milp" or p["by"] == "crown":
+            if p["by"] in ("ibp", "crown", "alpha"):
                 # one affine layer: the bounds are the exact minimum
                 assert p["margin_lower"] == pytest.approx(margin, abs=1e-6)
         elif margin < -1e-4:
-            assert p["status"] == ("counterexample" if method == "milp" else "not_certified")
+            complete = method in ("milp", "bab")
+            assert p["status"] == ("counterexample" if complete else "not_certified")
             seen["attackable"] += 1
     assert min(seen.values()) > 0, seen  # every kind of point occurs: the test means something
     counts = res["epsilons"][0]["counts"]
@@ -120,21 +121,25 @@ def test_trained_relu_net_agrees_with_the_milp(
 ) -> None:
     n, eps = 30, 0.03
     args = [str(ckpts["lenet300"]), "--eps", f"{eps}", "--n", str(n), "--time-limit", "5"]
-    by = {m: verify_json(capsys, *args, "--method", m) for m in ("ibp", "crown", "milp")}
+    methods = ("ibp", "crown", "alpha", "milp", "bab")
+    by = {m: verify_json(capsys, *args, "--method", m) for m in methods}
     status = {m: [p["status"] for p in r["epsilons"][0]["points"]] for m, r in by.items()}
     x, y = digits.test.x[:n], digits.test.y[:n]
     milp = [r.status for r in verify_exact(digits_lenet300, x, y, epsilon=eps, time_limit=5)]
     decided = 0
     for i in range(n):
-        ibp, crown, ours, direct = status["ibp"][i], status["crown"][i], status["milp"][i], milp[i]
+        ibp, crown, alpha = status["ibp"][i], status["crown"][i], status["alpha"][i]
         if ibp == "verified":
             assert crown == "verified", i  # CROWN is at least as tight as IBP here
         if crown == "verified":
-            assert ours == direct == "verified", i
-        if "timeout" not in (ours, direct) and "error" not in (ours, direct):
-            assert ours == direct, (i, ours, direct)
-            decided += 1
-    assert decided >= n - 3
+            assert alpha == "verified", i  # alpha-CROWN starts from CROWN's slopes
+        if alpha == "verified":
+            assert status["milp"][i] == status["bab"][i] == milp[i] == "verified", i
+        for ours in (status["milp"][i], status["bab"][i]):
+            if "timeout" not in (ours, milp[i]) and "error" not in (ours, milp[i]):
+                assert ours == milp[i], (i, ours, milp[i])
+                decided += 1
+    assert decided >= 2 * n - 3
     assert "counterexample" in status["milp"] and "verified" in status["milp"]
     # a point the bounds leave open is decided by the MILP or the attack, not by them
     assert any(
@@ -185,11 +190,11 @@ def test_json_schema_and_text_agree(
 def test_default_is_the_strongest_method_for_the_norm(
     ckpts: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert strongest("inf") == "milp" == list(VERIFIERS)[-1] and strongest("2") == "crown"
+    assert strongest("inf") == "bab" == list(VERIFIERS)[-1] and strongest("2") == "alpha"
     res = verify_json(capsys, str(ckpts["linear"]), "--eps", "0.02", "--n", "3")
-    assert (res["method"], res["complete"]) == ("milp", True)
+    assert (res["method"], res["complete"]) == ("bab", True)
     res = verify_json(capsys, str(ckpts["linear"]), "--eps", "0.5", "--n", "3", "--norm", "2")
-    assert (res["method"], res["norm"]) == ("crown", "2")
+    assert (res["method"], res["norm"], res["complete"]) == ("alpha", "2", False)
 
 
 def test_progress_goes_to_stderr_and_json_stays_clean(
@@ -224,10 +229,15 @@ def unsupported_ckpt(tmp_path_factory: pytest.TempPathFactory, digits: Dataset) 
         (["--eps", "-0.1"], ">= 0"),
         (["--eps", "nan"], "finite"),
         (["--eps", "0.1", "--method", "nope"], "unknown verification method"),
-        (["--eps", "0.5", "--norm", "2", "--method", "milp"], "use --method ibp or crown"),
+        (["--eps", "0.5", "--norm", "2", "--method", "milp"], "use --method ibp or crown or alpha"),
+        (["--eps", "0.5", "--norm", "2", "--method", "bab"], "handles the l_inf norm only"),
         (["--eps", "0.1", "--n", "0"], "--n must be >= 1"),
         (["--eps", "0.1", "--time-limit", "0"], "--time-limit"),
         (["--eps", "0.1", "--time-limit", "nan"], "--time-limit"),
+        (["--eps", "0.1", "--method", ""], "unknown verification method ''"),
+        (["--eps", "0.1", "--norm", "1"], "'1' is not one of 'inf', '2'"),
+        (["--eps", "0.1", "--device", "tpu"], "unknown device 'tpu'"),
+        (["--eps", "0.1", "--seed", "-1"], "--seed: a seed must be in"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(
@@ -253,7 +263,7 @@ def test_a_timeout_is_never_verified(
     """With no time for the solver, every point the bounds and the attack leave open
     is a timeout; the verified ones are CROWN's, which needs no solver."""
     args = [str(ckpts["lenet300"]), "--eps", "0.05", "--n", "30", "--time-limit", "0.001"]
-    res = verify_json(capsys, *args)
+    res = verify_json(capsys, *args, "--method", "milp")
     crown = verify_json(capsys, *args, "--method", "crown")
     points = res["epsilons"][0]["points"]
     open_points = [p for p in points if p["by"] == "milp"]
@@ -280,4 +290,4 @@ def test_readme_verify_lines_run(
         if "--json" in args:
             assert json.loads(out)["method"] == "crown"
         else:
-            assert out.startswith("milp (complete) l_inf on 5 test images")
+            assert out.startswith("bab (complete) l_inf on 5 test images")

@@ -24,7 +24,7 @@ from sparserobust.errors import ConfigError, SparseRobustError
 from sparserobust.models import model_names
 from sparserobust.pruning.registry import method_names
 from sparserobust.settings import check_value
-from sparserobust.verify.methods import verifier_names
+from sparserobust.verify.methods import strongest, verifier_names
 
 log = logging.getLogger("sparserobust")
 
@@ -323,6 +323,13 @@ def prune(
     help="Ray cluster to use with --executor ray: HOST:PORT of the head node or 'auto'; "
     "without it, Ray starts on this machine with --jobs CPUs (docs/scaling.md).",
 )
+@click.option(
+    "--mlflow",
+    "mlflow_uri",
+    default=None,
+    help="Also log the study to this MLflow tracking URI (e.g. sqlite:///mlflow.db; needs "
+    "pip install 'sparserobust[mlflow]'): one run per study, one nested run per model.",
+)
 def run(
     config_path: str | None,
     run_dir: str | None,
@@ -334,6 +341,7 @@ def run(
     jobs: int,
     executor: str | None,
     address: str | None,
+    mlflow_uri: str | None,
 ) -> None:
     """Run a whole study from CONFIG_PATH (YAML); without one, the quick digits study."""
     import dataclasses
@@ -341,6 +349,10 @@ def run(
     from sparserobust.config import load_config, quick_config, validate
     from sparserobust.pipeline import run_study
 
+    if mlflow_uri is not None:
+        from sparserobust.tracking import check_uri
+
+        check_uri(mlflow_uri)  # before hours of work, not after
     config = load_config(config_path) if config_path else quick_config()
     changes: dict[str, Any] = {}
     if data_dir is not None:
@@ -357,14 +369,16 @@ def run(
         executor=executor,
         address=address,
     )
-    emit(
-        result,
-        as_json,
-        [
-            f"study {config.name}: {result['models']} models, {result['results']} results in "
-            f"{result['seconds']:.1f}s; report: {result['report']}"
-        ],
-    )
+    lines = [
+        f"study {config.name}: {result['models']} models, {result['results']} results in "
+        f"{result['seconds']:.1f}s; report: {result['report']}"
+    ]
+    if mlflow_uri is not None:
+        from sparserobust.tracking import log_run
+
+        result["mlflow_run_id"] = log_run(result["run_dir"], mlflow_uri)
+        lines.append(f"logged to MLflow at {mlflow_uri}: study run {result['mlflow_run_id']}")
+    emit(result, as_json, lines)
 
 
 @cli.command()
@@ -443,20 +457,40 @@ def compare(run_dirs: tuple[str, ...], out_dir: str, max_accuracy_drop: float | 
     type=click.Path(dir_okay=False),
     help="Write every model and result as JSON.",
 )
-def export(run_dir: str, csv_path: str | None, json_path: str | None) -> None:
-    """Export the results database of RUN_DIR as CSV and/or JSON."""
-    from sparserobust.export import export_csv, export_json
+@click.option(
+    "--mlflow",
+    "mlflow_uri",
+    default=None,
+    help="Log the run to this MLflow tracking URI (e.g. sqlite:///mlflow.db; needs "
+    "pip install 'sparserobust[mlflow]'): one run per study, one nested run per model.",
+)
+def export(
+    run_dir: str, csv_path: str | None, json_path: str | None, mlflow_uri: str | None
+) -> None:
+    """Export the results database of RUN_DIR as CSV and/or JSON, and/or log it to MLflow
+    (logging the same run again replaces what was logged before)."""
+    from sparserobust.export import export_run
 
-    if csv_path is None and json_path is None:
-        raise ConfigError("give --csv FILE and/or --json FILE")
+    if csv_path is None and json_path is None and mlflow_uri is None:
+        raise ConfigError("give --csv FILE, --json FILE and/or --mlflow URI")
+    if mlflow_uri is not None:
+        from sparserobust.tracking import check_uri
+
+        check_uri(mlflow_uri)
     if csv_path is not None and json_path is not None:
         same = Path(csv_path).parent.resolve() / Path(csv_path).name
         if same == Path(json_path).parent.resolve() / Path(json_path).name:
             raise ConfigError("--csv and --json name the same file: give two different paths")
-    if csv_path is not None:
-        click.echo(f"wrote {export_csv(run_dir, csv_path)} rows to {csv_path}")
-    if json_path is not None:
-        click.echo(f"wrote {export_json(run_dir, json_path)} results to {json_path}")
+    if csv_path is not None or json_path is not None:
+        written = export_run(run_dir, csv_path=csv_path, json_path=json_path)
+        if csv_path is not None:
+            click.echo(f"wrote {written['csv']} rows to {csv_path}")
+        if json_path is not None:
+            click.echo(f"wrote {written['json']} results to {json_path}")
+    if mlflow_uri is not None:
+        from sparserobust.tracking import log_run
+
+        click.echo(f"logged to MLflow at {mlflow_uri}: study run {log_run(run_dir, mlflow_uri)}")
 
 
 @cli.command()
@@ -539,7 +573,7 @@ def attack(
     "--method",
     default=None,
     help=f"{', '.join(verifier_names())} (weakest to strongest; default: the strongest "
-    "that handles --norm: milp for inf, crown for 2).",
+    f"that handles --norm: {strongest('inf')} for inf, {strongest('2')} for 2).",
 )
 @click.option(
     "--time-limit",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sparserobust import rundir
+from sparserobust.errors import StoreError
 from sparserobust.measurements import records_of
 from sparserobust.store import RESULT_MODEL_FIELDS, ResultStore
 from sparserobust.utils import atomic_write
@@ -34,15 +35,42 @@ def _flatten(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:
         out.append((prefix, value))
 
 
-def export_csv(run_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> int:
-    """Write ``model_key, seed, method, target_sparsity, sparsity, clean_accuracy,
-    measurement, params, metric, value, norm, eps, robustness, higher_is_better`` rows:
-    first every typed record of a result (``metric`` is its label), then its other
-    numbers flattened (``summary.median_norm``...; the typed columns empty). Returns
-    the number of rows."""
-    check_output(run_dir, path)
+def read_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Everything an export writes, read (read-only) and decoded at once: ``config_hash``,
+    ``config``, ``models``, ``results``. StoreError (one line) for a damaged database."""
     with ResultStore(run_dir, readonly=True) as store:
-        results = store.results()
+        try:
+            config = json.loads(store.get_meta("config") or "null")
+        except ValueError:
+            raise StoreError(
+                f"{store.path}: the stored study config is corrupt (not JSON): re-run the "
+                "study with --force"
+            ) from None
+        return {
+            "config_hash": store.get_meta("config_hash"),
+            "config": config,
+            "models": [dataclasses.asdict(m) for m in store.models()],
+            "results": store.results(),
+        }
+
+
+CSV_HEADER = [
+    *RESULT_MODEL_FIELDS,
+    "measurement",
+    "params",
+    "metric",
+    "value",
+    "norm",
+    "eps",
+    "robustness",
+    "higher_is_better",
+]
+
+
+def csv_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
+    """The CSV rows (:data:`CSV_HEADER`) of decoded results: first every typed record
+    of a result (``metric`` is its label), then its other numbers flattened
+    (``summary.median_norm``...; the typed columns empty)."""
     rows: list[list[Any]] = []
     for r in results:
         common = [
@@ -52,51 +80,57 @@ def export_csv(run_dir: str | os.PathLike[str], path: str | os.PathLike[str]) ->
         ]
         for rec in records_of(r["numbers"]):
             rows.append(
-                [
-                    *common,
-                    rec.label,
-                    rec.value,
-                    rec.norm,
-                    rec.eps,
-                    rec.robustness,
-                    rec.higher_is_better,
-                ]
-            )
+                [*common, rec.label, rec.value, rec.norm, rec.eps, rec.robustness,
+                 rec.higher_is_better]
+            )  # fmt: skip
         flat: list[tuple[str, Any]] = []
         rest = {k: v for k, v in r["numbers"].items() if k not in ("records", "headline")}
         _flatten("", rest, flat)
         rows += [[*common, metric, value, "", "", "", ""] for metric, value in flat]
-    header = [
-        *RESULT_MODEL_FIELDS,
-        "measurement",
-        "params",
-        "metric",
-        "value",
-        "norm",
-        "eps",
-        "robustness",
-        "higher_is_better",
-    ]
+    return rows
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(header)
-            w.writerows(rows)
 
-    atomic_write(path, write)
-    return len(rows)
+def export_run(
+    run_dir: str | os.PathLike[str],
+    *,
+    csv_path: str | os.PathLike[str] | None = None,
+    json_path: str | os.PathLike[str] | None = None,
+) -> dict[str, int]:
+    """Write the CSV (:func:`export_csv`) and/or JSON (:func:`export_json`) export of
+    ``run_dir``. Both paths are checked and the whole database is read and decoded
+    before either file is written, so a refused path or a damaged database leaves no
+    file behind; each file is written atomically. Returns ``{"csv": rows, "json":
+    results}`` for what was written."""
+    for path in (csv_path, json_path):
+        if path is not None:
+            check_output(run_dir, path)
+    data = read_run(run_dir)
+    out: dict[str, int] = {}
+    if csv_path is not None:
+        rows = csv_rows(data["results"])
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(CSV_HEADER)
+                w.writerows(rows)
+
+        atomic_write(csv_path, write)
+        out["csv"] = len(rows)
+    if json_path is not None:
+        text = json.dumps(data, indent=1, sort_keys=True)
+        atomic_write(json_path, lambda tmp: tmp.write_text(text))
+        out["json"] = len(data["results"])
+    return out
+
+
+def export_csv(run_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> int:
+    """Write ``model_key, seed, method, target_sparsity, sparsity, clean_accuracy,
+    measurement, params, metric, value, norm, eps, robustness, higher_is_better`` rows
+    (:func:`csv_rows`); returns the number of rows."""
+    return export_run(run_dir, csv_path=path)["csv"]
 
 
 def export_json(run_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> int:
     """Write ``{"config": ..., "models": [...], "results": [...]}``; returns #results."""
-    check_output(run_dir, path)
-    with ResultStore(run_dir, readonly=True) as store:
-        payload = {
-            "config_hash": store.get_meta("config_hash"),
-            "config": json.loads(store.get_meta("config") or "null"),
-            "models": [dataclasses.asdict(m) for m in store.models()],
-            "results": store.results(),
-        }
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=1, sort_keys=True)))
-    return len(payload["results"])
+    return export_run(run_dir, json_path=path)["json"]

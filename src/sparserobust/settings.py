@@ -301,8 +301,8 @@ def check_value(name: str, value: Any, where: str, norm: Any = None) -> None:
             raise ConfigError(f"{where}: must be a finite number, got {value}")
         if _is_radius(name):
             key = _norm_key(norm)
-            limit = MAX_EPS[key] if key is not None else max(MAX_EPS.values())
-            check_positive(value, where, allow_zero=True, maximum=limit)
+            radius = MAX_EPS[key] if key is not None else max(MAX_EPS.values())
+            check_positive(value, where, allow_zero=True, maximum=radius)
         elif name == "lr" or name.endswith("_lr"):
             check_positive(value, where, maximum=MAX_LR)
         elif name == "time_limit":

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -274,7 +275,10 @@ class ResultStore:
                 f"{self.path} holds no sparserobust study (tables missing; was its -wal file "
                 "deleted?): re-run the study"
             )
-        row = conn.execute("SELECT value FROM meta WHERE key='config_hash'").fetchone()
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key='config_hash'").fetchone()
+        except sqlite3.OperationalError:  # a config hash that is not UTF-8 text
+            row = None
         if row is None:
             conn.close()
             raise StoreError(
@@ -315,10 +319,26 @@ class ResultStore:
         except sqlite3.OperationalError as exc:
             raise StoreError(self._explain(exc)) from None
 
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        """Every row of a query; StoreError (one line) when SQLite fails, e.g. on a text
+        cell that is not UTF-8 (a hand-edited or damaged database), which Python's sqlite3
+        cannot decode."""
+        try:
+            return self.conn.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if "decode" in text:
+                column = re.search(r"column '([^']{1,60})'", text)
+                raise StoreError(
+                    f"{self.path}: a text cell (column {column.group(1) if column else '?'}) "
+                    "is not UTF-8: the database is damaged; re-run the study with --force"
+                ) from None
+            raise StoreError(self._explain(exc)) from None
+
     # --- meta -----------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        rows = self._rows("SELECT value FROM meta WHERE key=?", (key,))
+        return None if not rows else str(rows[0][0])
 
     def set_meta(self, key: str, value: str) -> None:
         with self._transaction() as c:
@@ -335,15 +355,15 @@ class ResultStore:
 
     def get_model(self, model_key: str) -> ModelRow | None:
         """The model row, or None when it is missing or its checkpoint is not intact."""
-        row = self.conn.execute(
+        rows = self._rows(
             "SELECT model_key, seed, method, target_sparsity, sparsity, pruned_weights, "
             "total_weights, accuracy, checkpoint, checkpoint_sha256, parent, seconds "
             "FROM models WHERE model_key=?",
             (model_key,),
-        ).fetchone()
-        if row is None:
+        )
+        if not rows:
             return None
-        model = _model_row(row, self.path)
+        model = _model_row(rows[0], self.path)
         try:
             path = checkpoint_path(self.run_dir, model.checkpoint)
         except UnsafePathError:  # never followed; drop_untrusted_models reports it
@@ -353,20 +373,20 @@ class ResultStore:
         return model
 
     def models(self) -> list[ModelRow]:
-        rows = self.conn.execute(
+        rows = self._rows(
             "SELECT model_key, seed, method, target_sparsity, sparsity, pruned_weights, "
             "total_weights, accuracy, checkpoint, checkpoint_sha256, parent, seconds "
             "FROM models ORDER BY seed, method, target_sparsity"
-        ).fetchall()
+        )
         return [_model_row(r, self.path) for r in rows]
 
     # --- results --------------------------------------------------------------
     def has_result(self, model_key: str, measurement: str, params: dict[str, Any]) -> bool:
-        row = self.conn.execute(
+        rows = self._rows(
             "SELECT 1 FROM results WHERE model_key=? AND measurement=? AND params_hash=?",
             (model_key, measurement, params_hash(params)),
-        ).fetchone()
-        return row is not None
+        )
+        return bool(rows)
 
     def add_result(
         self,
@@ -407,12 +427,12 @@ class ResultStore:
 
     def results(self) -> list[dict[str, Any]]:
         """Every result row joined with its model, numbers decoded."""
-        rows = self.conn.execute(
+        rows = self._rows(
             "SELECT r.model_key, m.seed, m.method, m.target_sparsity, m.sparsity, m.accuracy, "
             "r.measurement, r.params, r.numbers, r.seconds, r.config_hash, r.provenance "
             "FROM results r JOIN models m USING (model_key) "
             "ORDER BY m.seed, m.method, m.target_sparsity, r.measurement, r.params_hash"
-        ).fetchall()
+        )
         out = []
         for r in rows:
             try:

@@ -58,28 +58,42 @@ def _flat(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = text[:MAX_PARAM]
 
 
-def _client(uri: str) -> Any:
+def check_uri(uri: str) -> None:
+    """ConfigError (one line) unless MLflow is installed and ``uri`` is not empty:
+    what ``--mlflow`` checks before a study runs, so a missing extra is not found
+    only after hours of work."""
     try:
-        from mlflow.tracking import MlflowClient
+        import mlflow.tracking  # noqa: F401
     except ImportError:
         raise ConfigError(
             "--mlflow needs MLflow: pip install 'sparserobust[mlflow]' (or pip install mlflow)"
         ) from None
     if not uri.strip():
         raise ConfigError("--mlflow needs a tracking URI, e.g. sqlite:///mlflow.db")
+
+
+def _client(uri: str) -> Any:
+    check_uri(uri)
+    from mlflow.tracking import MlflowClient
+
     return MlflowClient(tracking_uri=uri)
 
 
 def log_run(run_dir: str | os.PathLike[str], uri: str) -> str:
     """Log the run in ``run_dir`` to the MLflow tracking server or store at ``uri``,
     replacing what an earlier call logged for the same directory; returns the study
-    run's id. Reads the run without writing to it."""
-    client = _client(uri)
+    run's id. Reads the run without writing to it, before MLflow is touched (a folder
+    that is not a run creates no MLflow store); any MLflow failure, a URI it cannot
+    use included, is one StoreError line."""
+    check_uri(uri)
     from mlflow.entities import Metric, Param
 
     run = Path(run_dir)
     with ResultStore(run, readonly=True) as store:
-        config = json.loads(store.get_meta("config") or "null")
+        try:
+            config = json.loads(store.get_meta("config") or "null")
+        except ValueError:
+            config = None
         config_hash = store.get_meta("config_hash") or "?"
         models = store.models()
         results = store.results()
@@ -88,6 +102,7 @@ def log_run(run_dir: str | os.PathLike[str], uri: str) -> str:
     name = str(config.get("name", "study"))
     where = str(run.resolve())
     try:
+        client = _client(uri)
         experiment = client.get_experiment_by_name(name)
         exp_id = (
             experiment.experiment_id if experiment is not None else client.create_experiment(name)
@@ -145,7 +160,8 @@ def log_run(run_dir: str | os.PathLike[str], uri: str) -> str:
     except Exception as exc:
         if exc.__class__.__module__.startswith("mlflow"):
             raise StoreError(
-                f"MLflow at {uri} refused the run: {str(exc).splitlines()[0]}"
+                f"MLflow at {uri} refused the run: "
+                f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}"
             ) from None
         raise
     log.info("logged %s to MLflow (%s): study run %s, %d models", run, uri, pid, len(models))
@@ -156,4 +172,4 @@ def _quoted(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
-__all__ = ["log_run", "metric_key"]
+__all__ = ["check_uri", "log_run", "metric_key"]

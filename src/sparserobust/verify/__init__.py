@@ -15,7 +15,10 @@
   l_inf decisions by branch and bound over ReLU splits with beta-CROWN bounds
   (:func:`verify_bab`, same statuses and result type as :func:`verify_exact`);
 - :mod:`~sparserobust.verify.distance`: the exact minimal adversarial l_inf distance
-  (:func:`minimal_distance`).
+  (:func:`minimal_distance`);
+- :mod:`~sparserobust.verify.methods`: every method by name, weakest first (ibp, crown,
+  alpha, milp, bab), one verdict per point (:func:`~sparserobust.verify.methods.decide_points`);
+  what ``sparserobust verify`` runs.
 
 The study's combination of bounds, attack pre-check and MILP is the ``verify``
 measurement, :func:`sparserobust.measurements.verify.verify_points`.

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 
 from sparserobust.errors import ConfigError
+from sparserobust.verify.alpha import alpha_certify
+from sparserobust.verify.bab import verify_bab
 from sparserobust.verify.certification import CertifyResult, certify
 from sparserobust.verify.exact import (
     CEX_TOL,
@@ -134,15 +136,19 @@ class Verifier:
 
 
 def _bound_method(method: str) -> Decide:
-    """IBP or CROWN as a method: certified points are verified, misclassified ones
-    counterexamples, the rest not certified; each point's seconds are its share of
-    the batched pass."""
+    """IBP, CROWN or alpha-CROWN as a method: certified points are verified,
+    misclassified ones counterexamples, the rest not certified; each point's seconds
+    are its share of the batched pass."""
 
     def decide(
         model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float, norm: str,
         time_limit: float, seed: int, batch_size: int, progress: Progress,
     ) -> list[PointVerdict]:  # fmt: skip
-        res = certify(model, x, y, epsilon=epsilon, norm=norm, method=method, batch_size=batch_size)
+        if method == "alpha":
+            res = alpha_certify(model, x, y, epsilon=epsilon, norm=norm)
+        else:
+            res = certify(model, x, y, epsilon=epsilon, norm=norm, method=method,
+                          batch_size=batch_size)  # fmt: skip
         n = int(res.certified.numel())
         share = res.seconds / max(n, 1)
         out = []
@@ -225,12 +231,28 @@ def _decide_milp(
     return [PointVerdict.of_exact(r, int(y[r.index])) for r in results]
 
 
+def _decide_bab(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float, norm: str,
+    time_limit: float, seed: int, batch_size: int, progress: Progress,
+) -> list[PointVerdict]:  # fmt: skip
+    """Branch and bound (:func:`~sparserobust.verify.bab.verify_bab`), point by point."""
+    out = []
+    for i in range(x.shape[0]):
+        (r,) = verify_bab(model, x[i : i + 1], y[i : i + 1], epsilon=epsilon,
+                          time_limit=time_limit, indices=[i])  # fmt: skip
+        out.append(PointVerdict.of_exact(r, int(y[i])))
+        progress(1)
+    return out
+
+
 VERIFIERS: dict[str, Verifier] = {
     v.name: v
     for v in (
         Verifier("ibp", False, ("inf", "2"), _bound_method("ibp"), "interval bounds (sound)"),
         Verifier("crown", False, ("inf", "2"), _bound_method("crown"), "CROWN bounds (sound)"),
+        Verifier("alpha", False, ("inf", "2"), _bound_method("alpha"), "alpha-CROWN (sound)"),
         Verifier("milp", True, ("inf",), _decide_milp, "CROWN, PGD, then a MILP (complete)"),
+        Verifier("bab", True, ("inf",), _decide_bab, "branch and bound (complete)"),
     )
 }
 """Every method by name, weakest first (the last one handling a norm is its default)."""
