@@ -196,3 +196,42 @@ def test_bad_arguments_raise(digits, digits_lenet300: nn.Module) -> None:
         verify_bab(digits_lenet300, x, y, epsilon=0.1, time_limit=0)
     with pytest.raises(ConfigError):
         verify_bab(digits_lenet300, x, y, epsilon=0.1, settings=BabSettings(batch_domains=0))
+
+
+def test_beta_reaches_the_exact_minimum_of_a_fully_split_domain() -> None:
+    """With every ReLU split the relaxation is exact, so by LP duality the best beta
+    bound equals the domain's exact minimum (leaf_lp): optimised beta must get close to
+    it from below and never above it, and far above the bound without beta."""
+    from sparserobust.verify.alpha import optimize_bounds, relu_indices
+    from sparserobust.verify.certification import margin_spec
+    from sparserobust.verify.network import parse_network
+    from sparserobust.verify.threat import InputSet
+
+    net, x, y = problems()[2]  # one hidden layer of 6
+    eps = 0.2
+    layers = parse_network(net, x.shape[1:])
+    (relu,) = relu_indices(layers)
+    n = len(y)
+    gen = torch.Generator().manual_seed(0)
+    xd = x.double()
+    xs = (xd + eps * (2 * torch.rand(xd.shape, generator=gen, dtype=torch.float64) - 1)).clamp(0, 1)
+    z = xs.flatten(1) @ layers[relu - 1].weight.T + layers[relu - 1].bias
+    on = z >= 0  # the patterns of points in the balls: non-empty domains
+    lo, hi = torch.where(on, 0.0, -1.0).double(), torch.where(on, 1.0, 0.0).double()
+    cls = torch.tensor([next(c for c in range(3) if c != int(t)) for t in y])
+    exact = torch.tensor([
+        bab.leaf_lp(layers, xd[i], eps, int(y[i]), int(cls[i]), {relu: lo[i]}, {relu: hi[i]})[0]
+        for i in range(n)
+    ], dtype=torch.float64)  # fmt: skip
+    pre = {relu: (lo, hi)}
+    spec = margin_spec(y, 3, torch.float64)[torch.arange(n), cls].unsqueeze(1)
+    inp = InputSet(xd, torch.full((n,), eps, dtype=torch.float64), math.inf)
+    alpha = {relu: torch.zeros(n, 1, 6, dtype=torch.float64)}
+    beta = {relu: torch.zeros(n, 1, 6, dtype=torch.float64)}
+    sign = {relu: torch.where(on, 1.0, -1.0).double()}
+    plain = optimize_bounds(layers, spec, pre, inp, alpha, iterations=0)[0][:, 0]
+    best = optimize_bounds(layers, spec, pre, inp, alpha, beta, sign, iterations=300,
+                           lr_beta=0.1)[0][:, 0]  # fmt: skip
+    assert bool((best <= exact + 1e-6).all())
+    assert bool((best >= exact - 0.02 * exact.abs().clamp_min(1.0)).all()), (best, exact)
+    assert int((best > plain + 1e-3).sum()) >= 2  # the split constraints matter here
