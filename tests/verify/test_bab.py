@@ -235,3 +235,29 @@ def test_beta_reaches_the_exact_minimum_of_a_fully_split_domain() -> None:
     assert bool((best <= exact + 1e-6).all())
     assert bool((best >= exact - 0.02 * exact.abs().clamp_min(1.0)).all()), (best, exact)
     assert int((best > plain + 1e-3).sum()) >= 2  # the split constraints matter here
+
+
+def test_max_pool_nets_are_sound_and_never_verified_beyond_the_relaxation() -> None:
+    """Conv + max-pool + linear, no ReLU (every domain is a leaf the LP cannot take): each
+    decision equals the argmax enumeration's truth, and what the relaxation cannot
+    prove ends as a timeout, never verified."""
+    from tests.test_milp import maxpool_min_margin, maxpool_net
+
+    net, shape = maxpool_net(False, 6)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(8, *shape, generator=gen)
+    y = net(x).argmax(1)
+    eps = 0.3
+    statuses = set()
+    for i, r in enumerate(verify_bab(net, x, y, epsilon=eps, time_limit=10, settings=SEARCH_ONLY)):
+        t = maxpool_min_margin(net, shape, x[i].flatten().double().numpy(), int(y[i]), eps)
+        check_result(net, x[i], int(y[i]), eps, r)
+        statuses.add(r.status)
+        if r.status == "verified":
+            assert t > 0 and r.margin_lower <= t + 1e-6
+        if r.status == "counterexample":
+            assert t < 1e-6
+        if r.status == "timeout":
+            assert "undecided" in r.detail
+    # robust points the max-pool relaxation cannot prove: a timeout, not a claimed proof
+    assert "timeout" in statuses

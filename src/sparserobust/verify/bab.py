@@ -275,7 +275,8 @@ class _Search:
         bnd = torch.maximum(bnd, best)[:, 0]
         dom.bound = torch.where(empty, torch.full_like(bnd, math.inf), bnd)
         coefs = {i: record[i][:, 0] for i in self.relus}
-        dom.layer, dom.index = babsr_choice(self.relus, {i: pre[i] for i in self.relus}, coefs)
+        choice = babsr_choice(self.relus, {i: pre[i] for i in self.relus}, coefs, n)
+        dom.layer, dom.index = (c.to(dom.cls.device) for c in choice)
         self.domains_bounded += n
         self._check_primal(dom, coef[:, 0], inp)
 

@@ -38,11 +38,15 @@ def babsr_choice(
     relus: Sequence[int],
     bounds: dict[int, tuple[torch.Tensor, torch.Tensor]],
     coefs: dict[int, torch.Tensor],
+    n: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The neuron each of ``B`` domains splits: ``(layer, flat index)`` as two ``(B,)``
+    """The neuron each of ``n`` domains splits: ``(layer, flat index)`` as two ``(n,)``
     long tensors over ReLU layers ``relus``; layer ``-1`` where no ReLU is unstable (a
-    leaf). ``bounds[i]``: layer ``i``'s input bounds ``(B, *shape)``; ``coefs[i]``: the
-    coefficient on its output ``(B, *shape)``."""
+    leaf; every domain of a network without ReLUs). ``bounds[i]``: layer ``i``'s input
+    bounds ``(n, *shape)``; ``coefs[i]``: the coefficient on its output ``(n, *shape)``."""
+    if not relus:
+        leaf = torch.full((n,), -1, dtype=torch.long)
+        return leaf, torch.zeros(n, dtype=torch.long)
     best_s, best_l, best_j = None, None, None
     for i in relus:
         s = babsr_scores(*bounds[i], coefs[i])
