@@ -261,3 +261,19 @@ def test_max_pool_nets_are_sound_and_never_verified_beyond_the_relaxation() -> N
             assert "undecided" in r.detail
     # robust points the max-pool relaxation cannot prove: a timeout, not a claimed proof
     assert "timeout" in statuses
+
+
+def test_a_search_past_its_deadline_is_a_timeout(monkeypatch) -> None:
+    """The clock passes the deadline after the first bound pass: the open search is a
+    timeout, never verified."""
+    import itertools
+    import types
+
+    net, x, y, eps = branched_points()
+    calls = itertools.count()
+    clock = types.SimpleNamespace(perf_counter=lambda: 0.0 if next(calls) < 2 else 1e9)
+    monkeypatch.setattr(bab, "time", clock)
+    settings = BabSettings(**{**SEARCH_ONLY.__dict__, "iterations": 0})
+    (r,) = verify_bab(net, x[:1], y[:1], epsilon=eps, time_limit=10, settings=settings)
+    assert r.status == "timeout" and r.margin_lower is None
+    assert "1 domains bounded" in r.detail or "2 domains bounded" in r.detail
