@@ -35,7 +35,7 @@ from sparserobust.checkpoint import load_checkpoint, save_checkpoint
 from sparserobust.data import load_dataset
 from sparserobust.models import build_model
 from sparserobust.training import TrainSettings, evaluate_accuracy, train_model
-from sparserobust.verify import alpha_certify, certify, verify_bab, verify_exact
+from sparserobust.verify import BabSettings, alpha_certify, certify, verify_bab, verify_exact
 
 log = logging.getLogger("bab")
 
@@ -101,6 +101,9 @@ def main() -> None:
     ap.add_argument("--n-certify", type=int, default=1000)
     ap.add_argument("--time-limit", type=float, default=30.0)
     ap.add_argument("--part", choices=["certify", "bab", "milp"], default=None)
+    ap.add_argument("--points", default=None, help="test indices a,b,c (else --start, --n)")
+    ap.add_argument("--iterations", type=int, default=None, help="BabSettings.iterations")
+    ap.add_argument("--batch-domains", type=int, default=None, help="BabSettings.batch_domains")
     ap.add_argument("--summary", action="store_true")
     ap.add_argument("--json-out", default="runs/bab.jsonl")
     args = ap.parse_args()
@@ -133,13 +136,18 @@ def main() -> None:
                   "seconds": round(time.perf_counter() - start, 2),
                   "test_accuracy": meta.get("test_accuracy")})  # fmt: skip
         return
-    sl = slice(args.start, args.start + args.n)
-    x, y = ds.test.x[sl], ds.test.y[sl]
-    ids = list(range(args.start, args.start + len(y)))
+    if args.points:
+        ids = [int(i) for i in args.points.split(",")]
+    else:
+        ids = list(range(args.start, args.start + args.n))
+    x, y = ds.test.x[ids], ds.test.y[ids]
+    given = {"iterations": args.iterations, "batch_domains": args.batch_domains}
+    settings = BabSettings(**{k: v for k, v in given.items() if v is not None})
     for i in range(len(y)):  # one call per point, so rows appear as they finish
         if args.part == "bab":
             (r,) = verify_bab(model, x[i : i + 1], y[i : i + 1], epsilon=args.eps,
-                              time_limit=args.time_limit, indices=[ids[i]])  # fmt: skip
+                              time_limit=args.time_limit, indices=[ids[i]],
+                              settings=settings)  # fmt: skip
         else:
             (r,) = verify_exact(model, x[i : i + 1], y[i : i + 1], epsilon=args.eps,
                                 time_limit=args.time_limit, indices=[ids[i]])  # fmt: skip

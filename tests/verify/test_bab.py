@@ -196,3 +196,84 @@ def test_bad_arguments_raise(digits, digits_lenet300: nn.Module) -> None:
         verify_bab(digits_lenet300, x, y, epsilon=0.1, time_limit=0)
     with pytest.raises(ConfigError):
         verify_bab(digits_lenet300, x, y, epsilon=0.1, settings=BabSettings(batch_domains=0))
+
+
+def test_beta_reaches_the_exact_minimum_of_a_fully_split_domain() -> None:
+    """With every ReLU split the relaxation is exact, so by LP duality the best beta
+    bound equals the domain's exact minimum (leaf_lp): optimised beta must get close to
+    it from below and never above it, and far above the bound without beta."""
+    from sparserobust.verify.alpha import optimize_bounds, relu_indices
+    from sparserobust.verify.certification import margin_spec
+    from sparserobust.verify.network import parse_network
+    from sparserobust.verify.threat import InputSet
+
+    net, x, y = problems()[2]  # one hidden layer of 6
+    eps = 0.2
+    layers = parse_network(net, x.shape[1:])
+    (relu,) = relu_indices(layers)
+    n = len(y)
+    gen = torch.Generator().manual_seed(0)
+    xd = x.double()
+    xs = (xd + eps * (2 * torch.rand(xd.shape, generator=gen, dtype=torch.float64) - 1)).clamp(0, 1)
+    z = xs.flatten(1) @ layers[relu - 1].weight.T + layers[relu - 1].bias
+    on = z >= 0  # the patterns of points in the balls: non-empty domains
+    lo, hi = torch.where(on, 0.0, -1.0).double(), torch.where(on, 1.0, 0.0).double()
+    cls = torch.tensor([next(c for c in range(3) if c != int(t)) for t in y])
+    exact = torch.tensor([
+        bab.leaf_lp(layers, xd[i], eps, int(y[i]), int(cls[i]), {relu: lo[i]}, {relu: hi[i]})[0]
+        for i in range(n)
+    ], dtype=torch.float64)  # fmt: skip
+    pre = {relu: (lo, hi)}
+    spec = margin_spec(y, 3, torch.float64)[torch.arange(n), cls].unsqueeze(1)
+    inp = InputSet(xd, torch.full((n,), eps, dtype=torch.float64), math.inf)
+    alpha = {relu: torch.zeros(n, 1, 6, dtype=torch.float64)}
+    beta = {relu: torch.zeros(n, 1, 6, dtype=torch.float64)}
+    sign = {relu: torch.where(on, 1.0, -1.0).double()}
+    plain = optimize_bounds(layers, spec, pre, inp, alpha, iterations=0)[0][:, 0]
+    best = optimize_bounds(layers, spec, pre, inp, alpha, beta, sign, iterations=300,
+                           lr_beta=0.1)[0][:, 0]  # fmt: skip
+    assert bool((best <= exact + 1e-6).all())
+    assert bool((best >= exact - 0.02 * exact.abs().clamp_min(1.0)).all()), (best, exact)
+    assert int((best > plain + 1e-3).sum()) >= 2  # the split constraints matter here
+
+
+def test_max_pool_nets_are_sound_and_never_verified_beyond_the_relaxation() -> None:
+    """Conv + max-pool + linear, no ReLU (every domain is a leaf the LP cannot take): each
+    decision equals the argmax enumeration's truth, and what the relaxation cannot
+    prove ends as a timeout, never verified."""
+    from tests.test_milp import maxpool_min_margin, maxpool_net
+
+    net, shape = maxpool_net(False, 6)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(8, *shape, generator=gen)
+    y = net(x).argmax(1)
+    eps = 0.3
+    statuses = set()
+    for i, r in enumerate(verify_bab(net, x, y, epsilon=eps, time_limit=10, settings=SEARCH_ONLY)):
+        t = maxpool_min_margin(net, shape, x[i].flatten().double().numpy(), int(y[i]), eps)
+        check_result(net, x[i], int(y[i]), eps, r)
+        statuses.add(r.status)
+        if r.status == "verified":
+            assert t > 0 and r.margin_lower <= t + 1e-6
+        if r.status == "counterexample":
+            assert t < 1e-6
+        if r.status == "timeout":
+            assert "undecided" in r.detail
+    # robust points the max-pool relaxation cannot prove: a timeout, not a claimed proof
+    assert "timeout" in statuses
+
+
+def test_a_search_past_its_deadline_is_a_timeout(monkeypatch) -> None:
+    """The clock passes the deadline after the first bound pass: the open search is a
+    timeout, never verified."""
+    import itertools
+    import types
+
+    net, x, y, eps = branched_points()
+    calls = itertools.count()
+    clock = types.SimpleNamespace(perf_counter=lambda: 0.0 if next(calls) < 2 else 1e9)
+    monkeypatch.setattr(bab, "time", clock)
+    settings = BabSettings(**{**SEARCH_ONLY.__dict__, "iterations": 0})
+    (r,) = verify_bab(net, x[:1], y[:1], epsilon=eps, time_limit=10, settings=settings)
+    assert r.status == "timeout" and r.margin_lower is None
+    assert "1 domains bounded" in r.detail or "2 domains bounded" in r.detail

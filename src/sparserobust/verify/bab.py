@@ -229,6 +229,7 @@ class _Search:
         self.k = layers[-1].out_shape[0]
         self.lower = math.inf  # min over proven domains' bounds
         self.undecided_leaf = False
+        self.too_many = False  # stopped at max_domains open domains
         self.domains_bounded = 0
 
     def _inp(self, n: int) -> InputSet:
@@ -275,7 +276,8 @@ class _Search:
         bnd = torch.maximum(bnd, best)[:, 0]
         dom.bound = torch.where(empty, torch.full_like(bnd, math.inf), bnd)
         coefs = {i: record[i][:, 0] for i in self.relus}
-        dom.layer, dom.index = babsr_choice(self.relus, {i: pre[i] for i in self.relus}, coefs)
+        choice = babsr_choice(self.relus, {i: pre[i] for i in self.relus}, coefs, n)
+        dom.layer, dom.index = (c.to(dom.cls.device) for c in choice)
         self.domains_bounded += n
         self._check_primal(dom, coef[:, 0], inp)
 
@@ -361,6 +363,7 @@ class _Search:
             if time.perf_counter() > self.deadline:
                 return "timeout"
             if dom.size > self.s.max_domains:
+                self.too_many = True
                 return "timeout"
             order = torch.argsort(dom.bound)
             pick, rest = order[: self.s.batch_domains], order[self.s.batch_domains :]
@@ -465,6 +468,8 @@ def _verify_point(
             res.margin_lower = search.lower
         elif search.undecided_leaf:
             res.detail += "; a leaf (every ReLU split) the max-pool relaxation leaves undecided"
+        elif search.too_many:
+            res.detail += f"; more than {s.max_domains} open domains"
     except _Found as found:
         res.status, res.detail = found.status, f"{found.detail}; {res.detail}".rstrip("; ")
         res.margin_upper = found.margin

@@ -38,23 +38,23 @@ def babsr_choice(
     relus: Sequence[int],
     bounds: dict[int, tuple[torch.Tensor, torch.Tensor]],
     coefs: dict[int, torch.Tensor],
+    n: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The neuron each of ``B`` domains splits: ``(layer, flat index)`` as two ``(B,)``
+    """The neuron each of ``n`` domains splits: ``(layer, flat index)`` as two ``(n,)``
     long tensors over ReLU layers ``relus``; layer ``-1`` where no ReLU is unstable (a
-    leaf). ``bounds[i]``: layer ``i``'s input bounds ``(B, *shape)``; ``coefs[i]``: the
-    coefficient on its output ``(B, *shape)``."""
-    best_s, best_l, best_j = None, None, None
-    for i in relus:
-        s = babsr_scores(*bounds[i], coefs[i])
-        val, idx = s.max(1)
-        if best_s is None or best_l is None or best_j is None:  # the first layer
-            best_s, best_j = val, idx
-            best_l = torch.full_like(idx, i)
-        else:
-            take = val > best_s
-            best_s = torch.where(take, val, best_s)
-            best_j = torch.where(take, idx, best_j)
-            best_l = torch.where(take, torch.full_like(idx, i), best_l)
-    assert best_s is not None and best_l is not None and best_j is not None
+    leaf; every domain of a network without ReLUs). ``bounds[i]``: layer ``i``'s input
+    bounds ``(n, *shape)``; ``coefs[i]``: the coefficient on its output ``(n, *shape)``."""
+    if not relus:
+        leaf = torch.full((n,), -1, dtype=torch.long)
+        return leaf, torch.zeros(n, dtype=torch.long)
+    first = babsr_scores(*bounds[relus[0]], coefs[relus[0]])
+    best_s, best_j = first.max(1)
+    best_l = torch.full_like(best_j, relus[0])
+    for i in relus[1:]:
+        val, idx = babsr_scores(*bounds[i], coefs[i]).max(1)
+        take = val > best_s
+        best_s = torch.where(take, val, best_s)
+        best_j = torch.where(take, idx, best_j)
+        best_l = torch.where(take, torch.full_like(idx, i), best_l)
     best_l = torch.where(best_s < 0, torch.full_like(best_l, -1), best_l)
     return best_l, best_j
