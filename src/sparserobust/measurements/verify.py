@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,17 @@ from torch import nn
 
 from sparserobust.errors import ConfigError
 from sparserobust.measurements.base import EvalView, Measurement, MeasurementCell, Record, numbers
+from sparserobust.settings import NEW_FIELD
 from sparserobust.utils import eval_mode, model_device
+
+EXACT_METHODS = ("milp", "bab")
+"""What decides the points that CROWN and the PGD pre-check leave open."""
+
+_BY = {
+    "milp": ("clean", "attack", "crown", "milp"),
+    "bab": ("clean", "attack", "crown", "alpha", "bab"),
+}
+"""The deciding steps a method's points report, in the order they run."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +40,11 @@ class VerifySettings:
     decided exactly by MILP (l_inf only; 0 turns it off); ``time_limit``: seconds per
     point for building and solving its MILP before it counts as a timeout (never as
     verified; the bounds come from the batched certification pass); ``tighten``: LP-tighten
-    the MILP's big-M bounds."""
+    the MILP's big-M bounds; ``method``: what decides the points that neither CROWN nor
+    the PGD pre-check settles: ``milp`` (one MILP per point) or ``bab`` (branch and
+    bound with alpha/beta-CROWN bounds, much faster on dense nets: docs/verification.md).
+    Each point records which step decided it (``clean``, ``attack``, ``crown``,
+    ``alpha``, ``bab``, ``milp``)."""
 
     epsilons: tuple[float, ...] = ()
     norm: str = "inf"
@@ -38,6 +52,7 @@ class VerifySettings:
     n_exact: int = 20
     time_limit: float = 30.0
     tighten: bool = False
+    method: str = field(default="milp", metadata=NEW_FIELD)
 
 
 class VerifyMeasurement(Measurement):
@@ -62,6 +77,12 @@ class VerifyMeasurement(Measurement):
             raise ConfigError(f"{where}.n_exact: must be >= 0, got {settings.n_exact}")
         if settings.n_exact and settings.norm != "inf":
             raise ConfigError(f"{where}.n_exact: exact verification is l_inf only; set it to 0")
+        if settings.method not in EXACT_METHODS:
+            raise ConfigError(
+                f"{where}.method: must be {' or '.join(EXACT_METHODS)}, got {settings.method!r}"
+            )
+        if settings.tighten and settings.method != "milp":
+            raise ConfigError(f"{where}.tighten: tightens the MILP only; drop it or use milp")
         if not (math.isfinite(settings.time_limit) and settings.time_limit > 0):
             raise ConfigError(f"{where}.time_limit: must be > 0 seconds, got {settings.time_limit}")
 
@@ -93,6 +114,7 @@ class VerifyMeasurement(Measurement):
             seed=int(p["seed"]),
             tighten=bool(p["tighten"]),
             batch_size=batch_size,
+            method=str(p.get("method", "milp")),
         )
         tag = f"verify_l{norm}"
         records: list[Record] = []
@@ -178,6 +200,7 @@ def verify_points(
     seed: int = 0,
     tighten: bool = False,
     batch_size: int = 250,
+    method: str = "milp",
 ) -> dict[str, Any]:
     """Certified (IBP, CROWN) and exact robust accuracy per epsilon, as a JSON-able dict.
 
@@ -186,7 +209,8 @@ def verify_points(
     N points. The first ``n_exact`` points are decided exactly (l_inf only): a
     misclassified point or a PGD adversarial (seeded by ``seed``, re-checked by
     our forward pass) is a counterexample, a CROWN-certified point is verified,
-    the rest go to the MILP with ``time_limit`` seconds each.
+    the rest go to ``method`` (``milp``: the MILP; ``bab``: branch and bound) with
+    ``time_limit`` seconds each.
 
     Per epsilon the record holds ``ibp_accuracy``/``crown_accuracy`` (fractions
     of N), mean unstable ReLUs per point under IBP and CROWN (and LP on the MILP
@@ -210,6 +234,8 @@ def verify_points(
         raise ConfigError("exact verification handles l_inf only: set n_exact=0 for l2")
     if not (time_limit > 0):
         raise ConfigError(f"time_limit must be > 0 seconds, got {time_limit}")
+    if method not in EXACT_METHODS:
+        raise ConfigError(f"unknown exact method {method!r}: use {' or '.join(EXACT_METHODS)}")
     device = model_device(model)
     record: dict[str, Any] = {
         "norm": "inf" if math.isinf(p) else "2",
@@ -218,6 +244,7 @@ def verify_points(
         "time_limit_s": time_limit,
         "lp_tightening": tighten,
         "seed": seed,
+        **({} if method == "milp" else {"method": method}),
         "epsilons": [],
     }
     with eval_mode(model):
@@ -238,7 +265,7 @@ def verify_points(
             if n_ex:
                 entry["exact"] = _exact_entry(
                     model, x[:n_ex].to(device), y[:n_ex].to(device), eps, crown, time_limit,
-                    seed, tighten,
+                    seed, tighten, method,
                 )  # fmt: skip
             record["epsilons"].append(entry)
     return record
@@ -246,17 +273,17 @@ def verify_points(
 
 def _exact_entry(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, crown: Any,
-    time_limit: float, seed: int, tighten: bool,
+    time_limit: float, seed: int, tighten: bool, method: str = "milp",
 ) -> dict[str, Any]:  # fmt: skip
     from sparserobust.verify import STATUSES
     from sparserobust.verify.methods import decide_exact
 
     n = x.shape[0]
     results, pgd = decide_exact(model, x, y, eps, crown, time_limit=time_limit, seed=seed,
-                                tighten=tighten)  # fmt: skip
+                                tighten=tighten, search=method)  # fmt: skip
     counts = {s: sum(r.status == s for r in results) for s in STATUSES}
     secs = [r.seconds for r in results]
-    milp_secs = [r.seconds for r in results if r.by == "milp"]
+    milp_secs = [r.seconds for r in results if r.by in ("milp", "bab", "alpha")]
     lp = [r.unstable["lp"] for r in results if "lp" in r.unstable]
     crown_sub = crown.certified[:n]
     return {
@@ -267,7 +294,7 @@ def _exact_entry(
         "resolved_share": (counts["verified"] + counts["counterexample"]) / n,
         "crown_accuracy": float(crown_sub.float().mean()),
         "pgd_accuracy": float((pgd.clean_correct & ~pgd.success[0]).float().mean()),
-        "by": {b: sum(r.by == b for r in results) for b in ("clean", "attack", "crown", "milp")},
+        "by": {b: sum(r.by == b for r in results) for b in _BY[method]},
         "unstable_relus_lp_mean": float(np.mean(lp)) if lp else None,
         "seconds_median": _percentile(secs, 50),
         "seconds_p95": _percentile(secs, 95),

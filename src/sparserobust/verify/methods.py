@@ -31,7 +31,7 @@ from torch import nn
 
 from sparserobust.errors import ConfigError
 from sparserobust.verify.alpha import alpha_certify
-from sparserobust.verify.bab import verify_bab
+from sparserobust.verify.bab import BabSettings, verify_bab
 from sparserobust.verify.certification import CertifyResult, certify
 from sparserobust.verify.exact import (
     CEX_TOL,
@@ -176,11 +176,14 @@ def decide_exact(
     seed: int = 0,
     tighten: bool = False,
     on_point: Callable[[ExactResult], None] | None = None,
+    search: str = "milp",
 ) -> tuple[list[ExactResult], Any]:
     """Exact l_inf verdicts of ``x`` ``(N, C, H, W)`` (on the model's device) with
     labels ``y``: a PGD adversarial (seeded by ``seed``) re-checked by our forward pass is
     a counterexample, the rest go to :func:`~sparserobust.verify.exact.verify_many`
-    (CROWN-certified points need no MILP; ``time_limit`` seconds per MILP point).
+    (CROWN-certified points need no MILP; ``time_limit`` seconds per MILP point), or with
+    ``search="bab"`` to branch and bound (:func:`~sparserobust.verify.bab.verify_bab`:
+    CROWN, alpha-CROWN, then splits; ``time_limit`` seconds per point).
     ``crown``: a CROWN :func:`certify` result of the same points that kept their bounds
     (``keep_bounds >= N``). ``on_point`` sees each verdict as it is known. Returns the
     verdicts in point order and the PGD attack result."""
@@ -212,9 +215,19 @@ def decide_exact(
             if on_point is not None:
                 on_point(r)
 
-        exact = verify_many(model, layers, x[rest], y[rest], epsilon, bounds_from(crown, rest),
-                            rest, on_point=seen, time_limit=time_limit, tighten=tighten,
-                            lp_fraction=LP_FRACTION, cex_tol=CEX_TOL)  # fmt: skip
+        if search == "bab":
+            # the PGD pre-check above already ran: the search needs no attack of its own
+            exact = verify_bab(model, x[rest], y[rest], epsilon=epsilon, time_limit=time_limit,
+                               settings=BabSettings(pgd_steps=0), indices=rest)  # fmt: skip
+            for r in exact:
+                seen(r)
+        elif search == "milp":
+            exact = verify_many(model, layers, x[rest], y[rest], epsilon,
+                                bounds_from(crown, rest), rest, on_point=seen,
+                                time_limit=time_limit, tighten=tighten, lp_fraction=LP_FRACTION,
+                                cex_tol=CEX_TOL)  # fmt: skip
+        else:
+            raise ConfigError(f"unknown exact search {search!r}: use milp or bab")
         decided.update((r.index, r) for r in exact)
     return [decided[i] for i in range(n)], pgd
 
