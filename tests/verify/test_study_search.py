@@ -62,6 +62,7 @@ def test_the_method_is_part_of_the_result_identity_only_when_it_is_not_the_defau
 
     base = {"epsilons": [0.05], "n_exact": 5}
     assert params(base) == params({**base, "method": "milp"})
+    assert "method" not in params(base)
     assert params({**base, "method": "bab"})["method"] == "bab"
 
 

@@ -91,6 +91,8 @@ class VerifyMeasurement(Measurement):
     ) -> list[MeasurementCell]:
         n = min(settings.n or eval_settings.n, eval_settings.n)
         params = {**asdict(settings), "epsilons": list(settings.epsilons), "n": n, "seed": seed}
+        if settings.method == "milp":
+            del params["method"]  # the default: results stored before it existed keep their id
         return [MeasurementCell(self.name, f"verify:l{settings.norm}", params)]
 
     def run(
