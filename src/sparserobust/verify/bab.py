@@ -52,6 +52,7 @@ from torch import nn
 
 from sparserobust.errors import ConfigError
 from sparserobust.metrics.margin import check_metric_inputs
+from sparserobust.norms import parse_norm
 from sparserobust.utils import eval_mode, model_device
 from sparserobust.verify.alpha import (
     initial_alpha,
@@ -503,7 +504,7 @@ def verify_bab(
     the results (default ``0..N-1``). Runs on the model's device in eval mode (restored).
     """
     s = settings or BabSettings()
-    if str(norm).strip().lower().removeprefix("l") not in ("inf", "infinity"):
+    if math.isfinite(parse_norm(norm)):
         raise ConfigError(f"branch and bound handles the l_inf norm only, got {norm!r}")
     if not (time_limit > 0):
         raise ConfigError(f"time_limit must be > 0 seconds, got {time_limit}")
