@@ -334,7 +334,7 @@ def test_attack_checkpoint_defaults_and_pass_through(tmp_path) -> None:  # noqa:
     from sparserobust.checkpoint import save_checkpoint
     from sparserobust.errors import ConfigError
     from sparserobust.models import build_model
-    from tests.test_pruning import digits_meta
+    from tests.pruning.test_pruning import digits_meta
 
     torch.manual_seed(0)
     model = build_model("lenet300", (1, 8, 8), 10, [0.305], [0.3779])

@@ -123,4 +123,5 @@ def test_attack_cli_json(tmp_path, capsys) -> None:
     assert "median l2" in capsys.readouterr().out
     rc = main(["attack", "--checkpoint", str(ckpt), "--attack", "fgsm", "--eps", "-1"])
     assert rc == 2
-    assert capsys.readouterr().err.startswith("error: epsilons must be")
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "-1" in err and "eps" in err and "\n" not in err.strip()
