@@ -328,7 +328,8 @@ def parse_network(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> list[Layer]:
-    """The ops of ``model`` (an ``nn.Sequential``) as :class:`Layer` records.
+    """The ops of ``model`` (an ``nn.Sequential`` or ``resnet32``'s ResNetCifar) as
+    :class:`Layer` records, residual blocks flattened into ``fork`` ... ``add``.
 
     ``input_shape``: one input's shape, e.g. ``(1, 28, 28)``. Weights are the
     effective (masked) weights in ``dtype``; a Normalize in front of a Linear or
