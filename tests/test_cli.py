@@ -147,7 +147,7 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
 def test_cifar10_models_train_and_reload(
     model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from .test_data import make_tiny_cifar
+    from tests.test_data import make_tiny_cifar
 
     make_tiny_cifar(tmp_path / "data")
     ckpt = tmp_path / f"{model}.st"

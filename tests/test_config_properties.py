@@ -21,8 +21,7 @@ from sparserobust.cli import main  # noqa: E402
 from sparserobust.config import StudyConfig, config_from_dict, load_config  # noqa: E402
 from sparserobust.errors import ConfigError  # noqa: E402
 from sparserobust.pipeline import default_run_dir  # noqa: E402
-
-from .test_hardening import TINY  # noqa: E402
+from tests.hardening.test_hardening import TINY  # noqa: E402
 
 FAST = settings(
     max_examples=50,

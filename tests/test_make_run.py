@@ -166,8 +166,7 @@ def test_report_numbers_match_the_database(tmp_path: Path) -> None:
     checked two fixed strings and passed with the sparsity columns reversed)."""
     from sparserobust.config import config_from_dict
     from sparserobust.pipeline import run_study
-
-    from .test_pipeline import SMALL
+    from tests.engine.test_pipeline import SMALL
 
     run = tmp_path / "run"
     run_study(config_from_dict({**SMALL, "seeds": [0, 1]}), run, progress=False)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tests.test_milp import piece_min_margin, tiny_net
+from tests.verify.test_milp import piece_min_margin, tiny_net
 
 
 def _layers(net: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray]]:

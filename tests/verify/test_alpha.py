@@ -17,8 +17,8 @@ from sparserobust.verify.alpha import optimize_intermediate
 from sparserobust.verify.certification import bound_pass
 from sparserobust.verify.network import parse_network
 from sparserobust.verify.threat import InputSet
-from tests.test_certify import margins_at, samples_in_set, small_nets
 from tests.verify.oracles import CASES, problems, truth
+from tests.verify.test_certify import margins_at, samples_in_set, small_nets
 
 
 def test_ibp_crown_alpha_bracket_on_a_trained_net(digits, digits_lenet300: nn.Module) -> None:

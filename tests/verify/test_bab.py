@@ -243,7 +243,7 @@ def test_max_pool_nets_are_sound_and_never_verified_beyond_the_relaxation() -> N
     """Conv + max-pool + linear, no ReLU (every domain is a leaf the LP cannot take): each
     decision equals the argmax enumeration's truth, and what the relaxation cannot
     prove ends as a timeout, never verified."""
-    from tests.test_milp import maxpool_min_margin, maxpool_net
+    from tests.verify.test_milp import maxpool_min_margin, maxpool_net
 
     net, shape = maxpool_net(False, 6)
     gen = torch.Generator().manual_seed(2)

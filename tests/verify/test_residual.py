@@ -24,7 +24,7 @@ from sparserobust.training import TrainSettings, train_model
 from sparserobust.verify import certify, forward_layers, parse_network, verify_bab
 from sparserobust.verify.alpha import alpha_certify
 from sparserobust.verify.exact import verify_exact
-from tests.test_milp import piece_min_margin
+from tests.verify.test_milp import piece_min_margin
 
 TOL = 1e-7
 

@@ -36,7 +36,7 @@ Choices (and how they differ from ART's ``clever_u``):
 
 Defaults and cost: ``n_batches=20``, ``batch_size=50`` (1,000 fresh points per
 image, each giving the gradients of all K-1 margins; the setting validated
-against ART in ``tests/test_clever.py``; Weng et al. used 500 x 1024), and
+against ART in ``tests/metrics/test_clever.py``; Weng et al. used 500 x 1024), and
 ``radius`` 2.0 for l2, 0.3 for l_inf (MNIST-scale; set your own for other
 data). Measured on this project's shared 2-core CPU with other jobs running
 (load about 6): LeNet-300-100 on 28x28 MNIST 2.6 s (l2) and 3.1 s (l_inf) per

@@ -16,7 +16,7 @@ from sparserobust.errors import AttackError
 from sparserobust.measurements.attack import attack_params
 from sparserobust.metrics import robust_accuracy
 from sparserobust.metrics.checks import gradient_free_flags
-from tests.test_attacks import closed_form, linear_problem
+from tests.attacks.test_attacks import closed_form, linear_problem
 
 INF = math.inf
 

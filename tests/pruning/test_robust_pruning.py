@@ -41,7 +41,7 @@ from sparserobust.pruning.structured import (
     unit_counts,
 )
 from sparserobust.training import AdversarialTrainingSettings, TrainSettings, evaluate_accuracy
-from tests.test_pruning import digits_meta
+from tests.pruning.test_pruning import digits_meta
 
 PGD_AT = AdversarialTrainingSettings("pgd", eps=0.1, steps=5)
 

@@ -24,8 +24,7 @@ from sparserobust.errors import (
     StoreError,
 )
 from sparserobust.models import build_model
-
-from .test_checkpoint import META as DIGITS_META
+from tests.models.test_checkpoint import META as DIGITS_META
 
 
 @pytest.fixture(scope="module")

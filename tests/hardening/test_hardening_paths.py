@@ -20,8 +20,7 @@ from sparserobust.cli import main
 from sparserobust.config import config_from_dict
 from sparserobust.pipeline import run_study
 from sparserobust.store import sha256_file
-
-from .test_hardening import LEVEL, TINY, one_line_error, rows
+from tests.hardening.test_hardening import LEVEL, TINY, one_line_error, rows
 
 L09 = "s0/magnitude/0.9000"
 
@@ -213,7 +212,7 @@ def test_sweep_deletes_only_temp_files_of_its_own_levels(tmp_path: Path) -> None
     others = [out / ".magnitude-s0.7000.st.abcd1234.tmp", out / ".magnitude-s0.5000.st.mine.tmp"]
     for p in [ours, *others]:
         p.write_text("x")
-    from .test_checkpoint import META
+    from tests.models.test_checkpoint import META
 
     model = build_model("lenet300", (1, 8, 8), 10)
     sparsity_sweep(model, "magnitude", [0.5], out_dir=out, metadata=META, progress=False)

@@ -41,7 +41,7 @@ SMALL = {
         "bounds": True,
     },
 }
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def table_rows(db: Path) -> dict[str, list[tuple]]:
@@ -364,7 +364,7 @@ def test_interval_and_sweet_spot() -> None:
     assert [s["method"] for s in sweet_spots(table, ["rob"], max_drop=0.1)] == ["m"]
 
 
-# resuming after SIGKILL at many moments: tests/test_interruption.py
+# resuming after SIGKILL at many moments: tests/engine/test_interruption.py
 
 
 # --- bring your own model -------------------------------------------------------
@@ -588,7 +588,7 @@ def test_reproduction_tables_script(small_run: Path, tmp_path: Path) -> None:
     their verdicts follow the intervals, and a missing run is one error line."""
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "reproduction_tables.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "reproduction_tables.py"
     spec = importlib.util.spec_from_file_location("reproduction_tables", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)

@@ -23,9 +23,8 @@ from sparserobust.report.verdicts import (
     verdict_rows,
     warning_summary,
 )
-
-from .conftest import _MUTATION_RUN, kept
-from .test_pipeline import SMALL
+from tests.conftest import _MUTATION_RUN, kept
+from tests.engine.test_pipeline import SMALL
 
 SEEDED = {
     **SMALL,
@@ -512,7 +511,7 @@ def test_verify_study_report_reads_as_a_bracket(tmp_path: Path) -> None:
     import json
     import sqlite3
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "reproduction_tables.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "reproduction_tables.py"
     spec = importlib.util.spec_from_file_location("reproduction_tables", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)

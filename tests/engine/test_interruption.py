@@ -17,8 +17,7 @@ import pytest
 import yaml
 
 from sparserobust import load_checkpoint
-
-from .test_pipeline import SMALL, table_rows
+from tests.engine.test_pipeline import SMALL, table_rows
 
 STUDY = {**SMALL, "name": "kill", "seeds": [0, 1]}
 

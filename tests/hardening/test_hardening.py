@@ -447,8 +447,7 @@ def test_safetensors_write_error_is_one_line_and_leaves_no_file(
 
     from sparserobust import save_checkpoint
     from sparserobust.models import build_model
-
-    from .test_checkpoint import META
+    from tests.models.test_checkpoint import META
 
     def full(tensors: object, path: str, metadata: object = None) -> None:
         Path(path).write_bytes(b"partial")
@@ -488,8 +487,8 @@ def test_run_force_starts_over_and_keeps_other_files(tiny_run: Path, tmp_path: P
 
 # --- round two (issue 26, requirement 6): the tracebacks that were left -------------
 # attack --eps 1e308, --seed 2**64 (attack, train), -j 10**10 and -j 2**64 are bounds:
-# tests/test_hardening_bounds.py::test_every_cli_flag_meets_its_bound_before_any_work;
-# compare --out a dangling link: tests/test_hardening_paths.py.
+# tests/hardening/test_hardening_bounds.py::test_every_cli_flag_meets_its_bound_before_any_work;
+# compare --out a dangling link: tests/hardening/test_hardening_paths.py.
 
 
 @pytest.mark.parametrize(

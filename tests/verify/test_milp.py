@@ -404,7 +404,7 @@ def test_verify_points_brackets(digits, digits_lenet300: nn.Module) -> None:
         verify_exact(digits_lenet300, x[:1], y[:1], epsilon=0.1, time_limit=0)
 
 
-SPURIOUS_INFEASIBLE = Path(__file__).parent / "data" / "highs_spurious_infeasible.mps.gz"
+SPURIOUS_INFEASIBLE = Path(__file__).parents[1] / "data" / "highs_spurious_infeasible.mps.gz"
 
 
 def _read_fixture(tmp_path: Path) -> milp.MilpModel:

@@ -12,7 +12,7 @@ from sparserobust.attacks import APGD, PGD, APGDTargeted, get_attack
 from sparserobust.attacks.apgd import checkpoints, dlr
 from sparserobust.errors import AttackError
 from sparserobust.metrics import robust_accuracy
-from tests.test_attacks import closed_form, linear_problem
+from tests.attacks.test_attacks import closed_form, linear_problem
 
 INF = math.inf
 OFFICIAL_NORM = {INF: "Linf", 2.0: "L2"}

@@ -18,7 +18,7 @@ from sparserobust.data import Dataset
 from sparserobust.models.compact import sequential_spec
 from sparserobust.verify import verify_exact
 from sparserobust.verify.methods import POINT_STATUSES, VERIFIERS, strongest
-from tests.test_hardening import one_line_error
+from tests.hardening.test_hardening import one_line_error
 
 
 def _save(model: nn.Module, name: str, data: Dataset, path: Path, **extra: object) -> Path:
@@ -278,7 +278,7 @@ def test_readme_verify_lines_run(
     ckpts: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The README's fresh-clone verify commands, on the fixture checkpoint and 5 points."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     lines = [ln for ln in readme.splitlines() if ln.startswith("sparserobust verify runs/digits")]
     assert len(lines) == 2
     for line in lines:

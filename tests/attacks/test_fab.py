@@ -12,7 +12,7 @@ from sparserobust.attacks import FAB, DeepFool, FABTargeted, fab, get_attack
 from sparserobust.attacks.fab import box_hyperplane_step
 from sparserobust.errors import AttackError
 from sparserobust.metrics import median_norm, robust_accuracy
-from tests.test_attacks import closed_form, linear_problem
+from tests.attacks.test_attacks import closed_form, linear_problem
 
 INF = math.inf
 

@@ -78,7 +78,7 @@ def test_channels_last_measurements_agree() -> None:
 
 
 def test_channels_last_is_recorded_not_hashed(tmp_path: Path) -> None:
-    from .test_data import make_tiny_cifar
+    from tests.test_data import make_tiny_cifar
 
     make_tiny_cifar(tmp_path / "data", per_batch=16)
     spec = {
