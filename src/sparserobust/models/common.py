@@ -1,4 +1,4 @@
-"""Pieces every model shares: the in-model input normalisation."""
+"""Pieces every model shares: the in-model input normalisation and a residual block."""
 
 from __future__ import annotations
 
@@ -27,3 +27,18 @@ class Normalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+class Residual(nn.Module):
+    """``branch(x) + shortcut(x)``: a residual block from any branch and a linear shortcut
+    (None: the identity). The verifiers bound it (:mod:`sparserobust.verify.network`)
+    when ``branch`` is built from the modules they support and ``shortcut`` has no
+    nonlinear op."""
+
+    def __init__(self, branch: nn.Module, shortcut: nn.Module | None = None) -> None:
+        super().__init__()
+        self.branch = branch
+        self.shortcut = shortcut if shortcut is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.branch(x) + self.shortcut(x)

@@ -130,6 +130,7 @@ def relaxed_lower(
     alpha = alpha or {}
     beta = beta or {}
     last = len(layers) - 1 if end is None else end
+    pending: dict[int, torch.Tensor] = {}
     for i in range(last, -1, -1):
         layer = layers[i]
         if layer.kind == "relu":
@@ -137,7 +138,7 @@ def relaxed_lower(
                 record[i] = a.detach()
             a, bias = relu_backward(a, bias, *pre[i], alpha.get(i), beta.get(i))
         else:
-            a, bias = backward_layer(layer, a, bias, pre.get(i))
+            a, bias = backward_layer(layer, a, bias, pre.get(i), pending)
     coef = a.detach().clone()
     return inp.lower(a, bias), coef
 

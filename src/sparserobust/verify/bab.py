@@ -50,7 +50,7 @@ import torch
 from scipy.optimize import linprog
 from torch import nn
 
-from sparserobust.errors import ConfigError
+from sparserobust.errors import ConfigError, ModelError
 from sparserobust.metrics.margin import check_metric_inputs
 from sparserobust.norms import parse_norm
 from sparserobust.utils import eval_mode, model_device
@@ -519,6 +519,8 @@ def verify_bab(
     device = model_device(model)
     with eval_mode(model):
         layers = parse_network(model, x.shape[1:], dtype=s.dtype, device=device)
+        if any(layer.kind in ("fork", "add") for layer in layers):
+            raise ModelError("branch and bound does not handle residual blocks yet: use alpha")
         y = check_labels(y, n, layers[-1].out_shape[0]).to(device)
         x = x.to(device)
         out = []

@@ -32,7 +32,7 @@ from sparserobust.metrics.margin import check_metric_inputs
 from sparserobust.norms import parse_norm
 from sparserobust.utils import eval_mode, model_device
 from sparserobust.verify.crown import crown_lower, pool_windows, tighten
-from sparserobust.verify.ibp import ibp_lower, interval_forward
+from sparserobust.verify.ibp import Saved, ibp_lower, interval_forward
 from sparserobust.verify.network import Layer, parse_network
 from sparserobust.verify.threat import InputSet
 
@@ -99,6 +99,7 @@ def bound_pass(
     pre: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     counts: list[torch.Tensor] = []
     weights_seen, nonlinear_seen = 0, False
+    saved: Saved = {}
     for i, layer in enumerate(layers):
         if layer.nonlinear:
             # intervals are exact (l_inf) on the output of the first weight layer
@@ -108,8 +109,9 @@ def bound_pass(
             pre[i] = (lo, hi)
             counts.append(_unstable_count(layer, lo, hi))
             nonlinear_seen = True
-        weights_seen += layer.kind in ("linear", "conv")
-        lo, hi = interval_forward(layer, lo, hi)
+        # a residual sum of two paths is not exact either
+        weights_seen += 2 if layer.kind == "add" else layer.kind in ("linear", "conv")
+        lo, hi = interval_forward(layer, lo, hi, saved)
     bsz = x.shape[0]
     counts_t = torch.stack(counts, 1) if counts else torch.zeros(bsz, 0, dtype=torch.long)
     if y is None:

@@ -11,6 +11,10 @@ Intermediate (pre-activation) bounds are computed (:func:`tighten`) only for neu
 that the tightened interval bounds leave unstable; neurons proven stable cost nothing.
 Pruned networks therefore get cheaper bounds as well as tighter ones: fewer unstable
 ReLUs means fewer rows to propagate. Stable ReLUs are exact.
+
+Residual blocks: at an ``add`` the coefficients go down both the branch and the
+(linear) shortcut; the shortcut's part waits in ``pending`` until the pass reaches the
+block's ``fork``, where the two are summed (the same input feeds both).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from sparserobust.errors import ModelError
 from sparserobust.verify.network import Layer, window_index
 from sparserobust.verify.threat import InputSet
 
@@ -73,14 +78,32 @@ def backward_layer(
     a: torch.Tensor,
     bias: torch.Tensor,
     bounds: tuple[torch.Tensor, torch.Tensor] | None,
+    pending: dict[int, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewrite the lower bound ``a . out + bias`` of ``layer``'s output as one of its input.
 
     ``a``: ``(B, m, *out_shape)``, ``bias``: ``(B, m)``; ``bounds``: the input's
-    interval (needed by ReLU and max-pool). Returns ``(a_in, bias)``.
+    interval (needed by ReLU and max-pool). ``pending``: the coefficients of the
+    residual forks the pass has reached the ``add`` of but not yet the ``fork`` (by
+    fork index): an ``add`` (``out = branch + shortcut(x)``) keeps ``a`` for the branch
+    and stores ``a`` pushed back through the shortcut, which its ``fork`` (``x`` used
+    by both) adds back; a pass that starts inside a branch finds none at the fork.
+    Needed by networks with residual blocks (ModelError without it). Returns
+    ``(a_in, bias)``.
     """
     k = layer.kind
     bsz, m = a.shape[:2]
+    if k in ("fork", "add"):
+        if pending is None:
+            raise ModelError(f"the residual layer {layer.name} needs the pending coefficients")
+        if k == "fork":
+            kept = pending.pop(layer.source, None)
+            return (a if kept is None else a + kept), bias
+        a_sc = a
+        for op in reversed(layer.shortcut or []):
+            a_sc, bias = backward_layer(op, a_sc, bias, None)
+        pending[layer.source] = a_sc
+        return a, bias
     if k == "flatten":
         return a.reshape(bsz, m, *layer.in_shape), bias
     if k == "relu":
@@ -190,8 +213,9 @@ def crown_lower(
     inp: InputSet,
 ) -> torch.Tensor:
     """Lower bound over the input set of ``a . out(layers[end]) + bias``, ``(B, m)``."""
+    pending: dict[int, torch.Tensor] = {}
     for i in range(end, -1, -1):
-        a, bias = backward_layer(layers[i], a, bias, pre.get(i))
+        a, bias = backward_layer(layers[i], a, bias, pre.get(i), pending)
     return inp.lower(a, bias)
 
 

@@ -388,6 +388,8 @@ def verify_many(
     """The exact verdict per point; ``bounds``: the points' CROWN bounds when already
     computed (else one batched pass here, for the correctly classified points).
     ``on_point`` is called with each verdict as soon as it is known (a progress bar)."""
+    if any(layer.kind in ("fork", "add") for layer in layers):
+        network_stages(layers)  # its one-line ModelError, before any point is decided
     n = x.shape[0]
     start = time.perf_counter()
     wrong = [is_misclassified(model, x[i], int(y[i])) for i in range(n)]

@@ -3,7 +3,8 @@ layer by layer through the parsed network.
 
 The input set is replaced by its interval hull ``[max(x - eps, 0), min(x + eps, 1)]``
 (exact for l_inf, loose for l2). For the margins the last Linear layer is merged with
-the margin specification.
+the margin specification. At a residual ``add`` the shortcut's interval (from the one
+kept at its ``fork``) is added to the branch's.
 """
 
 from __future__ import annotations
@@ -13,17 +14,36 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from sparserobust.errors import ModelError
 from sparserobust.verify.network import Layer
 from sparserobust.verify.threat import InputSet, box_lower
 
-__all__ = ["forward_layers", "ibp_lower", "interval_forward"]
+__all__ = ["Saved", "forward_layers", "ibp_lower", "interval_forward"]
+
+
+Saved = dict[int, tuple[torch.Tensor, torch.Tensor]]
 
 
 def interval_forward(
-    layer: Layer, lo: torch.Tensor, hi: torch.Tensor
+    layer: Layer, lo: torch.Tensor, hi: torch.Tensor, saved: Saved | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interval ``[lo, hi]`` (each ``(B, *in_shape)``) pushed through ``layer``."""
+    """Interval ``[lo, hi]`` (each ``(B, *in_shape)``) pushed through ``layer``.
+
+    ``saved``: the intervals kept at the open residual forks (by fork index), filled
+    at a ``fork`` and used up at its ``add``, which adds the shortcut's interval; a
+    network with residual blocks needs it (ModelError without it).
+    """
     k = layer.kind
+    if k in ("fork", "add"):
+        if saved is None:
+            raise ModelError(f"the residual layer {layer.name} needs the saved fork intervals")
+        if k == "fork":
+            saved[layer.source] = (lo, hi)
+            return lo, hi
+        slo, shi = saved.pop(layer.source)
+        for op in layer.shortcut or []:
+            slo, shi = interval_forward(op, slo, shi)
+        return lo + slo, hi + shi
     if k == "relu":
         return lo.clamp_min(0), hi.clamp_min(0)
     if k == "maxpool":
@@ -49,8 +69,9 @@ def interval_forward(
 
 def forward_layers(layers: Sequence[Layer], x: torch.Tensor) -> torch.Tensor:
     """The network's output on ``x`` ``(B, *in_shape)``, computed from ``layers``."""
+    saved: Saved = {}
     for layer in layers:
-        x = interval_forward(layer, x, x)[0]
+        x = interval_forward(layer, x, x, saved)[0]
     return x
 
 
@@ -65,8 +86,9 @@ def ibp_lower(layers: Sequence[Layer], spec: torch.Tensor, inp: InputSet) -> tor
     a, bias = spec, torch.zeros(bsz, m, dtype=inp.x0.dtype, device=inp.x0.device)
     last = len(layers) - 1
     lo, hi = inp.lo, inp.hi
+    saved: Saved = {}
     for layer in layers[:last]:
-        lo, hi = interval_forward(layer, lo, hi)
+        lo, hi = interval_forward(layer, lo, hi, saved)
     final = layers[last]
     if final.kind == "linear":
         assert final.weight is not None and final.bias is not None

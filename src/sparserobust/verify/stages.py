@@ -2,7 +2,8 @@
 
 Consecutive affine layers (per-channel affine, Linear, Conv2d, Flatten) are composed
 into one scipy sparse map ``z = M a + c`` in float64; ReLU and max-pool layers stay
-stages of their own.
+stages of their own. Residual blocks (``fork``/``add`` layers) have no encoding here:
+:class:`ModelError`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from sparserobust.errors import ModelError
 from sparserobust.verify.network import Layer
 
 __all__ = ["Stage", "network_stages"]
@@ -77,6 +79,10 @@ def network_stages(layers: Sequence[Layer]) -> list[Stage]:
     out: list[Stage] = []
     cur: tuple[sp.csr_matrix, np.ndarray] | None = None
     for i, layer in enumerate(layers):
+        if layer.kind in ("fork", "add"):
+            raise ModelError(
+                f"the MILP cannot encode residual blocks ({layer.name}): use ibp, crown or alpha"
+            )
         if layer.nonlinear:
             if cur is not None:
                 out.append(Stage("affine", cur[0], cur[1]))
