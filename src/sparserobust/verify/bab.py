@@ -51,7 +51,6 @@ from scipy.optimize import linprog
 from torch import nn
 
 from sparserobust.errors import ConfigError, ModelError
-from sparserobust.metrics.margin import check_metric_inputs
 from sparserobust.norms import parse_norm
 from sparserobust.utils import eval_mode, model_device
 from sparserobust.verify.alpha import (
@@ -64,7 +63,12 @@ from sparserobust.verify.alpha import (
 from sparserobust.verify.branching import babsr_choice
 from sparserobust.verify.certification import bound_pass, check_labels, margin_spec
 from sparserobust.verify.crown import tighten
-from sparserobust.verify.exact import ExactResult, check_counterexample, is_misclassified
+from sparserobust.verify.exact import (
+    ExactResult,
+    check_counterexample,
+    check_points,
+    is_misclassified,
+)
 from sparserobust.verify.ibp import interval_forward
 from sparserobust.verify.network import Layer, parse_network
 from sparserobust.verify.threat import InputSet
@@ -510,12 +514,8 @@ def verify_bab(
         raise ConfigError(f"time_limit must be > 0 seconds, got {time_limit}")
     if s.batch_domains < 1 or s.iterations < 0 or s.root_iterations < 0 or s.max_domains < 1:
         raise ConfigError("BabSettings needs batch_domains, max_domains >= 1, iterations >= 0")
-    check_metric_inputs(x)
-    if not (math.isfinite(float(epsilon)) and float(epsilon) >= 0):
-        raise ConfigError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
-    eps = float(epsilon)
+    eps, ids = check_points(x, epsilon, indices)
     n = x.shape[0]
-    ids = list(range(n)) if indices is None else [int(i) for i in indices]
     device = model_device(model)
     with eval_mode(model):
         layers = parse_network(model, x.shape[1:], dtype=s.dtype, device=device)

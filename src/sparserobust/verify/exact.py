@@ -43,6 +43,7 @@ __all__ = [
     "CEX_TOL",
     "LP_FRACTION",
     "STATUSES",
+    "check_points",
     "ExactResult",
     "PointBounds",
     "bounds_from",
@@ -338,6 +339,19 @@ def _check_exact_args(norm: float | str, time_limit: float) -> None:
         raise ConfigError(f"time_limit must be > 0 seconds, got {time_limit}")
 
 
+def check_points(
+    x: torch.Tensor, epsilon: float, indices: Sequence[int] | None
+) -> tuple[float, list[int]]:
+    """The checks a complete verifier runs on its points: images ``x`` in [0,1] and a
+    finite ``epsilon >= 0`` (ConfigError otherwise); returns the radius and the labels of
+    the results (``indices``, default ``0..N-1``)."""
+    check_metric_inputs(x)
+    if not (math.isfinite(float(epsilon)) and float(epsilon) >= 0):
+        raise ConfigError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
+    n = x.shape[0]
+    return float(epsilon), list(range(n)) if indices is None else [int(i) for i in indices]
+
+
 def verify_exact(
     model: nn.Module,
     x: torch.Tensor,
@@ -365,12 +379,8 @@ def verify_exact(
     runs in eval mode and is restored.
     """
     _check_exact_args(norm, time_limit)
-    check_metric_inputs(x)
-    if not (math.isfinite(float(epsilon)) and float(epsilon) >= 0):
-        raise ConfigError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
-    eps = float(epsilon)
+    eps, ids = check_points(x, epsilon, indices)
     n = x.shape[0]
-    ids = list(range(n)) if indices is None else [int(i) for i in indices]
     device = model_device(model)
     with eval_mode(model):
         layers = parse_network(model, x.shape[1:], device=device)
