@@ -106,7 +106,9 @@ def main() -> None:
     ap.add_argument("--batch-domains", type=int, default=None, help="BabSettings.batch_domains")
     ap.add_argument("--summary", action="store_true")
     ap.add_argument("--json-out", default="runs/bab.jsonl")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (batched branch and bound)")
     args = ap.parse_args()
+    device = torch.device(args.device)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     torch.set_num_threads(1)
     out = Path(args.json_out)
@@ -114,7 +116,7 @@ def main() -> None:
         print(json.dumps(summary(out, args.time_limit), indent=1))
         return
     model, meta = load_checkpoint(dense_model(args.data_dir, Path(args.models_dir)))
-    model.eval()
+    model.eval().to(device)
     ds = load_dataset("mnist", args.data_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -124,7 +126,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     if args.part == "certify":
-        x, y = ds.test.x[: args.n_certify], ds.test.y[: args.n_certify]
+        x, y = ds.test.x[: args.n_certify].to(device), ds.test.y[: args.n_certify].to(device)
         for method in ("ibp", "crown", "alpha"):
             start = time.perf_counter()
             if method == "alpha":
@@ -140,7 +142,7 @@ def main() -> None:
         ids = [int(i) for i in args.points.split(",")]
     else:
         ids = list(range(args.start, args.start + args.n))
-    x, y = ds.test.x[ids], ds.test.y[ids]
+    x, y = ds.test.x[ids].to(device), ds.test.y[ids].to(device)
     given = {"iterations": args.iterations, "batch_domains": args.batch_domains}
     settings = BabSettings(**{k: v for k, v in given.items() if v is not None})
     for i in range(len(y)):  # one call per point, so rows appear as they finish
@@ -151,7 +153,7 @@ def main() -> None:
         else:
             (r,) = verify_exact(model, x[i : i + 1], y[i : i + 1], epsilon=args.eps,
                                 time_limit=args.time_limit, indices=[ids[i]])  # fmt: skip
-        emit({"part": args.part, **r.as_dict()})
+        emit({"part": args.part, "device": args.device, **r.as_dict()})
 
 
 if __name__ == "__main__":

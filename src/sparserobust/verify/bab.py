@@ -266,7 +266,8 @@ class _Search:
         for i in self.relus:
             empty |= (dom.lo[i] > dom.hi[i]).flatten(1).any(1)
         yy = torch.full((n,), self.y, dtype=torch.long, device=self.x0.device)
-        spec = margin_spec(yy, self.k, self.x0.dtype)[torch.arange(n), dom.cls].unsqueeze(1)
+        rows = torch.arange(n, device=yy.device)
+        spec = margin_spec(yy, self.k, self.x0.dtype)[rows, dom.cls].unsqueeze(1)
         signs = {i: dom.sign[i].to(self.x0.dtype) for i in self.relus}
         with torch.enable_grad():
             best, al, be, _ = optimize_bounds(
@@ -281,7 +282,7 @@ class _Search:
         bnd = torch.maximum(bnd, best)[:, 0]
         dom.bound = torch.where(empty, torch.full_like(bnd, math.inf), bnd)
         coefs = {i: record[i][:, 0] for i in self.relus}
-        choice = babsr_choice(self.relus, {i: pre[i] for i in self.relus}, coefs, n)
+        choice = babsr_choice(self.relus, {i: pre[i] for i in self.relus}, coefs, n, dom.cls.device)
         dom.layer, dom.index = (c.to(dom.cls.device) for c in choice)
         self.domains_bounded += n
         self._check_primal(dom, coef[:, 0], inp)
@@ -311,7 +312,7 @@ class _Search:
         n = dom.size
         rows = torch.arange(n, device=dom.cls.device).repeat(2)
         kids = dom.take(rows)
-        s = torch.cat([torch.ones(n), -torch.ones(n)]).to(self.x0.device)
+        s = torch.cat([torch.ones(n, device=self.x0.device), -torch.ones(n, device=self.x0.device)])
         for i in self.relus:
             sel = (kids.layer == i).nonzero().flatten()
             if not len(sel):
@@ -461,6 +462,8 @@ def _verify_point(
             {i: al[i][0, classes].unsqueeze(1) for i in rl},
             {i: torch.zeros(n, 1, *layers[i].in_shape, dtype=s.dtype, device=x0.device)
              for i in rl},
+            torch.full((n,), -1, dtype=torch.long, device=x0.device),
+            torch.zeros(n, dtype=torch.long, device=x0.device),
         )  # fmt: skip
         search = _Search(model, layers, xd[0], y, eps, pre, s, deadline)
         search.lower = float(best[best > 0].min()) if bool((best > 0).any()) else math.inf

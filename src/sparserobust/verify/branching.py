@@ -39,14 +39,16 @@ def babsr_choice(
     bounds: dict[int, tuple[torch.Tensor, torch.Tensor]],
     coefs: dict[int, torch.Tensor],
     n: int,
+    device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The neuron each of ``n`` domains splits: ``(layer, flat index)`` as two ``(n,)``
     long tensors over ReLU layers ``relus``; layer ``-1`` where no ReLU is unstable (a
     leaf; every domain of a network without ReLUs). ``bounds[i]``: layer ``i``'s input
-    bounds ``(n, *shape)``; ``coefs[i]``: the coefficient on its output ``(n, *shape)``."""
+    bounds ``(n, *shape)``; ``coefs[i]``: the coefficient on its output ``(n, *shape)``;
+    ``device``: where the leaf answer lives when there are no ReLUs."""
     if not relus:
-        leaf = torch.full((n,), -1, dtype=torch.long)
-        return leaf, torch.zeros(n, dtype=torch.long)
+        leaf = torch.full((n,), -1, dtype=torch.long, device=device)
+        return leaf, torch.zeros(n, dtype=torch.long, device=device)
     first = babsr_scores(*bounds[relus[0]], coefs[relus[0]])
     best_s, best_j = first.max(1)
     best_l = torch.full_like(best_j, relus[0])

@@ -113,14 +113,16 @@ def bound_pass(
         weights_seen += 2 if layer.kind == "add" else layer.kind in ("linear", "conv")
         lo, hi = interval_forward(layer, lo, hi, saved)
     bsz = x.shape[0]
-    counts_t = torch.stack(counts, 1) if counts else torch.zeros(bsz, 0, dtype=torch.long)
+    none = torch.zeros(bsz, 0, dtype=torch.long, device=x.device)
+    counts_t = torch.stack(counts, 1) if counts else none
     if y is None:
-        return BoundPass(pre, torch.empty(bsz, 0), counts_t)
+        return BoundPass(pre, torch.empty(bsz, 0, device=x.device), counts_t)
     k = layers[-1].out_shape[0]
     spec = margin_spec(y, k, x.dtype)
     last = len(layers) - 1
     if method == "crown":
-        margins = crown_lower(layers, last, spec, torch.zeros(bsz, k, dtype=x.dtype), pre, inp)
+        bias = torch.zeros(bsz, k, dtype=x.dtype, device=x.device)
+        margins = crown_lower(layers, last, spec, bias, pre, inp)
     else:
         margins = ibp_lower(layers, spec, inp)
     margins = margins.scatter(1, y.view(-1, 1), math.inf)
@@ -185,7 +187,7 @@ class CertifyResult:
         """``(N,)``: unstable ReLUs per point, summed over ReLU layers."""
         cols = [i for i, kind in enumerate(self.layer_kinds) if kind == "relu"]
         src = self.unstable_ibp if ibp else self.unstable
-        return src[:, cols].sum(1) if cols else torch.zeros(src.shape[0], dtype=torch.long)
+        return src[:, cols].sum(1) if cols else src.new_zeros(src.shape[0])
 
 
 @dataclass

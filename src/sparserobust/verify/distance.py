@@ -241,7 +241,7 @@ def minimal_distance(
         y = check_labels(y, n, layers[-1].out_shape[0])
         if radius is None:
             radii = _attack_radius(model, x.to(device), y.to(device), attack_grid, seed)
-            radii = torch.where(torch.isfinite(radii), radii, torch.tensor(max(attack_grid)))
+            radii = torch.where(torch.isfinite(radii), radii, float(max(attack_grid)))
         else:
             if not (math.isfinite(float(radius)) and float(radius) > 0):
                 raise ConfigError(f"radius must be a number > 0, got {radius!r}")

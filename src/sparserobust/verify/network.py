@@ -120,17 +120,17 @@ def _layer_of(
         return Layer("affine", name, shape, shape, scale, shift)
     if isinstance(module, nn.Linear):
         w = t(effective_weight(module))
-        b = t(module.bias) if module.bias is not None else torch.zeros(w.shape[0], dtype=dtype)
+        b = t(module.bias) if module.bias is not None else w.new_zeros(w.shape[0])
         if len(shape) != 1 or shape[0] != w.shape[1]:
             raise _unsupported(name, module, f" on inputs of shape {shape}")
-        return Layer("linear", name, shape, (w.shape[0],), w, b.to(device))
+        return Layer("linear", name, shape, (w.shape[0],), w, b)
     if isinstance(module, nn.Conv2d):
         if module.padding_mode != "zeros" or isinstance(module.padding, str):
             raise _unsupported(name, module, " with non-zero or string padding mode")
         w = t(effective_weight(module))
-        b = t(module.bias) if module.bias is not None else torch.zeros(w.shape[0], dtype=dtype)
+        b = t(module.bias) if module.bias is not None else w.new_zeros(w.shape[0])
         return _conv_layer(
-            name, shape, w, b.to(device), _pair(module.stride), _pair(module.padding),
+            name, shape, w, b, _pair(module.stride), _pair(module.padding),
             _pair(module.dilation), module.groups,
         )  # fmt: skip
     if isinstance(module, nn.AvgPool2d | nn.AdaptiveAvgPool2d):
@@ -226,7 +226,7 @@ def _option_a_shortcut(
     cin = shape[0]
     half = block.pad // 2
     w = torch.zeros(cin + block.pad, cin, 1, 1, dtype=dtype, device=device)
-    w[half + torch.arange(cin), torch.arange(cin)] = 1.0
+    w[half + torch.arange(cin, device=device), torch.arange(cin, device=device)] = 1.0
     b = torch.zeros(cin + block.pad, dtype=dtype, device=device)
     return [_conv_layer(f"{name}.shortcut", shape, w, b, (block.stride, block.stride), (0, 0))]
 

@@ -43,7 +43,8 @@ def _conv_matrix(layer: Layer) -> sp.csr_matrix:
     for i0 in range(0, n_in, chunk):
         i1 = min(n_in, i0 + chunk)
         basis = torch.zeros(i1 - i0, n_in, dtype=layer.weight.dtype, device=layer.weight.device)
-        basis[torch.arange(i1 - i0), torch.arange(i0, i1)] = 1.0
+        diag = torch.arange(i1 - i0, device=basis.device)
+        basis[diag, diag + i0] = 1.0
         out = F.conv2d(
             basis.view(-1, *layer.in_shape), layer.weight, None, layer.stride, layer.padding,
             layer.dilation, layer.groups,
