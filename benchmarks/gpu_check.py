@@ -27,6 +27,7 @@ import math
 import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -238,22 +239,37 @@ def main() -> int:
         )
         return 2
     device = torch.device(args.device)
-    report = {
+    report: dict = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
-        "attacks_and_measurements": check_attacks(device),
-        "quick_study": check_quick_study(args.device, Path(args.out)),
-        "verifiers": check_verifiers(device),
-        "lenet5_cells": lenet5_cells(device, args.data_dir),
     }
-    text = json.dumps(report, indent=1)
+    parts = {
+        "attacks_and_measurements": lambda: check_attacks(device),
+        "quick_study": lambda: check_quick_study(args.device, Path(args.out)),
+        "verifiers": lambda: check_verifiers(device),
+        "lenet5_cells": lambda: lenet5_cells(device, args.data_dir),
+    }
+    crashed = []
+    for name, fn in parts.items():
+        # a part that crashes is recorded and the others still run (one GPU session
+        # is short: a bug in one part must not hide the results of the rest)
+        try:
+            report[name] = fn()
+        except Exception as err:  # noqa: BLE001
+            report[name] = {"crashed": f"{type(err).__name__}: {err}"}
+            crashed.append(name)
+            traceback.print_exc()
+        text = json.dumps(report, indent=1)
+        if args.json_out:
+            Path(args.json_out).write_text(text)
     print(text)
-    if args.json_out:
-        Path(args.json_out).write_text(text)
-    bad = [k for k, v in report["attacks_and_measurements"].items() if v["mismatches"]] + (
-        ["quick_study"] if report["quick_study"]["mismatches"] else []
-    )
-    bad += [f"verifiers {k}" for k, v in report["verifiers"].items() if v["mismatches"]]
+    bad = [f"{name} crashed" for name in crashed]
+    if "attacks_and_measurements" not in crashed:
+        bad += [k for k, v in report["attacks_and_measurements"].items() if v["mismatches"]]
+    if "quick_study" not in crashed and report["quick_study"]["mismatches"]:
+        bad.append("quick_study")
+    if "verifiers" not in crashed:
+        bad += [f"verifiers {k}" for k, v in report["verifiers"].items() if v["mismatches"]]
     print(f"gpu-check: {'FAIL ' + ', '.join(bad) if bad else 'all comparisons within tolerance'}")
     return 1 if bad else 0
 
