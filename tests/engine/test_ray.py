@@ -1,8 +1,10 @@
 """The Ray executor on a real two-node cluster on this machine (loopback only).
 
 A head node and a second node are started with ``ray start`` (one CPU each, their
-own custom resources). The quick study run on the cluster must store exactly the
-numbers of an inline run with one torch thread; killing the second node or the
+own custom resources). A small digits study (the quick study's attacks on one seed
+and five sparsities: 11 models, a third of the quick study, so that the four runs here
+fit the suite's time) run on the cluster must store exactly the numbers of an inline
+run with one torch thread; killing the second node or the
 driver mid-study must end, after a re-run at most, in the same numbers with no
 duplicate or missing cell; an address where nothing listens is a one-line error.
 Every process started here is stopped at the end (``ray stop --force`` and the
@@ -24,10 +26,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 pytest.importorskip("ray")
 
-from sparserobust.config import quick_config  # noqa: E402
+from sparserobust.config import StudyConfig, config_from_dict, quick_config  # noqa: E402
 from sparserobust.engine import plan  # noqa: E402
 from sparserobust.pipeline import run_study  # noqa: E402
 from sparserobust.store import ResultStore  # noqa: E402
@@ -158,34 +161,54 @@ def snapshot(run: Path) -> tuple[list[tuple], list[tuple]]:
     return models, results
 
 
+def study_dict() -> dict:
+    """The quick study on one seed and five sparsities (11 models)."""
+    data = quick_config().to_dict()
+    data["name"], data["seeds"] = "ray-digits", [0]
+    data["pruning"]["sparsities"] = [0.5, 0.8, 0.9, 0.95, 0.99]
+    return data
+
+
+def study() -> StudyConfig:
+    return config_from_dict(study_dict())
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "ray-digits.yaml"
+    path.write_text(yaml.safe_dump(study_dict()))
+    return path
+
+
 @pytest.fixture(scope="module")
 def inline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The quick study inline with one torch thread: the reference numbers."""
+    """The study inline with one torch thread: the reference numbers."""
     run = tmp_path_factory.mktemp("inline") / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run_study(quick_config(), run, progress=False, executor="inline")
+        run_study(study(), run, progress=False, executor="inline")
     finally:
         torch.set_num_threads(threads)
     return run
 
 
 def expected_cells() -> int:
-    """Every (model, cell) of the quick study: nothing missing, nothing twice."""
-    cfg = quick_config()
+    """Every (model, cell) of the study: nothing missing, nothing twice."""
+    cfg = study()
     models = len(cfg.seeds) * (1 + len(cfg.pruning.methods) * len(cfg.pruning.sparsities))
     from sparserobust.measurements import plan_cells
 
     return models * len(plan_cells(cfg.eval, 0))
 
 
-def cli(run: Path, address: str) -> list[str]:
+def cli(run: Path, address: str, config: Path | None = None) -> list[str]:
     return [
         sys.executable,
         "-c",
         "from sparserobust.cli import run_main; run_main()",
         "run",
+        *([str(config)] if config is not None else []),
         "--out",
         str(run),
         "--executor",
@@ -215,22 +238,31 @@ def wait_for_results(run: Path, proc: subprocess.Popen[bytes], count: int, limit
         time.sleep(0.2)
 
 
-def test_cluster_numbers_equal_inline(cluster: Cluster, inline_run: Path, tmp_path: Path) -> None:
+def test_cluster_numbers_equal_inline(
+    cluster: Cluster, inline_run: Path, config_file: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "ray"
-    out = subprocess.run(cli(run, cluster.address), env=ENV, capture_output=True, timeout=900)
+    out = subprocess.run(
+        cli(run, cluster.address, config_file), env=ENV, capture_output=True, timeout=900
+    )
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     assert snapshot(run) == snapshot(inline_run)
     assert len(snapshot(run)[1]) == expected_cells()
     with ResultStore(run, create=False) as store:
         prov = json.loads(store.get_meta("provenance") or "{}")
         assert prov["executor"] == "ray" and prov["threads"] == 1
-        assert plan(quick_config(), store) == []  # nothing left to do
+        assert plan(study(), store) == []  # nothing left to do
 
 
-def test_second_node_killed_mid_study(cluster: Cluster, inline_run: Path, tmp_path: Path) -> None:
+def test_second_node_killed_mid_study(
+    cluster: Cluster, inline_run: Path, config_file: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "ray-node-killed"
     proc = subprocess.Popen(
-        cli(run, cluster.address), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        cli(run, cluster.address, config_file),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         wait_for_results(run, proc, 10, 600)
@@ -239,7 +271,7 @@ def test_second_node_killed_mid_study(cluster: Cluster, inline_run: Path, tmp_pa
         if proc.returncode != 0:  # the study may stop with a one-line error: resume it
             assert len(err.decode().strip().splitlines()) == 1, err.decode()[-2000:]
             again = subprocess.run(
-                cli(run, cluster.address), env=ENV, capture_output=True, timeout=900
+                cli(run, cluster.address, config_file), env=ENV, capture_output=True, timeout=900
             )
             assert again.returncode == 0, again.stderr.decode()[-2000:]
     finally:
@@ -250,13 +282,18 @@ def test_second_node_killed_mid_study(cluster: Cluster, inline_run: Path, tmp_pa
     assert len(snapshot(run)[1]) == expected_cells()
 
 
-def test_driver_killed_then_resumed(cluster: Cluster, inline_run: Path, tmp_path: Path) -> None:
+def test_driver_killed_then_resumed(
+    cluster: Cluster, inline_run: Path, config_file: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "ray-driver-killed"
     proc = subprocess.Popen(
-        cli(run, cluster.address), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cli(run, cluster.address, config_file),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for_results(run, proc, 40, 600)
+        wait_for_results(run, proc, 30, 600)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -264,7 +301,9 @@ def test_driver_killed_then_resumed(cluster: Cluster, inline_run: Path, tmp_path
             proc.kill()
     partial = stored_results(run)
     assert 0 < partial < expected_cells()
-    again = subprocess.run(cli(run, cluster.address), env=ENV, capture_output=True, timeout=900)
+    again = subprocess.run(
+        cli(run, cluster.address, config_file), env=ENV, capture_output=True, timeout=900
+    )
     assert again.returncode == 0, again.stderr.decode()[-2000:]
     assert snapshot(run) == snapshot(inline_run)
     assert len(snapshot(run)[1]) == expected_cells()
