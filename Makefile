@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy src
 	$(BIN)/mkdocs build --strict -q -d site
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 # The API reference site (mkdocs.yml: docs/*.md plus the docstrings), served locally
 docs: $(STAMP)
