@@ -311,7 +311,7 @@ def attack(
     callback=bounded("time_limit"),
     default=30.0,
     show_default=True,
-    help="Seconds per point of a complete method (milp) before it counts as a timeout.",
+    help="Seconds per point of a complete method (milp, bab) before it counts as a timeout.",
 )
 @click.option(
     "--norm", type=click.Choice(["inf", "2"]), default="inf", show_default=True, help="Norm."
