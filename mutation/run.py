@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import importlib
 import json
 import os
@@ -293,7 +294,11 @@ def main() -> None:
         except SystemExit as e:
             if e.code not in (0, None):
                 raise
-    chosen = Path("mutants/selected.txt").read_text().split()
+    selected = Path("mutants/selected.txt")
+    if args.only and not selected.exists():  # only these were run: summarise them
+        chosen = [n for n in all_mutants() if any(fnmatch.fnmatch(n, g) for g in args.only)]
+    else:
+        chosen = selected.read_text().split()
     result = summary(chosen, all_mutants())
     result["wall_s"] = round(time.time() - start)
     result["samples"] = samples
