@@ -28,7 +28,6 @@ CPU_BY_DESIGN = {
     ("certification.py", "eps_vector"),  # radii kept on the CPU, moved per batch
     ("certification.py", "certified_radius"),  # bisection bookkeeping on the CPU
     ("distance.py", "minimal_distance"),  # per-point radii, read with float()
-    ("network.py", "_layer_of"),  # a max-pool output-shape probe
 }
 
 

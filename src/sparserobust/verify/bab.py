@@ -43,7 +43,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -127,8 +127,8 @@ class _Domains:
     sign: dict[int, torch.Tensor]
     alpha: dict[int, torch.Tensor]
     beta: dict[int, torch.Tensor]
-    layer: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
-    index: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
+    layer: torch.Tensor
+    index: torch.Tensor
 
     @property
     def size(self) -> int:
@@ -282,8 +282,9 @@ class _Search:
         bnd = torch.maximum(bnd, best)[:, 0]
         dom.bound = torch.where(empty, torch.full_like(bnd, math.inf), bnd)
         coefs = {i: record[i][:, 0] for i in self.relus}
-        choice = babsr_choice(self.relus, {i: pre[i] for i in self.relus}, coefs, n, dom.cls.device)
-        dom.layer, dom.index = (c.to(dom.cls.device) for c in choice)
+        dom.layer, dom.index = babsr_choice(
+            self.relus, {i: pre[i] for i in self.relus}, coefs, n, dom.cls.device
+        )
         self.domains_bounded += n
         self._check_primal(dom, coef[:, 0], inp)
 

@@ -151,7 +151,7 @@ def _layer_of(
             raise _unsupported(name, module, " with padding, dilation or ceil_mode")
         kernel = _pair(module.kernel_size)
         stride = _pair(module.stride if module.stride is not None else module.kernel_size)
-        out = F.max_pool2d(torch.zeros(1, *shape, dtype=dtype), kernel, stride)
+        out = F.max_pool2d(torch.zeros(1, *shape, dtype=dtype, device=device), kernel, stride)
         return Layer("maxpool", name, shape, tuple(out.shape[1:]), kernel=kernel, stride=stride)
     raise _unsupported(name, module)
 
