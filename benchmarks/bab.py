@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--points", default=None, help="test indices a,b,c (else --start, --n)")
     ap.add_argument("--iterations", type=int, default=None, help="BabSettings.iterations")
     ap.add_argument("--batch-domains", type=int, default=None, help="BabSettings.batch_domains")
+    ap.add_argument("--max-domains", type=int, default=None, help="BabSettings.max_domains")
     ap.add_argument("--summary", action="store_true")
     ap.add_argument("--json-out", default="runs/bab.jsonl")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (batched branch and bound)")
@@ -143,8 +144,12 @@ def main() -> None:
     else:
         ids = list(range(args.start, args.start + args.n))
     x, y = ds.test.x[ids].to(device), ds.test.y[ids].to(device)
-    given = {"iterations": args.iterations, "batch_domains": args.batch_domains}
-    settings = BabSettings(**{k: v for k, v in given.items() if v is not None})
+    given = {
+        "iterations": args.iterations,
+        "batch_domains": args.batch_domains,
+        "max_domains": args.max_domains,
+    }
+    settings = BabSettings.for_device(device, **{k: v for k, v in given.items() if v is not None})
     for i in range(len(y)):  # one call per point, so rows appear as they finish
         if args.part == "bab":
             (r,) = verify_bab(model, x[i : i + 1], y[i : i + 1], epsilon=args.eps,
@@ -153,7 +158,10 @@ def main() -> None:
         else:
             (r,) = verify_exact(model, x[i : i + 1], y[i : i + 1], epsilon=args.eps,
                                 time_limit=args.time_limit, indices=[ids[i]])  # fmt: skip
-        emit({"part": args.part, "device": args.device, **r.as_dict()})
+        row = {"part": args.part, "device": args.device, **r.as_dict()}
+        if args.part == "bab":
+            row.update(batch_domains=settings.batch_domains, max_domains=settings.max_domains)
+        emit(row)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 1. Every registered attack (every norm it supports) and every registered measurement
    on a digits LeNet-300-100 (trained here, seeded) on CPU and on the GPU, on the same
-   images: robust accuracies within 2 points, median norms within 2%.
+   images: robust accuracies within 2 points, median norms within 2%, or within twice
+   what another seed changes on the CPU (random attacks: CPU and CUDA generators differ).
 2. The quick study with ``device: cuda`` against the same study on CPU: every stored
    record within the same tolerances.
 3. alpha-CROWN and branch and bound (:func:`sparserobust.verify.verify_bab`) on the
@@ -47,20 +48,37 @@ ACC_TOL = 0.02
 NORM_TOL = 0.02
 
 
-def close(a: float, b: float, metric: str) -> bool:
+def is_fraction(metric: str) -> bool:
+    """A share of images (compared in absolute points), not a norm (compared relatively)."""
+    return any(w in metric for w in ("robust_acc", "fraction", "share", "missed by"))
+
+
+def close(a: float, b: float, metric: str, spread: float = 0.0) -> bool:
+    """``a`` (CPU) and ``b`` (GPU) agree: within the fixed tolerance, or within twice the
+    CPU's own seed-to-seed ``spread`` (random attacks and CLEVER draw their noise from a
+    generator on the device, and CPU and CUDA generators give different streams, so a
+    random method can only be held to what other seeds do on the CPU)."""
     if any(map(math.isnan, (a, b))):
         return math.isnan(a) and math.isnan(b)
-    if "robust_acc" in metric or "fraction" in metric or "share" in metric:
-        return abs(a - b) <= ACC_TOL + 1e-9
-    return abs(a - b) <= NORM_TOL * max(abs(a), abs(b), 1e-9)
+    if is_fraction(metric):
+        return abs(a - b) <= max(ACC_TOL, 2 * spread) + 1e-6  # float32 shares
+    scale = max(abs(a), abs(b), 1e-9)
+    return abs(a - b) <= max(NORM_TOL * scale, 2 * spread) + 1e-6
 
 
-def compare(a: dict[str, float], b: dict[str, float]) -> list[str]:
-    return [
-        f"{k}: cpu {a[k]:.4g} vs gpu {b.get(k, math.nan):.4g}"
-        for k in a
-        if not close(a[k], b.get(k, math.nan), k)
-    ]
+def compare(
+    a: dict[str, float], b: dict[str, float], other_seeds: tuple[dict[str, float], ...] = ()
+) -> list[str]:
+    """Mismatches of ``b`` (GPU) against ``a`` (CPU, seed 0); ``other_seeds``: the CPU with
+    other seeds, whose largest distance from ``a`` widens the tolerance of that metric."""
+    out = []
+    for k in a:
+        others = [o[k] for o in other_seeds if k in o and not math.isnan(o[k])]
+        spread = max((abs(a[k] - v) for v in others), default=0.0)
+        if not close(a[k], b.get(k, math.nan), k, spread):
+            note = f" (cpu other seeds: {', '.join(f'{v:.4g}' for v in others)})" if others else ""
+            out.append(f"{k}: cpu {a[k]:.4g} vs gpu {b.get(k, math.nan):.4g}{note}")
+    return out
 
 
 def digits_model() -> tuple[torch.nn.Module, Any]:
@@ -70,6 +88,28 @@ def digits_model() -> tuple[torch.nn.Module, Any]:
     model = build_model("lenet300", info.input_shape, info.num_classes, info.mean, info.std)
     train_model(model, data.train, TrainSettings(epochs=20, seed=0), progress=False)
     return model.eval(), data
+
+
+def attack_once(
+    model: torch.nn.Module,
+    dev: torch.device,
+    seed: int,
+    name: str,
+    norm: float,
+    kwargs: dict[str, Any],
+    eps: list[float] | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> tuple[dict[str, float], float]:
+    """Robust accuracies (and the median norm of a minimal attack) of one attack run, and
+    its seconds."""
+    start = time.perf_counter()
+    res = get_attack(name, norm, **kwargs).run(model, x.to(dev), y.to(dev), epsilons=eps, seed=seed)
+    s = summarize(res, eps or [0.5, 1.0])
+    flat = {f"robust_acc@{e}": v for e, v in s["robust_accuracy"].items()}
+    if not is_fixed_epsilon(name) and s["median_norm"] is not None:
+        flat["median_norm"] = s["median_norm"]
+    return flat, time.perf_counter() - start
 
 
 def check_attacks(device: torch.device) -> dict[str, Any]:
@@ -85,21 +125,19 @@ def check_attacks(device: torch.device) -> dict[str, Any]:
                 else None
             )
             kwargs = {"steps": 100} if name == "square" else {}
-            sums = []
-            for m, dev in ((model, torch.device("cpu")), (gpu, device)):
-                start = time.perf_counter()
-                res = get_attack(name, norm, **kwargs).run(
-                    m, x.to(dev), y.to(dev), epsilons=eps, seed=0
-                )
-                s = summarize(res, eps or [0.5, 1.0])
-                flat = {f"robust_acc@{e}": v for e, v in s["robust_accuracy"].items()}
-                if not is_fixed_epsilon(name) and s["median_norm"] is not None:
-                    flat["median_norm"] = s["median_norm"]
-                sums.append((flat, time.perf_counter() - start))
+            cpu = torch.device("cpu")
+            run = (name, norm, kwargs, eps, x, y)
+            (a, t_cpu), (b, t_gpu) = (
+                attack_once(model, cpu, 0, *run),
+                attack_once(gpu, device, 0, *run),
+            )
+            others = [attack_once(model, cpu, 1, *run)[0]]
+            if others[0] != a:  # a random attack: calibrate on one more seed
+                others.append(attack_once(model, cpu, 2, *run)[0])
             out[f"{name}-l{'inf' if math.isinf(norm) else 2}"] = {
-                "cpu_s": round(sums[0][1], 2),
-                "gpu_s": round(sums[1][1], 2),
-                "mismatches": compare(sums[0][0], sums[1][0]),
+                "cpu_s": round(t_cpu, 2),
+                "gpu_s": round(t_gpu, 2),
+                "mismatches": compare(a, b, tuple(others)),
             }
     cfg = config_from_dict(
         {
@@ -114,10 +152,12 @@ def check_attacks(device: torch.device) -> dict[str, Any]:
             },
         }
     )
-    for cell in plan_cells(cfg.eval, 0):
+    seeds = [plan_cells(cfg.eval, seed) for seed in (0, 1, 2)]
+    for cell, *other_cells in zip(*seeds, strict=True):
         a = values_of(run_cell(model, x, y, cell))
         b = values_of(run_cell(gpu, x.to(device), y.to(device), cell))
-        out[f"measure {cell.key}"] = {"mismatches": compare(a, b)}
+        others = tuple(values_of(run_cell(model, x, y, c)) for c in other_cells)
+        out[f"measure {cell.key}"] = {"mismatches": compare(a, b, others)}
     return out
 
 

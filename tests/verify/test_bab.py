@@ -158,6 +158,31 @@ def test_a_failure_is_an_error_never_verified(monkeypatch) -> None:
     assert all(r.status == "error" and "bound pass failed" in r.detail for r in results)
 
 
+def test_running_out_of_device_memory_is_a_timeout_never_verified(monkeypatch) -> None:
+    """A search that runs out of (GPU) memory hit a resource limit, as max_domains does:
+    timeout, with what it had bounded, never verified and never a crash."""
+    net, x, y, eps = branched_points()
+
+    def oom(self, dom):
+        self.domains_bounded = 7
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    monkeypatch.setattr(bab._Search, "run", oom)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    results = verify_bab(net, x, y, epsilon=eps, time_limit=5, settings=SEARCH_ONLY)
+    assert results
+    for r in results:
+        assert r.status == "timeout" and r.margin_lower is None
+        assert r.detail == "out of device memory; 7 domains bounded"
+
+
+def test_settings_for_a_gpu_bound_bigger_batches_and_keep_the_changes() -> None:
+    gpu = BabSettings.for_device("cuda:0", pgd_steps=0)
+    assert (gpu.batch_domains, gpu.max_domains, gpu.pgd_steps) == (2048, 2_000_000, 0)
+    assert BabSettings.for_device(torch.device("cuda"), batch_domains=64).batch_domains == 64
+    assert BabSettings.for_device("cpu", iterations=3) == BabSettings(iterations=3)
+
+
 def test_unconfirmed_leaf_points_are_errors(monkeypatch) -> None:
     """A leaf LP whose minimiser our forward pass does not confirm is an error."""
     net, x, y = problems()[0]

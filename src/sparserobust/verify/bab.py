@@ -24,8 +24,8 @@ box, in [0,1] pixel space. Per point the verifier runs, cheapest first:
 Statuses as :mod:`~sparserobust.verify.exact`'s (:class:`ExactResult`): ``verified``
 (every class's domains proven; ``margin_lower`` a proven lower bound of the minimal
 margin), ``counterexample`` (an input our own float32 forward pass misclassifies, checked
-to lie in the box and the ball), ``timeout`` (time limit, too many domains, or a leaf
-the relaxation cannot decide: never verified), ``error`` (an exception, or an LP point
+to lie in the box and the ball), ``timeout`` (time limit, too many domains, out of device memory,
+or a leaf the relaxation cannot decide: never verified), ``error`` (an exception, or an LP point
 that fails the forward-pass check: the margin is within float tolerance of 0).
 
 Complete for networks whose only nonlinearity is ReLU: with time, every domain is
@@ -110,6 +110,19 @@ class BabSettings:
     max_domains: int = 50_000
     leaf_lp: bool = True
     dtype: torch.dtype = torch.float64
+
+    @classmethod
+    def for_device(cls, device: torch.device | str, **changes: object) -> BabSettings:
+        """The defaults sized for ``device``, with ``changes``: on CUDA, 2,048 domains per
+        bound pass and up to 2,000,000 open domains (on an H200, LeNet-300-100 at l_inf
+        0.05 bounds about 70,000 domains/s, 7x the rate with 256 domains per pass, which
+        reaches the CPU's cap of 50,000 open domains in 10 s; a GPU with less memory ends a
+        point as ``timeout`` when it runs out, never as verified); elsewhere the class
+        defaults."""
+        sized: dict[str, object] = {}
+        if torch.device(device).type == "cuda":
+            sized = {"batch_domains": 2048, "max_domains": 2_000_000}
+        return cls(**{**sized, **changes})  # type: ignore[arg-type]
 
 
 @dataclass
@@ -483,6 +496,10 @@ def _verify_point(
         res.status, res.detail = found.status, f"{found.detail}; {res.detail}".rstrip("; ")
         res.margin_upper = found.margin
         res.counterexample = None if found.x is None else found.x.cpu()
+    except torch.cuda.OutOfMemoryError:  # a resource limit, as max_domains: never verified
+        res.status = "timeout"
+        res.detail = f"out of device memory; {res.detail}".rstrip("; ")
+        torch.cuda.empty_cache()
     except Exception as exc:  # a failure is a status, never a crash
         log.warning("point %d eps %g: branch and bound failed: %s", index, eps, exc)
         res.status, res.detail = "error", f"{type(exc).__name__}: {exc}"

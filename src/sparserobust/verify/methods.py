@@ -218,7 +218,8 @@ def decide_exact(
         if search == "bab":
             # the PGD pre-check above already ran: the search needs no attack of its own
             exact = verify_bab(model, x[rest], y[rest], epsilon=epsilon, time_limit=time_limit,
-                               settings=BabSettings(pgd_steps=0), indices=rest)  # fmt: skip
+                               settings=BabSettings.for_device(x.device, pgd_steps=0),
+                               indices=rest)  # fmt: skip
             for r in exact:
                 seen(r)
         elif search == "milp":
