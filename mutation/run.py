@@ -19,6 +19,7 @@ test selection). This wrapper does three things mutmut's own CLI does not:
     python mutation/run.py --resume [--packages pruning ...]  # the survivors again
                            (after a change of [tool.mutmut], mutmut forgets all results)
     python mutation/run.py --summary      # counts of the last run, without running
+    python mutation/run.py --module-sample verify.bab=40  # a sample of one module's mutants
 """
 
 from __future__ import annotations
@@ -141,6 +142,21 @@ def select(names: list[str], samples: dict[str, int], seed: int) -> list[str]:
     return chosen
 
 
+def sample_modules(names: list[str], specs: list[str], seed: int) -> list[str]:
+    """A seeded random sample of N mutants of each ``MODULE=N`` (``verify.bab=40``: of
+    ``sparserobust.verify.bab``), for modules too big to run whole by hand."""
+    chosen: list[str] = []
+    for spec in specs:
+        module, _, n = spec.partition("=")
+        if not n.isdigit():
+            raise SystemExit(f"--module-sample {spec!r}: write MODULE=N, e.g. verify.bab=40")
+        group = sorted(x for x in names if x.startswith(f"sparserobust.{module}.x"))
+        if not group:
+            raise SystemExit(f"--module-sample: no mutants of sparserobust.{module}")
+        chosen += random.Random(f"{seed}-{module}").sample(group, min(int(n), len(group)))
+    return chosen
+
+
 STATUS = {1: "killed", 3: "killed", 0: "survived", 33: "no tests", 5: "no tests", None: "not run"}
 
 
@@ -241,6 +257,12 @@ def main() -> None:
     )
     ap.add_argument("--packages", nargs="*", choices=PACKAGES, help="with --resume: only these")
     ap.add_argument("--only", nargs="*", help="run only these mutant names (globs allowed)")
+    ap.add_argument(
+        "--module-sample",
+        nargs="*",
+        metavar="MODULE=N",
+        help="run a seeded sample of N mutants of each module (e.g. verify.bab=40)",
+    )
     args = ap.parse_args()
     samples = {
         "pruning": args.sample_pruning,
@@ -273,6 +295,9 @@ def main() -> None:
         selected = Path("mutants/selected.txt")
         if args.only:
             chosen = args.only  # a rerun of some mutants; the selection stays as it was
+        elif args.module_sample:
+            chosen = sample_modules(list(all_mutants()), args.module_sample, args.seed)
+            selected.write_text("\n".join(chosen) + "\n")
         elif args.resume and selected.exists():
             # the mutants of the selection not run yet or not killed (after adding tests)
             codes = all_mutants()

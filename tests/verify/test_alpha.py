@@ -109,3 +109,86 @@ def test_bad_arguments_raise(digits_lenet300: nn.Module, digits) -> None:
         alpha_certify(digits_lenet300, x, y, epsilon=0.1, iterations=-1)
     with pytest.raises(ConfigError):
         alpha_certify(digits_lenet300, x, y, epsilon=-0.1)
+
+
+def _pool_layer(kernel: int, stride: int, shape: tuple[int, int, int]):
+    from sparserobust.verify.network import Layer
+
+    c, h, w = shape
+    ho, wo = (h - kernel) // stride + 1, (w - kernel) // stride + 1
+    return Layer("maxpool", "pool", shape, (c, ho, wo), kernel=(kernel, kernel),
+                 stride=(stride, stride))  # fmt: skip
+
+
+@pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 1)])
+def test_pool_relaxation_is_below_the_max_pool_everywhere_in_its_box(kernel, stride) -> None:
+    """``a . maxpool(z) + bias >= a_in . z + bias_in`` for every ``z`` in the box, for any
+    weights (optimised, zero, or CROWN's), signs of ``a``, and overlapping windows."""
+    from sparserobust.verify.alpha import initial_pool, pool_backward
+
+    gen = torch.Generator().manual_seed(kernel)
+    shape = (2, 5, 5)
+    layer = _pool_layer(kernel, stride, shape)
+    b, m = 3, 4
+    lo = torch.randn(b, *shape, generator=gen, dtype=torch.float64)
+    hi = lo + torch.rand(b, *shape, generator=gen, dtype=torch.float64) * 2
+    hi[0, 0] = lo[0, 0]  # degenerate inputs (l = u)
+    lo[1, 1, :2] += 5.0  # some windows with a dominant input
+    hi[1, 1, :2] += 5.0
+    a = torch.randn(b, m, *layer.out_shape, generator=gen, dtype=torch.float64)
+    bias = torch.randn(b, m, generator=gen, dtype=torch.float64)
+    lam = torch.rand(b, m, 2, kernel * kernel, layer.out_shape[1] * layer.out_shape[2],
+                     generator=gen, dtype=torch.float64)  # fmt: skip
+    lam[0, 0, 0] = 0.0  # all-zero weights: CROWN's choice
+    start = initial_pool([layer], {0: (lo, hi)}, m)[0]
+    for weights in (None, lam, start):
+        a_in, b_in = pool_backward(layer, a, bias, lo, hi, weights)
+        for _ in range(200):
+            z = lo + (hi - lo) * torch.rand(lo.shape, generator=gen, dtype=torch.float64)
+            if _ % 2:  # corners of the box, where relaxations are tight or fail
+                z = torch.where(torch.rand(lo.shape, generator=gen) < 0.5, lo, hi)
+            out = torch.nn.functional.max_pool2d(z, kernel, stride)
+            exact = (a * out.unsqueeze(1)).flatten(2).sum(2) + bias
+            relaxed = (a_in * z.unsqueeze(1)).flatten(2).sum(2) + b_in
+            assert bool((relaxed <= exact + 1e-9).all())
+
+
+def test_pool_upper_chord_touches_the_max_at_both_ends_and_beats_the_constant() -> None:
+    """One window of two inputs, z1 in [0, 4] (the larger upper bound), z2 in [1, 2]: the
+    chord of max(z1, 2) runs from (0, 2) to (4, 4), so with a = -1 the relaxed value is
+    exact at z1 = 0, z2 = 2 and at z1 = 4, and at z1 = 2 it is -(2 + 0.5 * 2) = -3 where
+    CROWN's constant gives -4."""
+    from sparserobust.verify.alpha import pool_backward
+
+    layer = _pool_layer(2, 2, (1, 2, 2))
+    lo = torch.tensor([[[[0.0, 1.0], [-9.0, -9.0]]]], dtype=torch.float64)
+    hi = torch.tensor([[[[4.0, 2.0], [-8.0, -8.0]]]], dtype=torch.float64)
+    a = -torch.ones(1, 1, 1, 1, 1, dtype=torch.float64)
+    a_in, b_in = pool_backward(layer, a, torch.zeros(1, 1, dtype=torch.float64), lo, hi, None)
+    assert a_in.flatten().tolist() == [-0.5, 0.0, 0.0, 0.0]
+    assert float(b_in) == -2.0
+
+    def value(z1: float, z2: float) -> float:
+        return float(a_in.flatten() @ torch.tensor([z1, z2, -9.0, -9.0], dtype=torch.float64)
+                     + b_in)  # fmt: skip
+
+    assert value(0.0, 2.0) == -2.0 and value(4.0, 1.5) == -4.0 and value(2.0, 1.0) == -3.0
+
+
+def test_pool_weights_are_normalised_and_ignored_in_a_stable_window() -> None:
+    """Positive ``a``: the bound is ``sum_k lambda_k z_k`` with ``lambda`` normalised over
+    the window; a window whose input with the largest lower bound dominates is exact
+    whatever the weights."""
+    from sparserobust.verify.alpha import pool_backward
+
+    layer = _pool_layer(2, 2, (1, 2, 4))
+    lo = torch.tensor([[[[0.0, 1.0, 5.0, 0.0], [0.5, 0.0, 0.0, 1.0]]]], dtype=torch.float64)
+    hi = torch.tensor([[[[3.0, 2.0, 6.0, 1.0], [1.0, 2.5, 1.0, 2.0]]]], dtype=torch.float64)
+    a = torch.ones(1, 1, 1, 1, 2, dtype=torch.float64)
+    lam = torch.tensor([2.0, 0.0, 2.0, 4.0], dtype=torch.float64)  # per window offset k
+    lam = lam.view(1, 1, 1, 4, 1).expand(1, 1, 1, 4, 2)
+    a_in, b_in = pool_backward(layer, a, torch.zeros(1, 1, dtype=torch.float64), lo, hi, lam)
+    # window 0 (inputs 0, 1, 4, 5 of the flat 2x4): unstable, weights 2:0:2:4 / 8
+    # window 1 (inputs 2, 3, 6, 7): input 2 (l = 5) dominates, all weight on it
+    assert a_in.flatten().tolist() == [0.25, 0.0, 1.0, 0.0, 0.25, 0.5, 0.0, 0.0]
+    assert float(b_in) == 0.0

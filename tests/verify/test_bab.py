@@ -118,7 +118,9 @@ def test_bab_agrees_with_the_milp_on_a_trained_lenet300(digits, digits_lenet300:
 
 def test_bab_agrees_with_the_milp_on_a_trained_lenet5_style_net(digits) -> None:
     net = lenet5_style(digits)
-    x, y = digits.test.x[:9], digits.test.y[:9]
+    # 9 and 28 need branching even with the optimised max-pool relaxation at the root
+    idx = [*range(9), 9, 28]
+    x, y = digits.test.x[idx], digits.test.y[idx]
     results = agree_with_milp(net, x, y, 0.06, 20.0)
     assert {"verified", "counterexample"} <= {r.status for r in results if r.by == "bab"}
     verified = [i for i, r in enumerate(results) if r.status == "verified"]
@@ -274,7 +276,7 @@ def test_max_pool_nets_are_sound_and_never_verified_beyond_the_relaxation() -> N
     gen = torch.Generator().manual_seed(2)
     x = torch.rand(8, *shape, generator=gen)
     y = net(x).argmax(1)
-    eps = 0.3
+    eps = 0.5  # at 0.3 the optimised max-pool relaxation proves all 8 (the truth: robust)
     statuses = set()
     for i, r in enumerate(verify_bab(net, x, y, epsilon=eps, time_limit=10, settings=SEARCH_ONLY)):
         t = maxpool_min_margin(net, shape, x[i].flatten().double().numpy(), int(y[i]), eps)

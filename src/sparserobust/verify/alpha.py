@@ -7,11 +7,19 @@ maximises the bound by projected gradient ascent (Adam, then clipping to [0, 1])
 starting from CROWN's slopes. Every iterate is a sound bound, so the best bound seen per
 row is kept: alpha-CROWN is never looser than CROWN.
 
-What is optimised here: the final margins' slopes. The intermediate (pre-activation)
-bounds stay CROWN's (:func:`sparserobust.verify.certification.bound_pass`), and max-pool
-windows keep CROWN's relaxation. The same backward pass takes beta-CROWN's split
-multipliers (:func:`relaxed_lower`'s ``beta``), which branch and bound
-(:mod:`sparserobust.verify.bab`) optimises jointly with ``alpha``.
+Max-pool windows (:func:`pool_backward`): below, ``max_k z_k >= sum_k lambda_k z_k`` for
+any weights ``lambda`` on the simplex (each ``z_k`` is a lower bound of the max); CROWN
+takes the input with the largest lower bound, alpha-CROWN optimises ``lambda`` per
+window, point and margin row from there. Above, the chord of ``max(z_j, M)`` over
+``[l_j, u_j]``, with ``j`` the input with the largest upper bound and ``M`` the second
+largest upper bound (``max_k z_k <= max(z_j, M)``, a convex function of ``z_j``): it is
+below CROWN's constant ``u_j`` everywhere on the window's box except at ``z_j = u_j``.
+
+What is optimised here: the final margins' slopes and pool weights. The intermediate
+(pre-activation) bounds stay CROWN's (:func:`sparserobust.verify.certification.bound_pass`).
+The same backward pass takes beta-CROWN's split multipliers (:func:`relaxed_lower`'s
+``beta``), which branch and bound (:mod:`sparserobust.verify.bab`) optimises jointly
+with ``alpha``.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import time
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sparserobust.errors import ConfigError
@@ -35,7 +44,7 @@ from sparserobust.verify.certification import (
     prepare_layers,
 )
 from sparserobust.verify.crown import backward_layer, relu_relaxation, start_rows
-from sparserobust.verify.network import Layer
+from sparserobust.verify.network import Layer, window_index
 from sparserobust.verify.threat import InputSet
 
 log = logging.getLogger(__name__)
@@ -43,8 +52,10 @@ log = logging.getLogger(__name__)
 __all__ = [
     "alpha_certify",
     "initial_alpha",
+    "initial_pool",
     "optimize_bounds",
     "optimize_intermediate",
+    "pool_backward",
     "relaxed_lower",
     "relu_backward",
     "relu_indices",
@@ -67,6 +78,74 @@ def initial_alpha(pre: Bounds, relus: Sequence[int], m: int) -> dict[int, torch.
         slope = (hi >= -lo).to(lo.dtype).unsqueeze(1)
         out[i] = slope.expand(-1, m, *lo.shape[1:]).clone()
     return out
+
+
+def _windows(layer: Layer, v: torch.Tensor) -> torch.Tensor:
+    """Max-pool input values ``(B, C, H, W)`` as windows ``(B, C, K, L)`` (``K`` inputs
+    per window, ``L`` windows)."""
+    b, c, h, w = v.shape
+    out = F.unfold(v.reshape(b * c, 1, h, w), layer.kernel, stride=layer.stride)
+    return out.view(b, c, *out.shape[1:])
+
+
+def initial_pool(layers: Sequence[Layer], pre: Bounds, m: int) -> dict[int, torch.Tensor]:
+    """CROWN's lower choice per max-pool window (all weight on the input with the largest
+    lower bound) as weights ``(B, m, C, K, L)`` per max-pool layer index: the starting
+    point of the optimisation of :func:`pool_backward`'s ``lam``."""
+    out = {}
+    for i, layer in enumerate(layers):
+        if layer.kind != "maxpool":
+            continue
+        lw = _windows(layer, pre[i][0])
+        onehot = torch.zeros_like(lw).scatter_(2, lw.argmax(2, keepdim=True), 1.0)
+        out[i] = onehot.unsqueeze(1).expand(-1, m, *onehot.shape[1:]).clone()
+    return out
+
+
+def pool_backward(
+    layer: Layer,
+    a: torch.Tensor,
+    bias: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    lam: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewrite the lower bound ``a . maxpool(z) + bias`` as one of the pool's input ``z``.
+
+    ``a``: ``(B, m, C, Ho, Wo)``; ``lo``/``hi``: ``z``'s bounds ``(B, C, H, W)``; ``lam``:
+    lower weights per window input ``(B, m, C, K, L)``, made non-negative and normalised
+    over ``K`` (None, or a window whose weights are all 0: CROWN's choice). A window whose
+    largest lower bound is at least every other input's upper bound is exact (that input
+    is the max). Upper relaxation: the chord in the module docstring."""
+    bsz, m = a.shape[:2]
+    c = layer.in_shape[0]
+    lw, uw = _windows(layer, lo), _windows(layer, hi)
+    l_star, i_star = lw.max(2, keepdim=True)
+    crown = torch.zeros_like(lw).scatter_(2, i_star, 1.0)  # (B, C, K, L)
+    stable = l_star >= uw.scatter(2, i_star, -math.inf).max(2, keepdim=True).values
+    u_top, j_top = uw.max(2, keepdim=True)
+    u_second = uw.scatter(2, j_top, -math.inf).max(2, keepdim=True).values
+    l_top = lw.gather(2, j_top)
+    flat = l_top >= u_second  # the top input is the max: slope 1, no intercept
+    slope = torch.where(flat, 1.0, (u_top - u_second) / (u_top - l_top).clamp_min(1e-30))
+    icpt = torch.where(flat, 0.0, u_second - slope * l_top)  # (B, C, 1, L)
+    upper = torch.zeros_like(uw).scatter_(2, j_top, slope)  # (B, C, K, L)
+    if lam is None:
+        weights = crown.unsqueeze(1)
+    else:
+        v = _project(lam, 0.0, None)
+        total = v.sum(3, keepdim=True)
+        norm = v / torch.where(total > 0, total, torch.ones_like(total))
+        weights = torch.where(total > 0, norm, crown.unsqueeze(1))
+        weights = torch.where(stable.unsqueeze(1), crown.unsqueeze(1), weights)
+    af = a.reshape(bsz, m, c, 1, -1)
+    pos, neg = af.clamp_min(0), af.clamp_max(0)
+    bias = bias + (neg * icpt.unsqueeze(1)).flatten(2).sum(2)
+    coef = pos * weights + neg * upper.unsqueeze(1)  # (B, m, C, K, L)
+    idx = window_index(layer, a.device).view(1, 1, 1, -1)
+    out = torch.zeros(bsz, m, c, math.prod(layer.in_shape[1:]), dtype=a.dtype, device=a.device)
+    out.scatter_add_(3, idx.expand(bsz, m, c, -1), coef.reshape(bsz, m, c, -1))
+    return out.view(bsz, m, *layer.in_shape), bias
 
 
 def _project(v: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
@@ -122,9 +201,11 @@ def relaxed_lower(
 
     ``a``: ``(B, m, *out_shape)``; ``pre``: input bounds of every nonlinear layer; ``alpha``/
     ``beta``: per ReLU layer index, as in :func:`relu_backward` (missing: CROWN-Ada, no
-    split term). ``record``: if given, filled with the (detached) coefficient reaching
-    each ReLU layer's output, ``(B, m, *shape)``, for branching heuristics. Returns the
-    bound ``(B, m)`` and the detached coefficient of the input ``(B, m, *in_shape)``
+    split term); ``alpha`` also holds the weights of each max-pool layer it optimises, as
+    in :func:`pool_backward` (missing: CROWN's max-pool relaxation). ``record``: if given,
+    filled with the (detached) coefficient reaching each ReLU layer's output,
+    ``(B, m, *shape)``, for branching heuristics. Returns the bound ``(B, m)`` and the
+    detached coefficient of the input ``(B, m, *in_shape)``
     (its sign gives the input that minimises the linear bound).
     """
     alpha = alpha or {}
@@ -137,6 +218,8 @@ def relaxed_lower(
             if record is not None:
                 record[i] = a.detach()
             a, bias = relu_backward(a, bias, *pre[i], alpha.get(i), beta.get(i))
+        elif layer.kind == "maxpool" and i in alpha:
+            a, bias = pool_backward(layer, a, bias, *pre[i], alpha[i])
         else:
             a, bias = backward_layer(layer, a, bias, pre.get(i), pending)
     coef = a.detach().clone()
@@ -161,7 +244,8 @@ def optimize_bounds(
     """Maximise the lower bound of ``spec . out(layers[end])`` (default: the logits) over
     ``alpha`` (and ``beta``).
 
-    ``spec``: ``(B, m, *out_shape)``. ``alpha``: start slopes per ReLU layer ``(B, m, *shape)``;
+    ``spec``: ``(B, m, *out_shape)``. ``alpha``: start slopes per ReLU layer ``(B, m, *shape)``
+    (and start weights per max-pool layer, :func:`initial_pool`; both kept in [0, 1]);
     ``beta``: start multipliers ``>= 0`` of the split constraints, same shapes, with
     ``signs`` the split sign per neuron ``(B, *shape)`` (+1, -1 or 0); None: no splits.
     Adam ascent on the sum of the bounds, projected onto ``alpha`` in [0, 1] and
@@ -257,7 +341,7 @@ def _alpha_margins(
     k = layers[-1].out_shape[0]
     spec = margin_spec(y, k, x.dtype)
     inp = InputSet(x, eps, p)
-    alpha = initial_alpha(pre, relu_indices(layers), k)
+    alpha = {**initial_alpha(pre, relu_indices(layers), k), **initial_pool(layers, pre, k)}
     with torch.enable_grad():
         best = optimize_bounds(layers, spec, pre, inp, alpha, iterations=iterations, lr_alpha=lr)[0]
     best = torch.maximum(best, crown)

@@ -30,8 +30,10 @@ that fails the forward-pass check: the margin is within float tolerance of 0).
 
 Complete for networks whose only nonlinearity is ReLU: with time, every domain is
 proven, refuted, or split down to an exact LP leaf. Max-pool layers are never branched
-on and keep CROWN's relaxation; on such networks (LeNet-5) the verifier is sound but not
-complete (a leaf the relaxation leaves undecided ends the point as ``timeout``). Bounds
+on; they keep alpha-CROWN's optimised relaxation
+(:func:`~sparserobust.verify.alpha.pool_backward`, its weights per domain, warm-started
+from the parent's); on such networks (LeNet-5) the verifier is sound but not complete (a
+leaf the relaxation leaves undecided ends the point as ``timeout``). Bounds
 are computed in floating point (float64 by default) without directed rounding, as
 :func:`certify`'s. Runs on the model's device (CUDA when the model is there), the LPs on
 the CPU.
@@ -55,6 +57,7 @@ from sparserobust.norms import parse_norm
 from sparserobust.utils import eval_mode, model_device
 from sparserobust.verify.alpha import (
     initial_alpha,
+    initial_pool,
     optimize_bounds,
     optimize_intermediate,
     relaxed_lower,
@@ -453,7 +456,7 @@ def _verify_point(
         if s.root_intermediate > 0:
             pre = optimize_intermediate(layers, pre, inp, iterations=s.root_intermediate,
                                         lr=s.lr_alpha)  # fmt: skip
-        alpha = initial_alpha(pre, relu_indices(layers), k)
+        alpha = {**initial_alpha(pre, relu_indices(layers), k), **initial_pool(layers, pre, k)}
         with torch.enable_grad():
             best, al, _, _ = optimize_bounds(
                 layers, spec, pre, inp, alpha, iterations=s.root_iterations,
@@ -473,7 +476,7 @@ def _verify_point(
             {i: pre[i][1].expand(n, *pre[i][1].shape[1:]).clone() for i in rl},
             {i: torch.zeros(n, *layers[i].in_shape, dtype=torch.int8, device=x0.device)
              for i in rl},
-            {i: al[i][0, classes].unsqueeze(1) for i in rl},
+            {i: v[0, classes].unsqueeze(1) for i, v in al.items()},
             {i: torch.zeros(n, 1, *layers[i].in_shape, dtype=s.dtype, device=x0.device)
              for i in rl},
             torch.full((n,), -1, dtype=torch.long, device=x0.device),
