@@ -192,3 +192,62 @@ def test_pool_weights_are_normalised_and_ignored_in_a_stable_window() -> None:
     # window 1 (inputs 2, 3, 6, 7): input 2 (l = 5) dominates, all weight on it
     assert a_in.flatten().tolist() == [0.25, 0.0, 1.0, 0.0, 0.25, 0.5, 0.0, 0.0]
     assert float(b_in) == 0.0
+
+
+def test_optimised_intermediate_bounds_through_max_pools_contain_activations() -> None:
+    """LeNet-5's shape (conv, max-pool, fc, ReLU, fc): the ReLU's input bounds, re-bounded
+    through the optimised max-pool relaxation, contain every sampled pre-activation and
+    are tighter than CROWN's."""
+    torch.manual_seed(4)
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(27, 12), nn.ReLU(),
+        nn.Linear(12, 3),
+    ).double()  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 1, 8, 8, generator=gen, dtype=torch.float64)
+    eps = 0.1
+    layers = parse_network(net, x.shape[1:])
+    et = torch.full((4,), eps, dtype=torch.float64)
+    y = net(x).argmax(1)
+    crown = bound_pass(layers, x, y, et, math.inf, "crown")
+    pre = optimize_intermediate(layers, crown.pre, InputSet(x, et, math.inf), iterations=30)
+    i = [j for j, la in enumerate(layers) if la.kind == "relu"][0]
+    lo, hi = pre[i]
+    assert bool((lo >= crown.pre[i][0]).all() and (hi <= crown.pre[i][1]).all())
+    assert float(((crown.pre[i][1] - crown.pre[i][0]) - (hi - lo)).sum()) > 0.01
+    head = net[:4]
+    for _ in range(100):
+        xs = samples_in_set(x, eps, "inf", gen).double()
+        with torch.no_grad():
+            z = head(xs)
+        assert bool((z >= lo - 1e-9).all() and (z <= hi + 1e-9).all())
+
+
+def test_a_past_deadline_stops_the_optimisation_at_its_first_sound_iterate() -> None:
+    """``deadline`` in the past: optimize_bounds returns its starting point's bound (not
+    -inf, not an unsound value), optimize_intermediate leaves the bounds as they were."""
+    from sparserobust.verify.alpha import initial_alpha, optimize_bounds, relaxed_lower
+    from sparserobust.verify.certification import margin_spec
+
+    net, x, y = problems()[3]
+    eps = 0.2
+    layers = parse_network(net, x.shape[1:])
+    xd = x.double()
+    et = torch.full((len(y),), eps, dtype=torch.float64)
+    inp = InputSet(xd, et, math.inf)
+    crown = bound_pass(layers, xd, y, et, math.inf, "crown")
+    relus = [j for j, la in enumerate(layers) if la.kind == "relu"]
+    k = layers[-1].out_shape[0]
+    spec = margin_spec(y, k, torch.float64)
+    alpha = initial_alpha(crown.pre, relus, k)
+    start = relaxed_lower(layers, spec, torch.zeros(len(y), k, dtype=torch.float64),
+                          crown.pre, inp, alpha)[0]  # fmt: skip
+    with torch.enable_grad():
+        stopped = optimize_bounds(layers, spec, crown.pre, inp, alpha, iterations=30,
+                                  deadline=0.0)[0]  # fmt: skip
+        full = optimize_bounds(layers, spec, crown.pre, inp, alpha, iterations=30)[0]
+    assert torch.equal(stopped, start)
+    assert bool((full > stopped + 1e-6).any())
+    kept = optimize_intermediate(layers, crown.pre, inp, iterations=30, deadline=0.0)
+    assert all(torch.equal(kept[i][0], crown.pre[i][0]) for i in crown.pre)
+    assert all(torch.equal(kept[i][1], crown.pre[i][1]) for i in crown.pre)

@@ -240,6 +240,7 @@ def optimize_bounds(
     lr_beta: float = 0.05,
     stop_above: float | None = None,
     end: int | None = None,
+    deadline: float | None = None,
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor], torch.Tensor]:
     """Maximise the lower bound of ``spec . out(layers[end])`` (default: the logits) over
     ``alpha`` (and ``beta``).
@@ -250,7 +251,8 @@ def optimize_bounds(
     ``signs`` the split sign per neuron ``(B, *shape)`` (+1, -1 or 0); None: no splits.
     Adam ascent on the sum of the bounds, projected onto ``alpha`` in [0, 1] and
     ``beta >= 0``; ``iterations`` steps after the starting point. ``stop_above``: stop
-    once every row's best bound exceeds it. Returns the best bound per row ``(B, m)``
+    once every row's best bound exceeds it; ``deadline`` (a ``time.perf_counter()`` value):
+    stop after the first iterate past it. Returns the best bound per row ``(B, m)``
     (every iterate is sound), the parameters that gave it, and the input coefficient of
     the best iterate ``(B, m, *in_shape)``.
     """
@@ -284,6 +286,8 @@ def optimize_bounds(
             break
         if stop_above is not None and bool((best > stop_above).all()):
             break
+        if deadline is not None and time.perf_counter() > deadline:
+            break
         opt.zero_grad(set_to_none=True)
         (-bound.sum()).backward()
         opt.step()
@@ -298,15 +302,27 @@ def optimize_bounds(
 
 @torch.no_grad()
 def optimize_intermediate(
-    layers: Sequence[Layer], pre: Bounds, inp: InputSet, *, iterations: int = 20, lr: float = 0.1
+    layers: Sequence[Layer],
+    pre: Bounds,
+    inp: InputSet,
+    *,
+    iterations: int = 20,
+    lr: float = 0.1,
+    deadline: float | None = None,
 ) -> Bounds:
-    """``pre`` with the unstable inputs of every ReLU layer after the first re-bounded by
-    alpha-CROWN (slopes of the earlier ReLUs optimised per neuron and bound direction),
-    intersected with the old bounds; layer by layer, each using the tightened earlier
-    ones. ``pre``: as from :func:`~sparserobust.verify.certification.bound_pass` (B points)."""
+    """``pre`` with the unstable inputs of every ReLU layer after the first nonlinear layer
+    re-bounded by alpha-CROWN (slopes of the earlier ReLUs and weights of the earlier
+    max-pools optimised per neuron and bound direction), intersected with the old bounds;
+    layer by layer, each using the tightened earlier ones. ``pre``: as from
+    :func:`~sparserobust.verify.certification.bound_pass` (B points). ``deadline`` (a
+    ``time.perf_counter()`` value): past it, each layer's optimisation stops after its
+    current iterate and the later layers keep their bounds (every iterate is sound)."""
     out = dict(pre)
     relus = relu_indices(layers)
-    for i in relus[1:]:
+    first = next((j for j, layer in enumerate(layers) if layer.nonlinear), len(layers))
+    for i in [r for r in relus if r > first]:
+        if deadline is not None and time.perf_counter() > deadline:
+            break
         lo, hi = out[i]
         cand = ((lo < 0) & (hi > 0)).flatten(1)
         counts = cand.sum(1)
@@ -318,9 +334,11 @@ def optimize_intermediate(
         a, bias, nxt = start_rows(layers, i - 1, idx, lo.dtype)
         spec = torch.cat([a, -a], 1)
         alpha = initial_alpha(out, [r for r in relus if r <= nxt], 2 * kmax)
+        pools = initial_pool(layers[: nxt + 1], out, 2 * kmax)
+        alpha.update(pools)
         with torch.enable_grad():
             best = optimize_bounds(layers, spec, out, inp, alpha, iterations=iterations,
-                                   lr_alpha=lr, end=nxt)[0]  # fmt: skip
+                                   lr_alpha=lr, end=nxt, deadline=deadline)[0]  # fmt: skip
         best = best + torch.cat([bias, -bias], 1)
         flo, fhi = lo.flatten(1).clone(), hi.flatten(1).clone()
         old_lo, old_hi = flo.gather(1, idx), fhi.gather(1, idx)

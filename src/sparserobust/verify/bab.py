@@ -91,7 +91,8 @@ class BabSettings:
     - ``iterations`` / ``root_iterations``: Adam steps on alpha (and beta) per bound pass
       of the children / of the root's alpha-CROWN; ``lr_alpha``, ``lr_beta``: step sizes;
     - ``root_intermediate``: Adam steps of alpha-CROWN on the intermediate bounds of the
-      ReLU layers after the first, once per point before branching (0: CROWN's);
+      ReLU layers after the first nonlinear layer, once per point before branching, in at
+      most a third of the point's time (0: CROWN's);
     - ``tighten_intermediate``: re-compute the intermediate bounds of the ReLU layers
       after the first under each child's splits (CROWN); else the parent's, clamped;
     - ``pgd_steps``, ``pgd_restarts``: the PGD attack on each point before branching
@@ -289,6 +290,7 @@ class _Search:
             best, al, be, _ = optimize_bounds(
                 self.layers, spec, pre, inp, dom.alpha, dom.beta, signs, iterations=iterations,
                 lr_alpha=self.s.lr_alpha, lr_beta=self.s.lr_beta, stop_above=0.0,
+                deadline=self.deadline,
             )  # fmt: skip
         dom.alpha, dom.beta = al, be
         record: dict[int, torch.Tensor] = {}
@@ -453,14 +455,14 @@ def _verify_point(
         inp = InputSet(xd, et, math.inf)
         spec = margin_spec(yt, k, s.dtype)
         pre = crown.pre
-        if s.root_intermediate > 0:
+        if s.root_intermediate > 0:  # at most a third of the point's time
             pre = optimize_intermediate(layers, pre, inp, iterations=s.root_intermediate,
-                                        lr=s.lr_alpha)  # fmt: skip
+                                        lr=s.lr_alpha, deadline=start + time_limit / 3)  # fmt: skip
         alpha = {**initial_alpha(pre, relu_indices(layers), k), **initial_pool(layers, pre, k)}
         with torch.enable_grad():
             best, al, _, _ = optimize_bounds(
                 layers, spec, pre, inp, alpha, iterations=s.root_iterations,
-                lr_alpha=s.lr_alpha,
+                lr_alpha=s.lr_alpha, deadline=deadline,
             )  # fmt: skip
         best = torch.maximum(best, margins.unsqueeze(0))[0]
         best[y] = math.inf
