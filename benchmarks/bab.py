@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=None, help="BabSettings.iterations")
     ap.add_argument("--batch-domains", type=int, default=None, help="BabSettings.batch_domains")
     ap.add_argument("--max-domains", type=int, default=None, help="BabSettings.max_domains")
+    ap.add_argument("--branching", choices=["babsr", "fsb"], default=None,
+                    help="BabSettings.branching")  # fmt: skip
     ap.add_argument("--summary", action="store_true")
     ap.add_argument("--json-out", default="runs/bab.jsonl")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (batched branch and bound)")
@@ -148,6 +150,7 @@ def main() -> None:
         "iterations": args.iterations,
         "batch_domains": args.batch_domains,
         "max_domains": args.max_domains,
+        "branching": args.branching,
     }
     settings = BabSettings.for_device(device, **{k: v for k, v in given.items() if v is not None})
     for i in range(len(y)):  # one call per point, so rows appear as they finish
@@ -160,7 +163,8 @@ def main() -> None:
                                 time_limit=args.time_limit, indices=[ids[i]])  # fmt: skip
         row = {"part": args.part, "device": args.device, **r.as_dict()}
         if args.part == "bab":
-            row.update(batch_domains=settings.batch_domains, max_domains=settings.max_domains)
+            row.update(batch_domains=settings.batch_domains, max_domains=settings.max_domains,
+                       branching=settings.branching)  # fmt: skip
         emit(row)
 
 

@@ -58,6 +58,64 @@ def test_bab_agrees_with_pattern_enumeration(tighten: bool) -> None:
     assert by_search == {"verified", "counterexample"}
 
 
+def test_bab_with_fsb_branching_agrees_with_pattern_enumeration() -> None:
+    settings = BabSettings(**{**SEARCH_ONLY.__dict__, "branching": "fsb"})
+    by_search: set[str] = set()
+    for p, eps in CASES:
+        net, x, y = problems()[p]
+        for i, r in enumerate(verify_bab(net, x, y, epsilon=eps, time_limit=20, settings=settings)):
+            t = truth(p, i, eps)
+            check_result(net, x[i], int(y[i]), eps, r)
+            if abs(t) >= 1e-4:
+                assert r.status == ("verified" if t > 0 else "counterexample"), (p, eps, i, t, r)
+            if r.by == "bab":
+                by_search.add(r.status)
+    assert by_search == {"verified", "counterexample"}
+
+
+def test_fsb_splits_the_neuron_whose_weaker_child_bound_is_highest(monkeypatch) -> None:
+    """With every unstable neuron a candidate, FSB's choice per domain equals the brute
+    force: each neuron split alone, both children bounded, the best worse child."""
+    from sparserobust.verify.alpha import relaxed_lower
+
+    checked = []
+    original = bab._Search._fsb
+
+    def spy(self, dom, pre, coefs, spec, inp):
+        layer, index = original(self, dom, pre, coefs, spec, inp)
+        for d in range(dom.size):
+            one = dom.take(torch.tensor([d]))
+            best, choice, worsts = -math.inf, (-1, 0), {}
+            for i in self.relus:
+                lo, hi = pre[i][0][d].flatten(), pre[i][1][d].flatten()
+                for j in ((lo < 0) & (hi > 0)).nonzero().flatten().tolist():
+                    one.layer, one.index = torch.tensor([i]), torch.tensor([j])
+                    kids = self.split(one)
+                    kpre = self._pre(kids)
+                    sg = {r: kids.sign[r].to(self.x0.dtype) for r in self.relus}
+                    be = {r: kids.beta[r] * sg[r].unsqueeze(1) for r in kids.beta}
+                    zero = torch.zeros(2, 1, dtype=spec.dtype)
+                    two = spec[d : d + 1].repeat(2, 1, 1)
+                    with torch.no_grad():
+                        bnd = relaxed_lower(self.layers, two, zero, kpre, self._inp(2),
+                                            kids.alpha, be)[0][:, 0]  # fmt: skip
+                    worst = float(bnd.min())
+                    worsts[(i, j)] = worst
+                    if worst > best + 1e-9:
+                        best, choice = worst, (i, j)
+            if choice[0] >= 0:
+                got = (int(layer[d]), int(index[d]))
+                # the best worse child; a tie within rounding may go either way
+                checked.append(got in worsts and worsts[got] >= best - 1e-9)
+        return layer, index
+
+    monkeypatch.setattr(bab._Search, "_fsb", spy)
+    settings = BabSettings(**{**SEARCH_ONLY.__dict__, "branching": "fsb", "fsb_candidates": 10_000})
+    net, x, y = problems()[1]
+    verify_bab(net, x, y, epsilon=0.2, time_limit=20, settings=settings)
+    assert len(checked) >= 10 and all(checked), (len(checked), sum(checked))
+
+
 def test_bab_with_every_shortcut_agrees_with_enumeration() -> None:
     """Default settings (PGD, alpha-CROWN with optimised intermediate bounds first)."""
     for p, eps in CASES[3:5]:
@@ -219,6 +277,8 @@ def test_leaf_lp_is_the_exact_minimum_of_a_fixed_pattern() -> None:
 
 def test_bad_arguments_raise(digits, digits_lenet300: nn.Module) -> None:
     x, y = digits.test.x[:2], digits.test.y[:2]
+    with pytest.raises(ConfigError, match="babsr or fsb"):
+        verify_bab(digits_lenet300, x, y, epsilon=0.1, settings=BabSettings(branching="fs"))
     with pytest.raises(ConfigError):
         verify_bab(digits_lenet300, x, y, epsilon=0.1, norm="2")
     with pytest.raises(ConfigError):

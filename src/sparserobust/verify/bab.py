@@ -63,7 +63,7 @@ from sparserobust.verify.alpha import (
     relaxed_lower,
     relu_indices,
 )
-from sparserobust.verify.branching import babsr_choice
+from sparserobust.verify.branching import babsr_choice, babsr_scores
 from sparserobust.verify.certification import bound_pass, check_labels, margin_spec
 from sparserobust.verify.crown import tighten
 from sparserobust.verify.exact import (
@@ -93,6 +93,10 @@ class BabSettings:
     - ``root_intermediate``: Adam steps of alpha-CROWN on the intermediate bounds of the
       ReLU layers after the first nonlinear layer, once per point before branching, in at
       most a third of the point's time (0: CROWN's);
+    - ``branching``: ``babsr`` (the BaBSR score, :mod:`~sparserobust.verify.branching`) or
+      ``fsb`` (filtered smart branching, De Palma et al. 2021: the ``fsb_candidates``
+      best neurons by BaBSR score, of which the one whose weaker child has the higher
+      bound in one extra bound pass with the parent's parameters);
     - ``tighten_intermediate``: re-compute the intermediate bounds of the ReLU layers
       after the first under each child's splits (CROWN); else the parent's, clamped;
     - ``pgd_steps``, ``pgd_restarts``: the PGD attack on each point before branching
@@ -108,6 +112,8 @@ class BabSettings:
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
     tighten_intermediate: bool = False
+    branching: str = "babsr"
+    fsb_candidates: int = 3
     root_intermediate: int = 20
     pgd_steps: int = 50
     pgd_restarts: int = 2
@@ -300,11 +306,54 @@ class _Search:
         bnd = torch.maximum(bnd, best)[:, 0]
         dom.bound = torch.where(empty, torch.full_like(bnd, math.inf), bnd)
         coefs = {i: record[i][:, 0] for i in self.relus}
-        dom.layer, dom.index = babsr_choice(
-            self.relus, {i: pre[i] for i in self.relus}, coefs, n, dom.cls.device
-        )
+        if self.s.branching == "fsb":
+            dom.layer, dom.index = self._fsb(dom, pre, coefs, spec, inp)
+        else:
+            dom.layer, dom.index = babsr_choice(
+                self.relus, {i: pre[i] for i in self.relus}, coefs, n, dom.cls.device
+            )
         self.domains_bounded += n
         self._check_primal(dom, coef[:, 0], inp)
+
+    def _fsb(
+        self, dom: _Domains, pre: Bounds, coefs: dict[int, torch.Tensor], spec: torch.Tensor,
+        inp: InputSet,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Filtered smart branching: per domain, the ``fsb_candidates`` unstable neurons
+        with the best BaBSR scores; each candidate's two children are bounded in one
+        batched pass with the domain's own alpha and beta (no optimisation), and the
+        candidate whose weaker child's bound is highest is split. Layer -1: a leaf."""
+        n, dev = dom.size, dom.cls.device
+        scores = [babsr_scores(*pre[i], coefs[i]) for i in self.relus]
+        if not scores:
+            return babsr_choice(self.relus, {}, {}, n, dev)
+        flat = torch.cat(scores, 1)
+        sizes = torch.tensor([sc.shape[1] for sc in scores], device=dev)
+        starts = torch.cumsum(sizes, 0) - sizes
+        k = min(self.s.fsb_candidates, flat.shape[1])
+        top, pos = flat.topk(k, dim=1)
+        which = torch.searchsorted(starts, pos, right=True) - 1  # (n, k) into self.relus
+        layer = torch.tensor(self.relus, device=dev)[which]
+        index = pos - starts[which]
+        valid = top >= 0
+        layer = torch.where(valid, layer, torch.full_like(layer, -1))
+        trial = dom.take(torch.arange(n, device=dev).repeat(k))
+        trial.layer, trial.index = layer.T.reshape(-1), index.T.reshape(-1)
+        kids = self.split(trial)  # (active, inactive) x (candidate, domain)
+        kpre = self._pre(kids)
+        m = kids.size
+        signs = {i: kids.sign[i].to(self.x0.dtype) for i in self.relus}
+        betas = {i: kids.beta[i] * signs[i].unsqueeze(1) for i in kids.beta}
+        kspec = spec.repeat(2 * k, *([1] * (spec.dim() - 1)))
+        zero = torch.zeros(m, 1, dtype=spec.dtype, device=dev)
+        with torch.no_grad():
+            bnd = relaxed_lower(self.layers, kspec, zero, kpre, self._inp(m), kids.alpha,
+                                betas)[0][:, 0]  # fmt: skip
+        # (no empty children here: a split only clamps an unstable neuron's own bound to 0)
+        worst = bnd.view(2, k, n).min(0).values.T  # (n, k)
+        worst = torch.where(valid, worst, torch.full_like(worst, -math.inf))
+        best = worst.argmax(1, keepdim=True)
+        return layer.gather(1, best)[:, 0], index.gather(1, best)[:, 0]
 
     def _check_primal(self, dom: _Domains, coef: torch.Tensor, inp: InputSet) -> None:
         """The input minimising each unproven domain's linear bound, through our model."""
@@ -540,6 +589,11 @@ def verify_bab(
         raise ConfigError(f"time_limit must be > 0 seconds, got {time_limit}")
     if s.batch_domains < 1 or s.iterations < 0 or s.root_iterations < 0 or s.max_domains < 1:
         raise ConfigError("BabSettings needs batch_domains, max_domains >= 1, iterations >= 0")
+    if s.branching not in ("babsr", "fsb") or s.fsb_candidates < 1:
+        raise ConfigError(
+            f"BabSettings.branching must be babsr or fsb (fsb_candidates >= 1), got "
+            f"{s.branching!r} with {s.fsb_candidates} candidates"
+        )
     eps, ids = check_points(x, epsilon, indices)
     n = x.shape[0]
     device = model_device(model)
