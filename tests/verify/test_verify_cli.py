@@ -197,6 +197,34 @@ def test_default_is_the_strongest_method_for_the_norm(
     assert (res["method"], res["norm"], res["complete"]) == ("alpha", "2", False)
 
 
+def test_bab_sizes_its_search_for_the_models_device(
+    ckpts: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`verify --method bab` asks BabSettings.for_device for the model's device (on CUDA:
+    GPU-sized batches) and hands those settings to every point's search."""
+    import sparserobust.verify.methods as methods
+    from sparserobust.verify import BabSettings
+
+    asked: list[torch.device] = []
+    used: list[BabSettings] = []
+    sized = BabSettings(batch_domains=7)
+
+    def for_device(device, **changes):
+        asked.append(torch.device(device))
+        return sized
+
+    def spy(*args, settings=None, **kwargs):
+        used.append(settings)
+        return real(*args, settings=settings, **kwargs)
+
+    real = methods.verify_bab
+    monkeypatch.setattr(methods.BabSettings, "for_device", staticmethod(for_device))
+    monkeypatch.setattr(methods, "verify_bab", spy)
+    verify_json(capsys, str(ckpts["linear"]), "--eps", "0.02", "--n", "3", "--method", "bab")
+    assert asked and all(d.type == "cpu" for d in asked)
+    assert len(used) == 3 and all(u is sized for u in used)
+
+
 def test_progress_goes_to_stderr_and_json_stays_clean(
     ckpts: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

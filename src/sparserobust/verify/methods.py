@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from sparserobust.errors import ConfigError
+from sparserobust.utils import model_device
 from sparserobust.verify.alpha import alpha_certify
 from sparserobust.verify.bab import BabSettings, verify_bab
 from sparserobust.verify.certification import CertifyResult, certify
@@ -249,11 +250,13 @@ def _decide_bab(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float, norm: str,
     time_limit: float, seed: int, batch_size: int, progress: Progress,
 ) -> list[PointVerdict]:  # fmt: skip
-    """Branch and bound (:func:`~sparserobust.verify.bab.verify_bab`), point by point."""
+    """Branch and bound (:func:`~sparserobust.verify.bab.verify_bab`), point by point, with
+    the search sized for the model's device (:meth:`BabSettings.for_device`)."""
     out = []
+    settings = BabSettings.for_device(model_device(model))
     for i in range(x.shape[0]):
         (r,) = verify_bab(model, x[i : i + 1], y[i : i + 1], epsilon=epsilon,
-                          time_limit=time_limit, indices=[i])  # fmt: skip
+                          time_limit=time_limit, settings=settings, indices=[i])  # fmt: skip
         out.append(PointVerdict.of_exact(r, int(y[i])))
         progress(1)
     return out
