@@ -63,7 +63,7 @@ from sparserobust.verify.alpha import (
     relaxed_lower,
     relu_indices,
 )
-from sparserobust.verify.branching import babsr_choice, babsr_scores
+from sparserobust.verify.branching import babsr_candidates, babsr_choice
 from sparserobust.verify.certification import bound_pass, check_labels, margin_spec
 from sparserobust.verify.crown import tighten
 from sparserobust.verify.exact import (
@@ -324,19 +324,9 @@ class _Search:
         batched pass with the domain's own alpha and beta (no optimisation), and the
         candidate whose weaker child's bound is highest is split. Layer -1: a leaf."""
         n, dev = dom.size, dom.cls.device
-        scores = [babsr_scores(*pre[i], coefs[i]) for i in self.relus]
-        if not scores:
-            return babsr_choice(self.relus, {}, {}, n, dev)
-        flat = torch.cat(scores, 1)
-        sizes = torch.tensor([sc.shape[1] for sc in scores], device=dev)
-        starts = torch.cumsum(sizes, 0) - sizes
-        k = min(self.s.fsb_candidates, flat.shape[1])
-        top, pos = flat.topk(k, dim=1)
-        which = torch.searchsorted(starts, pos, right=True) - 1  # (n, k) into self.relus
-        layer = torch.tensor(self.relus, device=dev)[which]
-        index = pos - starts[which]
-        valid = top >= 0
-        layer = torch.where(valid, layer, torch.full_like(layer, -1))
+        bounds = {i: pre[i] for i in self.relus}
+        layer, index = babsr_candidates(self.relus, bounds, coefs, self.s.fsb_candidates, n, dev)
+        k, valid = layer.shape[1], layer >= 0
         trial = dom.take(torch.arange(n, device=dev).repeat(k))
         trial.layer, trial.index = layer.T.reshape(-1), index.T.reshape(-1)
         kids = self.split(trial)  # (active, inactive) x (candidate, domain)

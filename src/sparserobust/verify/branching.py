@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["babsr_choice", "babsr_scores"]
+__all__ = ["babsr_candidates", "babsr_choice", "babsr_scores"]
 
 _BACKUP = 1e-3  # weight of the backup (width) score relative to the intercept score
 
@@ -60,3 +60,29 @@ def babsr_choice(
         best_l = torch.where(take, torch.full_like(idx, i), best_l)
     best_l = torch.where(best_s < 0, torch.full_like(best_l, -1), best_l)
     return best_l, best_j
+
+
+def babsr_candidates(
+    relus: Sequence[int],
+    bounds: dict[int, tuple[torch.Tensor, torch.Tensor]],
+    coefs: dict[int, torch.Tensor],
+    k: int,
+    n: int,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` unstable neurons with the best BaBSR scores per domain, over all ReLU
+    layers (FSB's filter): ``(layer, flat index)`` as two ``(n, k')`` long tensors,
+    ``k' = min(k, neurons)``, best first; layer ``-1`` where fewer than ``k'`` neurons are
+    unstable (all ``-1``, one column, for a network without ReLUs). Arguments as
+    :func:`babsr_choice`'s."""
+    if not relus:
+        return (torch.full((n, 1), -1, dtype=torch.long, device=device),
+                torch.zeros(n, 1, dtype=torch.long, device=device))  # fmt: skip
+    scores = [babsr_scores(*bounds[i], coefs[i]) for i in relus]
+    flat = torch.cat(scores, 1)
+    sizes = torch.tensor([sc.shape[1] for sc in scores], device=flat.device)
+    starts = torch.cumsum(sizes, 0) - sizes
+    top, pos = flat.topk(min(k, flat.shape[1]), dim=1)
+    which = torch.searchsorted(starts, pos, right=True) - 1  # (n, k') into relus
+    layer = torch.tensor(list(relus), device=flat.device)[which]
+    return torch.where(top >= 0, layer, torch.full_like(layer, -1)), pos - starts[which]
