@@ -433,3 +433,29 @@ def test_spurious_infeasible_is_solved_again_with_presolve(tmp_path: Path) -> No
     presolve = m.h.getOptionValue("presolve")  # (status, value) in highspy 1.16
     presolve = presolve[-1] if isinstance(presolve, tuple) else presolve
     assert presolve == "off"  # later runs keep the cheap setting
+
+
+def test_every_solve_of_one_model_gets_its_own_time_limit() -> None:
+    """HiGHS measures ``time_limit`` from the start of each run but ``getRunTime`` adds up
+    all runs: ``MilpModel.limit`` must give each solve the seconds it is asked for (the
+    old ``getRunTime() + remaining`` let the k-th solve of a model also spend the time of
+    all earlier ones). A market-split instance (Cornuejols-Dawande: 3 equality rows, 30
+    binaries) that branch and bound cannot finish in 0.1 s."""
+    rng = np.random.default_rng(0)
+    rows, n = 3, 30
+    a = rng.integers(0, 100, (rows, n)).astype(float)
+    rhs = np.floor(a.sum(1) / 2)
+    m = milp.MilpModel()
+    m.add_cols(np.zeros(n), np.ones(n))
+    m.binaries.append(np.arange(n))
+    import scipy.sparse as sp
+
+    m.add_rows(sp.csr_matrix(a), rhs, rhs)
+    m.make_integer()
+    m.set_objective(sp.csr_matrix(np.ones((1, n))))
+    for _ in range(3):
+        m.limit(0.1)
+        m.h.run()
+        assert m.h.getModelStatus() == m.hp.HighsModelStatus.kTimeLimit
+        assert m.h.getOptionValue("time_limit")[1] == 0.1
+    assert m.h.getRunTime() > 0.25  # three runs of at least 0.1 s each, added up

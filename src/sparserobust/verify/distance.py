@@ -165,7 +165,7 @@ def _distance_classes(
         const = float(built.logits0[j] - built.logits0[y])
         m.add_rows(row, np.array([-const]), np.array([math.inf]))
         m.h.changeColBounds(tcol, 0.0, cutoff)
-        m.h.setOptionValue("time_limit", m.h.getRunTime() + remaining)
+        m.limit(remaining)
         m.h.run()
         status = m.h.getModelStatus()
         info = m.h.getInfo()

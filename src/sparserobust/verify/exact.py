@@ -278,7 +278,7 @@ def _decide(
         m.set_objective(row, True)
         m.h.setOptionValue("mip_rel_gap", 0.0)
         m.h.setOptionValue("mip_abs_gap", 1e-7)
-        m.h.setOptionValue("time_limit", m.h.getRunTime() + remaining)
+        m.limit(remaining)
         solve = _Solve(built, const, cex_tol, deadline)
         try:
             status = run_checked(m, deadline)
