@@ -251,3 +251,57 @@ def test_a_past_deadline_stops_the_optimisation_at_its_first_sound_iterate() -> 
     kept = optimize_intermediate(layers, crown.pre, inp, iterations=30, deadline=0.0)
     assert all(torch.equal(kept[i][0], crown.pre[i][0]) for i in crown.pre)
     assert all(torch.equal(kept[i][1], crown.pre[i][1]) for i in crown.pre)
+
+
+def test_relaxed_lower_without_optimised_parameters_is_crown_on_every_op() -> None:
+    """No alpha and no pool weights: every layer (max-pool included) takes CROWN's own
+    relaxation, so the bound equals CROWN's to rounding (mutation: the max-pool's bounds
+    were not handed to CROWN's relaxation unnoticed)."""
+    from sparserobust.verify.alpha import relaxed_lower
+    from sparserobust.verify.certification import margin_spec
+    from sparserobust.verify.crown import crown_lower
+
+    gen = torch.Generator().manual_seed(5)
+    for _, net in small_nets():
+        x = torch.rand(4, 1, 4, 4, generator=gen)
+        y = net(x).argmax(1)
+        layers = parse_network(net, x.shape[1:])
+        xd = x.double()
+        et = torch.full((len(y),), 0.2, dtype=torch.float64)
+        inp = InputSet(xd, et, math.inf)
+        pre = bound_pass(layers, xd, y, et, math.inf, "crown").pre
+        spec = margin_spec(y, layers[-1].out_shape[0], torch.float64)
+        zero = torch.zeros(spec.shape[:2], dtype=torch.float64)
+        got, _ = relaxed_lower(layers, spec, zero, pre, inp)
+        want = crown_lower(layers, len(layers) - 1, spec, zero, pre, inp)
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_alpha_certify_zero_steps_is_crown_and_mixed_radii_have_no_single_epsilon(
+    digits_lenet300: nn.Module, digits
+) -> None:
+    x, y = digits.test.x[:6], digits.test.y[:6]
+    crown = certify(digits_lenet300, x, y, epsilon=0.06, method="crown")
+    zero = alpha_certify(digits_lenet300, x, y, epsilon=0.06, iterations=0)
+    torch.testing.assert_close(zero.margins, crown.margins)
+    assert zero.epsilon == 0.06
+    eps = torch.tensor([0.02, 0.06, 0.02, 0.06, 0.02, 0.06])
+    mixed = alpha_certify(digits_lenet300, x, y, epsilon=eps, iterations=0)
+    assert math.isnan(mixed.epsilon)
+    one = alpha_certify(digits_lenet300, x[1:2], y[1:2], epsilon=0.06, iterations=0)
+    torch.testing.assert_close(mixed.margins[1:2], one.margins)
+
+
+def test_a_window_whose_top_lower_bound_ties_the_next_upper_bound_is_exact() -> None:
+    """l* = 1 equals the other inputs' largest upper bound: the top input is the max
+    everywhere in the box, so the bound passes through it whatever the weights (a tie
+    counts as stable)."""
+    from sparserobust.verify.alpha import pool_backward
+
+    layer = _pool_layer(2, 2, (1, 2, 2))
+    lo = torch.tensor([[[[1.0, 0.0], [-1.0, 0.5]]]], dtype=torch.float64)
+    hi = torch.tensor([[[[3.0, 1.0], [0.0, 1.0]]]], dtype=torch.float64)
+    a = torch.ones(1, 1, 1, 1, 1, dtype=torch.float64)
+    lam = torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64).view(1, 1, 1, 4, 1)
+    a_in, b_in = pool_backward(layer, a, torch.zeros(1, 1, dtype=torch.float64), lo, hi, lam)
+    assert a_in.flatten().tolist() == [1.0, 0.0, 0.0, 0.0] and float(b_in) == 0.0
