@@ -107,6 +107,8 @@ def main() -> None:
     ap.add_argument("--max-domains", type=int, default=None, help="BabSettings.max_domains")
     ap.add_argument("--branching", choices=["babsr", "fsb"], default=None,
                     help="BabSettings.branching")  # fmt: skip
+    ap.add_argument("--tighten-intermediate", action="store_true", default=None,
+                    help="BabSettings.tighten_intermediate")  # fmt: skip
     ap.add_argument("--summary", action="store_true")
     ap.add_argument("--json-out", default="runs/bab.jsonl")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (batched branch and bound)")
@@ -151,6 +153,7 @@ def main() -> None:
         "batch_domains": args.batch_domains,
         "max_domains": args.max_domains,
         "branching": args.branching,
+        "tighten_intermediate": args.tighten_intermediate,
     }
     settings = BabSettings.for_device(device, **{k: v for k, v in given.items() if v is not None})
     for i in range(len(y)):  # one call per point, so rows appear as they finish
@@ -164,7 +167,8 @@ def main() -> None:
         row = {"part": args.part, "device": args.device, **r.as_dict()}
         if args.part == "bab":
             row.update(batch_domains=settings.batch_domains, max_domains=settings.max_domains,
-                       branching=settings.branching)  # fmt: skip
+                       branching=settings.branching,
+                       tighten_intermediate=settings.tighten_intermediate)  # fmt: skip
         emit(row)
 
 
