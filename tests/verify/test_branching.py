@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from sparserobust.verify.branching import _BACKUP, babsr_choice, babsr_scores
+from sparserobust.verify.branching import _BACKUP, babsr_candidates, babsr_choice, babsr_scores
 
 
 def expected(lo: float, hi: float, coef: float) -> float:
@@ -61,4 +61,13 @@ def test_equal_scores_keep_the_earlier_layer() -> None:
 def test_a_net_without_relus_is_all_leaves() -> None:
     layer, index = babsr_choice([], {}, {}, 3)
     assert layer.tolist() == [-1, -1, -1] and index.tolist() == [0, 0, 0]
+    assert layer.dtype == torch.long and index.dtype == torch.long
+
+
+def test_candidates_of_a_net_without_relus_are_one_leaf_column() -> None:
+    """FSB's filter on a ReLU-free net: one column of leaves per domain, both (n, 1) long
+    tensors (the search gathers along that column)."""
+    layer, index = babsr_candidates([], {}, {}, 3, 4)
+    assert layer.shape == (4, 1) and index.shape == (4, 1)
+    assert layer.tolist() == [[-1]] * 4 and index.tolist() == [[0]] * 4
     assert layer.dtype == torch.long and index.dtype == torch.long
