@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from scipy.optimize import linprog
 from torch import nn
@@ -448,8 +449,6 @@ def test_every_solve_of_one_model_gets_its_own_time_limit() -> None:
     m = milp.MilpModel()
     m.add_cols(np.zeros(n), np.ones(n))
     m.binaries.append(np.arange(n))
-    import scipy.sparse as sp
-
     m.add_rows(sp.csr_matrix(a), rhs, rhs)
     m.make_integer()
     m.set_objective(sp.csr_matrix(np.ones((1, n))))
