@@ -136,6 +136,7 @@ def verify_checkpoint_points(
     *,
     epsilons: Sequence[float],
     n: int = 100,
+    start: int = 0,
     method: str | None = None,
     norm: str = "inf",
     time_limit: float = 30.0,
@@ -144,14 +145,15 @@ def verify_checkpoint_points(
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Decide the first ``n`` test images of the checkpoint at ``path`` at every radius
+    """Decide test images ``start`` to ``start + n - 1`` (the first ``n`` by default)
+    of the checkpoint at ``path`` at every radius
     of ``epsilons`` ([0,1] pixel space, ``norm`` ``inf`` or ``2``) with ``method`` (a
     name of :data:`~sparserobust.verify.methods.VERIFIERS`; None: the strongest for the
     norm). ``time_limit``: seconds per point of a complete method; ``seed``: its PGD
     pre-check. ``progress``: a tqdm bar over points x radii on stderr.
 
     Returns a JSON-able record: checkpoint, model, dataset, method, complete, norm, n,
-    time_limit_s, seed, clean_accuracy, seconds, and per radius under ``epsilons``:
+    start, time_limit_s, seed, clean_accuracy, seconds, and per radius under ``epsilons``:
     ``epsilon``, ``counts`` (every status of
     :data:`~sparserobust.verify.methods.POINT_STATUSES`, zeros included),
     ``verified_accuracy`` (verified / n: a proven lower bound of robust accuracy),
@@ -171,6 +173,7 @@ def verify_checkpoint_points(
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
     check_value("n", n, "--n")
+    check_value("start", start, "--start")
     check_value("time_limit", time_limit, "--time-limit")
     check_value("seed", seed, "--seed")
     model, meta = load_checkpoint(path, device=resolve_device(device))
@@ -178,11 +181,15 @@ def verify_checkpoint_points(
     data = load_dataset(meta["dataset"], data_dir)
     check_input_shape(meta, data.info.input_shape, path)
     parse_network(model, data.info.input_shape)  # an unsupported model fails before any work
-    test = data.test.head(n)
+    if not 0 <= start < len(data.test):
+        raise ConfigError(
+            f"--start must be in [0, {len(data.test)}) (the test split's size), got {start}"
+        )
+    test = data.test.window(start, n)
     dev = model_device(model)
     x, y = test.x.to(dev), test.y.to(dev)
     clean = float((predict_logits(model, x).argmax(1) == y).float().mean())
-    start = time.perf_counter()
+    began = time.perf_counter()
     entries = []
     with tqdm(
         total=len(test) * len(eps_list), desc=f"verify {verifier.name}", disable=not progress
@@ -201,7 +208,8 @@ def verify_checkpoint_points(
                     "verified_accuracy": counts["verified"] / len(test),
                     "robust_accuracy_upper": (len(test) - counts["counterexample"]) / len(test),
                     "seconds": round(time.perf_counter() - t0, 4),
-                    "points": [v.as_dict() for v in verdicts],
+                    # index: the test image's index in the split (start + position)
+                    "points": [{**v.as_dict(), "index": start + v.index} for v in verdicts],
                 }
             )
     return {
@@ -212,10 +220,11 @@ def verify_checkpoint_points(
         "complete": verifier.complete,
         "norm": norm,
         "n": len(test),
+        "start": start,
         "time_limit_s": time_limit,
         "seed": seed,
         "clean_accuracy": clean,
-        "seconds": round(time.perf_counter() - start, 4),
+        "seconds": round(time.perf_counter() - began, 4),
         "epsilons": entries,
     }
 

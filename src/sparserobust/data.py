@@ -60,6 +60,14 @@ class Split:
             return self
         return Split(self.x[:n], self.y[:n])
 
+    def window(self, start: int, n: int | None) -> Split:
+        """``n`` examples from index ``start`` on (fewer at the end; all from ``start``
+        when ``n`` is None)."""
+        if start == 0:
+            return self.head(n)
+        stop = len(self) if n is None else start + n
+        return Split(self.x[start:stop], self.y[start:stop])
+
 
 @dataclass
 class Dataset:

@@ -225,6 +225,38 @@ def test_bab_sizes_its_search_for_the_models_device(
     assert len(used) == 3 and all(u is sized for u in used)
 
 
+@pytest.mark.parametrize("method", ["crown", "milp"])
+def test_start_decides_the_same_points_as_the_tail_of_a_longer_run(
+    ckpts: dict[str, Path],
+    digits: Dataset,
+    capsys: pytest.CaptureFixture[str],
+    method: str,
+) -> None:
+    """--start K --n M decides test images K..K+M-1: the same statuses and margins as
+    those images in a run over the first K+M, indexed by the image's place in the split
+    (so shards of one run can be joined), and the last shard may be short."""
+    ck = str(ckpts["lenet300"])
+    common = ["--eps", "0.05", "--method", method, "--time-limit", "10"]
+    whole = verify_json(capsys, ck, *common, "--n", "30")["epsilons"][0]["points"]
+    part = verify_json(capsys, ck, *common, "--n", "12", "--start", "18")
+    points = part["epsilons"][0]["points"]
+    assert part["start"] == 18 and part["n"] == 12
+    assert [p["index"] for p in points] == list(range(18, 30))
+    keys = ("label", "status")
+    assert [[p[k] for k in keys] for p in points] == [[p[k] for k in keys] for p in whole[18:]]
+    # the same bounds up to float summation order (a batch of 12, not 30)
+    for p, q in zip(points, whole[18:], strict=True):
+        if q["margin_lower"] is None:
+            assert p["margin_lower"] is None
+        else:
+            assert p["margin_lower"] == pytest.approx(q["margin_lower"], rel=1e-6, abs=1e-6)
+    assert {p["status"] for p in whole[18:]} != {"verified"}  # the shard has mixed statuses
+    size = len(digits.test)
+    tail = verify_json(capsys, ck, *common, "--n", "50", "--start", str(size - 3))
+    assert tail["n"] == 3
+    assert [p["index"] for p in tail["epsilons"][0]["points"]] == list(range(size - 3, size))
+
+
 def test_progress_goes_to_stderr_and_json_stays_clean(
     ckpts: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -266,6 +298,8 @@ def unsupported_ckpt(tmp_path_factory: pytest.TempPathFactory, digits: Dataset) 
         (["--eps", "0.1", "--norm", "1"], "'1' is not one of 'inf', '2'"),
         (["--eps", "0.1", "--device", "tpu"], "unknown device 'tpu'"),
         (["--eps", "0.1", "--seed", "-1"], "--seed: a seed must be in"),
+        (["--eps", "0.1", "--start", "-1"], "--start: must be >= 0"),
+        (["--eps", "0.1", "--start", "100000"], "--start must be in [0, "),
     ],
 )
 def test_bad_arguments_are_one_line_errors(

@@ -297,7 +297,15 @@ def attack(
     default=100,
     show_default=True,
     callback=bounded("n"),
-    help="First N test images.",
+    help="N test images (the first N, or from --start on).",
+)
+@click.option(
+    "--start",
+    type=int,
+    default=0,
+    show_default=True,
+    callback=bounded("start"),
+    help="Index of the first test image (to shard or extend a run: --start 100 --n 100).",
 )
 @click.option(
     "--method",
@@ -336,6 +344,7 @@ def verify(
     checkpoint: str,
     eps: str,
     limit: int,
+    start: int,
     method: str | None,
     time_limit: float,
     norm: str,
@@ -345,7 +354,7 @@ def verify(
     as_json: bool,
     no_progress: bool,
 ) -> None:
-    """Decide the first N test images of CHECKPOINT at each radius: verified,
+    """Decide N test images of CHECKPOINT at each radius: verified,
     counterexample, timeout or error (complete methods), verified or not certified
     (bounds only). The dataset is the one the checkpoint was trained on."""
     from sparserobust.api import format_verification, verify_checkpoint_points
@@ -354,6 +363,7 @@ def verify(
         checkpoint,
         epsilons=parse_float_list(eps, "--eps"),
         n=limit,
+        start=start,
         method=method,
         norm=norm,
         time_limit=time_limit,
