@@ -342,14 +342,88 @@ def test_max_pool_nets_are_sound_and_never_verified_beyond_the_relaxation() -> N
 def test_a_search_past_its_deadline_is_a_timeout(monkeypatch) -> None:
     """The clock passes the deadline after the first bound pass: the open search is a
     timeout, never verified."""
-    import itertools
     import types
 
     net, x, y, eps = branched_points()
-    calls = itertools.count()
-    clock = types.SimpleNamespace(perf_counter=lambda: 0.0 if next(calls) < 2 else 1e9)
+    passes: list[int] = []
+    real_bound = bab._Search.bound
+
+    def bound(self, dom, iterations):  # type: ignore[no-untyped-def]
+        passes.append(dom.size)
+        return real_bound(self, dom, iterations)
+
+    clock = types.SimpleNamespace(perf_counter=lambda: 1e9 if passes else 0.0)
     monkeypatch.setattr(bab, "time", clock)
+    monkeypatch.setattr(bab._Search, "bound", bound)
     settings = BabSettings(**{**SEARCH_ONLY.__dict__, "iterations": 0})
     (r,) = verify_bab(net, x[:1], y[:1], epsilon=eps, time_limit=10, settings=settings)
     assert r.status == "timeout" and r.margin_lower is None
+    assert len(passes) == 1  # the search stopped after its first bound pass
     assert "1 domains bounded" in r.detail or "2 domains bounded" in r.detail
+
+
+def multi_split_points() -> tuple[nn.Module, torch.Tensor, torch.Tensor, float]:
+    """A random 6-24-24-3 ReLU net and four points the search proves only after several
+    bound passes (3 to 13 domains with SEARCH_ONLY)."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(6, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(),
+                        nn.Linear(24, 3))  # fmt: skip
+    x = torch.rand(12, 6)
+    idx = [3, 5, 7, 8]
+    return net, x[idx], net(x[idx]).argmax(1), 0.15
+
+
+@pytest.mark.parametrize("quick", [0, 1, 100_000])
+def test_the_quick_search_runs_before_the_reoptimised_bounds_and_stops_at_its_budget(
+    monkeypatch, quick: int
+) -> None:
+    """Points only branching proves: a quick search on CROWN's intermediate bounds that
+    finishes within ``quick_domains`` proves them without the intermediate optimisation
+    (by ``bab``, the same search as without any root optimisation); one that runs out of
+    budget hands over to the optimisation and a full search, whose domains are counted on
+    top; with 0 there is no quick search."""
+    net, x, y, eps = multi_split_points()
+    calls: list[int] = []
+    real = bab.optimize_intermediate
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bab, "optimize_intermediate", counted)
+    settings = BabSettings(**{**SEARCH_ONLY.__dict__, "root_intermediate": 3,
+                              "quick_domains": quick})  # fmt: skip
+    plain = verify_bab(net, x, y, epsilon=eps, time_limit=20, settings=SEARCH_ONLY)
+    got = verify_bab(net, x, y, epsilon=eps, time_limit=20, settings=settings)
+    assert all(int(b.detail.split()[0]) >= 3 for b in plain)
+    pgd = get_attack("pgd", "inf", steps=100, restarts=3).run(net, x, y, epsilons=[eps], seed=0)
+    assert not bool(pgd.success.any())
+    for r, base in zip(got, plain, strict=True):
+        assert (r.status, r.by) == ("verified", "bab") and r.margin_lower > 0
+        domains, base_domains = int(r.detail.split()[0]), int(base.detail.split()[0])
+        if quick == 100_000:  # the same search, on CROWN's bounds
+            assert domains == base_domains
+            assert r.margin_lower == pytest.approx(base.margin_lower, abs=1e-9)
+        if quick == 1:  # one pass of the quick search, then the full search
+            assert domains > 1
+    assert len(calls) == (0 if quick == 100_000 else len(x))
+
+
+def test_a_search_with_a_budget_stops_with_domains_open() -> None:
+    net, x, y, eps = multi_split_points()
+    for budget in (1, 4, None):
+        layers = bab.parse_network(net, x.shape[1:], dtype=torch.float64)
+        xd = x[2:3].double()  # 13 domains without a budget
+        et = torch.tensor([eps], dtype=torch.float64)
+        crown = bab.bound_pass(layers, xd, y[2:3], et, math.inf, "crown")
+        rows = (crown.margins[0] <= 0).nonzero().flatten()
+        alpha = bab.initial_alpha(crown.pre, bab.relu_indices(layers), len(rows))
+        search = bab._Search(net, layers, xd[0], int(y[2]), eps, crown.pre, SEARCH_ONLY,
+                             1e18, crown.margins[0])  # fmt: skip
+        dom = bab._root_domains(layers, crown.pre, crown.margins[0], rows, alpha, int(y[2]))
+        status = search.run(dom, budget=budget)
+        if budget is None:
+            assert status == "verified" and search.domains_bounded == 13
+        else:  # stops at the first check past the budget: within one batch of children
+            assert status == "budget"
+            assert budget <= search.domains_bounded < budget + 2 * SEARCH_ONLY.batch_domains

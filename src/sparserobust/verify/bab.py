@@ -4,8 +4,11 @@ Threat set: the l_inf ball of radius ``eps`` around ``x`` intersected with the [
 box, in [0,1] pixel space. Per point the verifier runs, cheapest first:
 
 1. the clean check (misclassified: a counterexample at distance 0), CROWN
-   (:func:`~sparserobust.verify.certification.bound_pass`), a PGD attack, alpha-CROWN
-   (:mod:`~sparserobust.verify.alpha`) on every margin ``f_y - f_j``;
+   (:func:`~sparserobust.verify.certification.bound_pass`), a PGD attack (one batched
+   attack on all points), alpha-CROWN (:mod:`~sparserobust.verify.alpha`) on every
+   margin ``f_y - f_j`` CROWN leaves open, on CROWN's intermediate bounds; a short
+   search (step 2, ``quick_domains``); then alpha-CROWN again on re-optimised
+   intermediate bounds (``root_intermediate``);
 2. for every class ``j`` alpha-CROWN leaves unproven, a *domain* (the whole ball),
    then branch and bound: the ``batch_domains`` domains with the lowest bounds each
    split their best unstable ReLU by the BaBSR score (:mod:`~sparserobust.verify.branching`)
@@ -44,7 +47,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,7 +95,10 @@ class BabSettings:
       of the children / of the root's alpha-CROWN; ``lr_alpha``, ``lr_beta``: step sizes;
     - ``root_intermediate``: Adam steps of alpha-CROWN on the intermediate bounds of the
       ReLU layers after the first nonlinear layer, once per point before branching, in at
-      most a third of the point's time (0: CROWN's);
+      most a third of the point's time (0: CROWN's). Before it, alpha-CROWN on CROWN's
+      intermediate bounds (at most ``quick_iterations`` steps) and a search on them until
+      it has bounded ``quick_domains`` domains (0: none): that proves most points that
+      need few splits at a fraction of the cost; the rest pay a little for it;
     - ``branching``: ``babsr`` (the BaBSR score, :mod:`~sparserobust.verify.branching`) or
       ``fsb`` (filtered smart branching, De Palma et al. 2021: the ``fsb_candidates``
       best neurons by BaBSR score, of which the one whose weaker child has the higher
@@ -115,6 +121,8 @@ class BabSettings:
     branching: str = "babsr"
     fsb_candidates: int = 3
     root_intermediate: int = 20
+    quick_iterations: int = 20
+    quick_domains: int = 64
     pgd_steps: int = 50
     pgd_restarts: int = 2
     max_domains: int = 50_000
@@ -248,14 +256,17 @@ class _Search:
 
     def __init__(
         self, model: nn.Module, layers: list[Layer], x0: torch.Tensor, y: int, eps: float,
-        pre: Bounds, settings: BabSettings, deadline: float,
+        pre: Bounds, settings: BabSettings, deadline: float, root: torch.Tensor,
     ) -> None:  # fmt: skip
         self.model, self.layers, self.x0, self.y, self.eps = model, layers, x0, y, eps
         self.pre, self.s, self.deadline = pre, settings, deadline
         self.relus = relu_indices(layers)
         self.has_pool = any(layer.kind == "maxpool" for layer in layers)
         self.k = layers[-1].out_shape[0]
-        self.lower = math.inf  # min over proven domains' bounds
+        # min over proven domains' bounds, from the classes the root bounds ``root``
+        # ``(K,)`` (inf at the label) already prove
+        proven = root[root > 0]
+        self.lower = float(proven.min()) if proven.numel() else math.inf
         self.undecided_leaf = False
         self.too_many = False  # stopped at max_domains open domains
         self.domains_bounded = 0
@@ -411,9 +422,11 @@ class _Search:
                      "forward-pass check; the true margin is within float tolerance of 0",
                      margin=value)  # fmt: skip
 
-    def run(self, dom: _Domains) -> str:
+    def run(self, dom: _Domains, budget: int | None = None) -> str:
         """Search until every domain is proven (``verified``) or time runs out
-        (``timeout``); raises :class:`_Found` for a counterexample or an error."""
+        (``timeout``), or, with a ``budget``, until that many domains were bounded with
+        some still open (``budget``); raises :class:`_Found` for a counterexample or an
+        error."""
         if time.perf_counter() > self.deadline:
             return "timeout"
         self.bound(dom, self.s.iterations)
@@ -426,6 +439,8 @@ class _Search:
                 return "timeout" if self.undecided_leaf else "verified"
             if time.perf_counter() > self.deadline:
                 return "timeout"
+            if budget is not None and self.domains_bounded >= budget:
+                return "budget"
             if dom.size > self.s.max_domains:
                 self.too_many = True
                 return "timeout"
@@ -446,23 +461,50 @@ class _Search:
 
 def _pgd(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, s: BabSettings
-) -> torch.Tensor | None:
-    """A PGD adversarial of ``x`` ``(1, C, H, W)`` (checked by the attack), or None."""
+) -> list[torch.Tensor | None]:
+    """Per point of ``x`` ``(N, C, H, W)``, a PGD adversarial (one batched attack, seed 0;
+    the attack's own success check), or None; all None when ``pgd_steps`` is 0."""
     if s.pgd_steps <= 0:
-        return None
+        return [None] * x.shape[0]
     from sparserobust.attacks import get_attack
 
     attack = get_attack("pgd", "inf", steps=s.pgd_steps, restarts=s.pgd_restarts)
     res = attack.run(model, x, y, epsilons=[eps], seed=0)
-    return res.x_adv[0, 0] if bool(res.success[0, 0]) else None
+    return [res.x_adv[0, i] if bool(res.success[0, i]) else None for i in range(x.shape[0])]
+
+
+def _root_domains(
+    layers: list[Layer], pre: Bounds, best: torch.Tensor, rows: torch.Tensor,
+    alpha: dict[int, torch.Tensor], y: int,
+) -> _Domains:  # fmt: skip
+    """One domain (the whole ball) per class whose margin bound ``best`` ``(K,)`` is not
+    above 0; ``rows``: the classes of ``alpha``'s rows ``(1, len(rows), ...)``."""
+    open_rows = (best[rows] <= 0).nonzero().flatten()  # positions in rows
+    classes = rows[open_rows]
+    n, dev, dtype = len(classes), best.device, best.dtype
+    rl = relu_indices(layers)
+    assert y not in classes.tolist()
+    return _Domains(
+        classes, best[classes],
+        {i: pre[i][0].expand(n, *pre[i][0].shape[1:]).clone() for i in rl},
+        {i: pre[i][1].expand(n, *pre[i][1].shape[1:]).clone() for i in rl},
+        {i: torch.zeros(n, *layers[i].in_shape, dtype=torch.int8, device=dev) for i in rl},
+        {i: v[0, open_rows].unsqueeze(1) for i, v in alpha.items()},
+        {i: torch.zeros(n, 1, *layers[i].in_shape, dtype=dtype, device=dev) for i in rl},
+        torch.full((n,), -1, dtype=torch.long, device=dev),
+        torch.zeros(n, dtype=torch.long, device=dev),
+    )  # fmt: skip
 
 
 def _verify_point(
     model: nn.Module, layers: list[Layer], x0: torch.Tensor, y: int, eps: float,
-    time_limit: float, s: BabSettings, index: int,
+    time_limit: float, s: BabSettings, index: int, adv: torch.Tensor | None = None,
+    spent: float = 0.0,
 ) -> ExactResult:  # fmt: skip
-    """The branch-and-bound verdict for one point ``x0`` ``(C, H, W)`` (model dtype)."""
-    start = time.perf_counter()
+    """The branch-and-bound verdict for one point ``x0`` ``(C, H, W)`` (model dtype).
+    ``adv``: the PGD pre-check's adversarial of the point, or None; ``spent``: the
+    point's share of that attack's seconds (part of its time and of its limit)."""
+    start = time.perf_counter() - spent
     deadline = start + time_limit
     res = ExactResult(index, eps, "error", "bab", 0.0)
     try:
@@ -483,7 +525,6 @@ def _verify_point(
         if bool((margins > 0).all()):
             res.status, res.by, res.margin_lower = "verified", "crown", float(margins.min())
             return res
-        adv = _pgd(model, x0.unsqueeze(0), yt, eps, s)
         if adv is not None:
             checked = check_counterexample(model, x0, adv, y, eps)
             if checked is not None:
@@ -492,43 +533,55 @@ def _verify_point(
                 return res
         k = layers[-1].out_shape[0]
         inp = InputSet(xd, et, math.inf)
-        spec = margin_spec(yt, k, s.dtype)
+        # alpha-CROWN on the margins CROWN left open only (one row each), stopping once
+        # all are proven: first on CROWN's intermediate bounds, then, for what is still
+        # open, on re-optimised ones (the costlier step, which most points never need)
+        rows = (margins <= 0).nonzero().flatten()
+        spec = margin_spec(yt, k, s.dtype)[:, rows]
         pre = crown.pre
-        if s.root_intermediate > 0:  # at most a third of the point's time
-            pre = optimize_intermediate(layers, pre, inp, iterations=s.root_intermediate,
-                                        lr=s.lr_alpha, deadline=start + time_limit / 3)  # fmt: skip
-        alpha = {**initial_alpha(pre, relu_indices(layers), k), **initial_pool(layers, pre, k)}
-        with torch.enable_grad():
-            best, al, _, _ = optimize_bounds(
-                layers, spec, pre, inp, alpha, iterations=s.root_iterations,
-                lr_alpha=s.lr_alpha, deadline=deadline,
-            )  # fmt: skip
-        best = torch.maximum(best, margins.unsqueeze(0))[0]
-        best[y] = math.inf
-        if bool((best > 0).all()):
-            res.status, res.by, res.margin_lower = "verified", "alpha", float(best.min())
-            return res
-        classes = (best <= 0).nonzero().flatten()
-        n = len(classes)
         rl = relu_indices(layers)
-        dom = _Domains(
-            classes, best[classes],
-            {i: pre[i][0].expand(n, *pre[i][0].shape[1:]).clone() for i in rl},
-            {i: pre[i][1].expand(n, *pre[i][1].shape[1:]).clone() for i in rl},
-            {i: torch.zeros(n, *layers[i].in_shape, dtype=torch.int8, device=x0.device)
-             for i in rl},
-            {i: v[0, classes].unsqueeze(1) for i, v in al.items()},
-            {i: torch.zeros(n, 1, *layers[i].in_shape, dtype=s.dtype, device=x0.device)
-             for i in rl},
-            torch.full((n,), -1, dtype=torch.long, device=x0.device),
-            torch.zeros(n, dtype=torch.long, device=x0.device),
-        )  # fmt: skip
-        search = _Search(model, layers, xd[0], y, eps, pre, s, deadline)
-        search.lower = float(best[best > 0].min()) if bool((best > 0).any()) else math.inf
+        alpha = {**initial_alpha(pre, rl, len(rows)), **initial_pool(layers, pre, len(rows))}
+        best = margins.clone()
+        bounded = 0
+        for stage in ("crown", "intermediate"):
+            if stage == "intermediate":
+                if s.root_intermediate <= 0:
+                    break
+                if s.quick_domains > 0:
+                    # a short search on CROWN's intermediate bounds first: most points a
+                    # few splits prove never pay for the re-optimised bounds below
+                    search = _Search(model, layers, xd[0], y, eps, pre, s, deadline, best)
+                    try:
+                        status = search.run(_root_domains(layers, pre, best, rows, alpha, y),
+                                            budget=s.quick_domains)  # fmt: skip
+                    finally:
+                        bounded += search.domains_bounded
+                        res.detail = f"{bounded} domains bounded"
+                    if status == "verified":
+                        res.status, res.by, res.margin_lower = "verified", "bab", search.lower
+                        res.detail = f"{bounded} domains bounded"
+                        return res
+                pre = optimize_intermediate(  # at most a third of the point's time
+                    layers, pre, inp, iterations=s.root_intermediate, lr=s.lr_alpha,
+                    deadline=start + time_limit / 3,
+                )  # fmt: skip
+            with torch.enable_grad():
+                # the first pass is short when a second, on re-optimised bounds, follows
+                first = s.root_intermediate > 0 and stage == "crown"
+                its = min(s.root_iterations, s.quick_iterations) if first else s.root_iterations
+                got, alpha, _, _ = optimize_bounds(
+                    layers, spec, pre, inp, alpha, iterations=its,
+                    lr_alpha=s.lr_alpha, stop_above=0.0, deadline=deadline,
+                )  # fmt: skip
+            best[rows] = torch.maximum(best[rows], got[0])
+            if bool((best > 0).all()):
+                res.status, res.by, res.margin_lower = "verified", "alpha", float(best.min())
+                return res
+        search = _Search(model, layers, xd[0], y, eps, pre, s, deadline, best)
         try:
-            status = search.run(dom)
+            status = search.run(_root_domains(layers, pre, best, rows, alpha, y))
         finally:
-            res.detail = f"{search.domains_bounded} domains bounded"
+            res.detail = f"{bounded + search.domains_bounded} domains bounded"
         res.status = status
         if status == "verified":
             res.margin_lower = search.lower
@@ -562,6 +615,7 @@ def verify_bab(
     time_limit: float = 30.0,
     settings: BabSettings | None = None,
     indices: Sequence[int] | None = None,
+    on_point: Callable[[ExactResult], None] | None = None,
 ) -> list[ExactResult]:
     """Complete l_inf verdict per point of ``x`` ``(N, C, H, W)`` in [0,1], labels ``y``
     ``(N,)``, by branch and bound (module docstring): one :class:`ExactResult` per point,
@@ -570,7 +624,9 @@ def verify_bab(
     ``epsilon``: l_inf radius in [0,1] pixel space (the ball intersected with the [0,1]
     box). ``time_limit``: seconds per point, everything included; a point still open is
     a ``timeout``, never verified. ``settings``: :class:`BabSettings`. ``indices`` label
-    the results (default ``0..N-1``). Runs on the model's device in eval mode (restored).
+    the results (default ``0..N-1``); ``on_point`` sees each verdict as it is known. The
+    PGD attack of the settings runs once on all points, each point's time including its
+    share. Runs on the model's device in eval mode (restored).
     """
     s = settings or BabSettings()
     if math.isfinite(parse_norm(norm)):
@@ -593,8 +649,14 @@ def verify_bab(
             raise ModelError("branch and bound does not handle residual blocks yet: use alpha")
         y = check_labels(y, n, layers[-1].out_shape[0]).to(device)
         x = x.to(device)
+        began = time.perf_counter()
+        advs = _pgd(model, x, y, eps, s)
+        share = (time.perf_counter() - began) / n
         out = []
         for i in range(n):
-            out.append(_verify_point(model, layers, x[i], int(y[i]), eps, time_limit, s, ids[i]))
+            out.append(_verify_point(model, layers, x[i], int(y[i]), eps, time_limit, s, ids[i],
+                                     advs[i], share))  # fmt: skip
             log.debug("point %d eps %g: %s by %s", ids[i], eps, out[-1].status, out[-1].by)
+            if on_point is not None:
+                on_point(out[-1])
     return out

@@ -250,16 +250,13 @@ def _decide_bab(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float, norm: str,
     time_limit: float, seed: int, batch_size: int, progress: Progress,
 ) -> list[PointVerdict]:  # fmt: skip
-    """Branch and bound (:func:`~sparserobust.verify.bab.verify_bab`), point by point, with
-    the search sized for the model's device (:meth:`BabSettings.for_device`)."""
-    out = []
+    """Branch and bound (:func:`~sparserobust.verify.bab.verify_bab`: its PGD pre-check
+    on all points at once, then point by point), with the search sized for the model's
+    device (:meth:`BabSettings.for_device`)."""
     settings = BabSettings.for_device(model_device(model))
-    for i in range(x.shape[0]):
-        (r,) = verify_bab(model, x[i : i + 1], y[i : i + 1], epsilon=epsilon,
-                          time_limit=time_limit, settings=settings, indices=[i])  # fmt: skip
-        out.append(PointVerdict.of_exact(r, int(y[i])))
-        progress(1)
-    return out
+    results = verify_bab(model, x, y, epsilon=epsilon, time_limit=time_limit,
+                         settings=settings, on_point=lambda _: progress(1))  # fmt: skip
+    return [PointVerdict.of_exact(r, int(y[r.index])) for r in results]
 
 
 VERIFIERS: dict[str, Verifier] = {
