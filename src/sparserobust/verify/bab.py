@@ -5,10 +5,10 @@ box, in [0,1] pixel space. Per point the verifier runs, cheapest first:
 
 1. the clean check (misclassified: a counterexample at distance 0), CROWN
    (:func:`~sparserobust.verify.certification.bound_pass`), a PGD attack (one batched
-   attack on all points), alpha-CROWN (:mod:`~sparserobust.verify.alpha`) on every
-   margin ``f_y - f_j`` CROWN leaves open, on CROWN's intermediate bounds; a short
-   search (step 2, ``quick_domains``); then alpha-CROWN again on re-optimised
-   intermediate bounds (``root_intermediate``);
+   attack on all points), a short search (step 2, ``quick_domains``) on CROWN's
+   intermediate bounds whose first pass is alpha-CROWN
+   (:mod:`~sparserobust.verify.alpha`) on every margin ``f_y - f_j`` CROWN leaves open;
+   then alpha-CROWN on re-optimised intermediate bounds (``root_intermediate``);
 2. for every class ``j`` alpha-CROWN leaves unproven, a *domain* (the whole ball),
    then branch and bound: the ``batch_domains`` domains with the lowest bounds each
    split their best unstable ReLU by the BaBSR score (:mod:`~sparserobust.verify.branching`)
@@ -95,9 +95,9 @@ class BabSettings:
       of the children / of the root's alpha-CROWN; ``lr_alpha``, ``lr_beta``: step sizes;
     - ``root_intermediate``: Adam steps of alpha-CROWN on the intermediate bounds of the
       ReLU layers after the first nonlinear layer, once per point before branching, in at
-      most a third of the point's time (0: CROWN's). Before it, alpha-CROWN on CROWN's
-      intermediate bounds (at most ``quick_iterations`` steps) and a search on them until
-      it has bounded ``quick_domains`` domains (0: none): that proves most points that
+      most a third of the point's time (0: CROWN's). Before it, a search on CROWN's
+      intermediate bounds until it has bounded ``quick_domains`` domains (0: none; its
+      first pass is alpha-CROWN with ``iterations`` steps): that proves most points that
       need few splits at a fraction of the cost; the rest pay a little for it;
     - ``branching``: ``babsr`` (the BaBSR score, :mod:`~sparserobust.verify.branching`) or
       ``fsb`` (filtered smart branching, De Palma et al. 2021: the ``fsb_candidates``
@@ -121,7 +121,6 @@ class BabSettings:
     branching: str = "babsr"
     fsb_candidates: int = 3
     root_intermediate: int = 20
-    quick_iterations: int = 20
     quick_domains: int = 64
     pgd_steps: int = 50
     pgd_restarts: int = 2
@@ -533,50 +532,50 @@ def _verify_point(
                 return res
         k = layers[-1].out_shape[0]
         inp = InputSet(xd, et, math.inf)
-        # alpha-CROWN on the margins CROWN left open only (one row each), stopping once
-        # all are proven: first on CROWN's intermediate bounds, then, for what is still
-        # open, on re-optimised ones (the costlier step, which most points never need)
+        # the margins CROWN left open only (one row each); every bound stops once proven
         rows = (margins <= 0).nonzero().flatten()
         spec = margin_spec(yt, k, s.dtype)[:, rows]
         pre = crown.pre
         rl = relu_indices(layers)
-        alpha = {**initial_alpha(pre, rl, len(rows)), **initial_pool(layers, pre, len(rows))}
         best = margins.clone()
         bounded = 0
-        for stage in ("crown", "intermediate"):
-            if stage == "intermediate":
-                if s.root_intermediate <= 0:
-                    break
-                if s.quick_domains > 0:
-                    # a short search on CROWN's intermediate bounds first: most points a
-                    # few splits prove never pay for the re-optimised bounds below
-                    search = _Search(model, layers, xd[0], y, eps, pre, s, deadline, best)
-                    try:
-                        status = search.run(_root_domains(layers, pre, best, rows, alpha, y),
-                                            budget=s.quick_domains)  # fmt: skip
-                    finally:
-                        bounded += search.domains_bounded
-                        res.detail = f"{bounded} domains bounded"
-                    if status == "verified":
-                        res.status, res.by, res.margin_lower = "verified", "bab", search.lower
-                        res.detail = f"{bounded} domains bounded"
-                        return res
-                pre = optimize_intermediate(  # at most a third of the point's time
-                    layers, pre, inp, iterations=s.root_intermediate, lr=s.lr_alpha,
-                    deadline=start + time_limit / 3,
-                )  # fmt: skip
-            with torch.enable_grad():
-                # the first pass is short when a second, on re-optimised bounds, follows
-                first = s.root_intermediate > 0 and stage == "crown"
-                its = min(s.root_iterations, s.quick_iterations) if first else s.root_iterations
-                got, alpha, _, _ = optimize_bounds(
-                    layers, spec, pre, inp, alpha, iterations=its,
-                    lr_alpha=s.lr_alpha, stop_above=0.0, deadline=deadline,
-                )  # fmt: skip
-            best[rows] = torch.maximum(best[rows], got[0])
-            if bool((best > 0).all()):
-                res.status, res.by, res.margin_lower = "verified", "alpha", float(best.min())
+        if s.quick_domains > 0 and s.root_intermediate > 0:
+            # a short search on CROWN's intermediate bounds first (its first pass is
+            # alpha-CROWN on the whole ball): most points that few splits prove never pay
+            # for re-optimising those bounds
+            alpha = {**initial_alpha(pre, rl, len(rows)), **initial_pool(layers, pre, len(rows))}
+            search = _Search(model, layers, xd[0], y, eps, pre, s, deadline, best)
+            try:
+                status = search.run(_root_domains(layers, pre, best, rows, alpha, y),
+                                    budget=s.quick_domains)  # fmt: skip
+            finally:
+                bounded += search.domains_bounded
+                res.detail = f"{bounded} domains bounded"
+            if status == "verified":
+                res.status, res.margin_lower = "verified", search.lower
+                if search.domains_bounded == len(rows):  # no split: the root's bound
+                    res.by, res.detail = "alpha", "alpha-CROWN on CROWN's intermediate bounds"
+                else:
+                    res.by = "bab"
                 return res
+        if s.root_intermediate > 0:
+            pre = optimize_intermediate(  # at most a third of the point's time
+                layers, pre, inp, iterations=s.root_intermediate, lr=s.lr_alpha,
+                deadline=start + time_limit / 3,
+            )  # fmt: skip
+        alpha = {**initial_alpha(pre, rl, len(rows)), **initial_pool(layers, pre, len(rows))}
+        with torch.enable_grad():
+            got, alpha, _, _ = optimize_bounds(
+                layers, spec, pre, inp, alpha, iterations=s.root_iterations,
+                lr_alpha=s.lr_alpha, stop_above=0.0, deadline=deadline,
+            )  # fmt: skip
+        best[rows] = torch.maximum(best[rows], got[0])
+        if bool((best > 0).all()):
+            res.status, res.by, res.margin_lower = "verified", "alpha", float(best.min())
+            res.detail = f"re-optimised intermediate bounds, after {bounded} domains" * (
+                bounded > 0
+            )
+            return res
         search = _Search(model, layers, xd[0], y, eps, pre, s, deadline, best)
         try:
             status = search.run(_root_domains(layers, pre, best, rows, alpha, y))
