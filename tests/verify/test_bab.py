@@ -390,11 +390,22 @@ def test_the_quick_search_runs_before_the_reoptimised_bounds_and_stops_at_its_bu
         calls.append(1)
         return real(*args, **kwargs)
 
+    budgets: list[int | None] = []
+    real_run = bab._Search.run
+
+    def run(self, dom, budget=None):  # type: ignore[no-untyped-def]
+        budgets.append(budget)
+        return real_run(self, dom, budget)
+
     monkeypatch.setattr(bab, "optimize_intermediate", counted)
+    monkeypatch.setattr(bab._Search, "run", run)
     settings = BabSettings(**{**SEARCH_ONLY.__dict__, "root_intermediate": 3,
                               "quick_domains": quick})  # fmt: skip
     plain = verify_bab(net, x, y, epsilon=eps, time_limit=20, settings=SEARCH_ONLY)
+    budgets.clear()
     got = verify_bab(net, x, y, epsilon=eps, time_limit=20, settings=settings)
+    quick_runs = [b for b in budgets if b is not None]
+    assert quick_runs == ([quick] * len(x) if quick else [])
     assert all(int(b.detail.split()[0]) >= 3 for b in plain)
     pgd = get_attack("pgd", "inf", steps=100, restarts=3).run(net, x, y, epsilons=[eps], seed=0)
     assert not bool(pgd.success.any())
@@ -427,3 +438,67 @@ def test_a_search_with_a_budget_stops_with_domains_open() -> None:
         else:  # stops at the first check past the budget: within one batch of children
             assert status == "budget"
             assert budget <= search.domains_bounded < budget + 2 * SEARCH_ONLY.batch_domains
+
+
+def test_the_pgd_pre_check_runs_once_on_all_points_and_decides_attackable_ones(
+    monkeypatch,
+) -> None:
+    """One batched PGD attack per call (not one per point); its adversarials decide the
+    attackable points (``by`` attack, re-checked, non-robust by enumeration), and each
+    point's time includes its share of the attack."""
+    calls: list[int] = []
+    real = bab._pgd
+
+    def spy(model, xs, ys, eps, s):  # type: ignore[no-untyped-def]
+        calls.append(xs.shape[0])
+        return real(model, xs, ys, eps, s)
+
+    monkeypatch.setattr(bab, "_pgd", spy)
+    attacked = 0
+    for p, eps in CASES[4:6]:
+        net, x, y = problems()[p]
+        calls.clear()
+        results = verify_bab(net, x, y, epsilon=eps, time_limit=20)
+        assert calls == [len(x)]
+        for i, r in enumerate(results):
+            check_result(net, x[i], int(y[i]), eps, r)
+            assert r.seconds > 0
+            if r.by == "attack":
+                attacked += 1
+                assert r.status == "counterexample" and truth(p, i, eps) < 1e-4
+    assert attacked >= 2
+    calls.clear()
+    verify_bab(net, x, y, epsilon=eps, time_limit=20, settings=SEARCH_ONLY)
+    assert calls == [len(x)]  # called, and with pgd_steps=0 it attacks nothing
+
+
+def test_margin_lower_of_a_searched_point_counts_the_classes_crown_proved() -> None:
+    """``margin_lower`` bounds the minimal margin over every class: no larger than the
+    CROWN margins of the classes CROWN proved before the search, nor than the margin at
+    any sampled input of the ball."""
+    net, x, y, eps = multi_split_points()
+    results = verify_bab(net, x, y, epsilon=eps, time_limit=20, settings=SEARCH_ONLY)
+    layers = bab.parse_network(net, x.shape[1:], dtype=torch.float64)
+    et = torch.full((len(x),), eps, dtype=torch.float64)
+    crown = bab.bound_pass(layers, x.double(), y, et, math.inf, "crown").margins
+    gen = torch.Generator().manual_seed(0)
+    below_crown = 0
+    for i, r in enumerate(results):
+        assert r.status == "verified" and r.by == "bab"
+        proven = crown[i][crown[i] > 0]
+        assert r.margin_lower <= float(proven.min()) + 1e-9
+        below_crown += r.margin_lower < float(proven.min()) - 1e-6
+        noise = (torch.rand(4000, *x.shape[1:], generator=gen) * 2 - 1) * eps
+        xs = (x[i] + noise).clamp(0, 1)
+        with torch.no_grad():
+            logits = net(xs).double()
+        others = torch.cat([logits[:, : int(y[i])], logits[:, int(y[i]) + 1 :]], 1)
+        assert r.margin_lower <= float((logits[:, int(y[i])] - others.max(1).values).min())
+    assert below_crown == len(results)  # here the searched class is always the minimum,
+    # so the search's start value is checked directly: the smallest root-proven margin
+    layers_, x0 = bab.parse_network(net, x.shape[1:], dtype=torch.float64), x[0].double()
+    for root, lower in (([0.5, math.inf, -1.0], 0.5), ([0.2, 0.1, math.inf], 0.1),
+                        ([math.inf, -0.3, -1.0], math.inf)):  # fmt: skip
+        search = bab._Search(net, layers_, x0, 0, eps, {}, SEARCH_ONLY, 1e18,
+                             torch.tensor(root, dtype=torch.float64))  # fmt: skip
+        assert search.lower == lower
