@@ -428,10 +428,10 @@ def test_a_search_with_a_budget_stops_with_domains_open() -> None:
         et = torch.tensor([eps], dtype=torch.float64)
         crown = bab.bound_pass(layers, xd, y[2:3], et, math.inf, "crown")
         rows = (crown.margins[0] <= 0).nonzero().flatten()
-        alpha = bab.initial_alpha(crown.pre, bab.relu_indices(layers), len(rows))
+        alpha = bab.initial_params(layers, crown.pre, len(rows))
         search = bab._Search(net, layers, xd[0], int(y[2]), eps, crown.pre, SEARCH_ONLY,
                              1e18, crown.margins[0])  # fmt: skip
-        dom = bab._root_domains(layers, crown.pre, crown.margins[0], rows, alpha, int(y[2]))
+        dom = bab.root_domains(layers, crown.pre, crown.margins[0], rows, alpha, int(y[2]))
         status = search.run(dom, budget=budget)
         if budget is None:
             assert status == "verified" and search.domains_bounded == 13

@@ -24,7 +24,7 @@ FACTORIES = {"zeros", "ones", "full", "eye", "arange", "tensor", "empty", "as_te
              "linspace", "rand", "randn", "randint"}  # fmt: skip
 # (file, function): CPU on purpose
 CPU_BY_DESIGN = {
-    ("bab.py", "leaf_lp"),  # builds an LP for HiGHS; moved to the device where used
+    ("leaf.py", "leaf_lp"),  # builds an LP for HiGHS; moved to the device where used
     ("certification.py", "eps_vector"),  # radii kept on the CPU, moved per batch
     ("certification.py", "certified_radius"),  # bisection bookkeeping on the CPU
     ("distance.py", "minimal_distance"),  # per-point radii, read with float()

@@ -102,6 +102,12 @@ def initial_pool(layers: Sequence[Layer], pre: Bounds, m: int) -> dict[int, torc
     return out
 
 
+def initial_params(layers: Sequence[Layer], pre: Bounds, m: int) -> dict[int, torch.Tensor]:
+    """The optimisation's starting point for ``m`` margin rows: CROWN's ReLU slopes
+    (:func:`initial_alpha`) and max-pool weights (:func:`initial_pool`), by layer index."""
+    return {**initial_alpha(pre, relu_indices(layers), m), **initial_pool(layers, pre, m)}
+
+
 def pool_backward(
     layer: Layer,
     a: torch.Tensor,
@@ -359,7 +365,7 @@ def _alpha_margins(
     k = layers[-1].out_shape[0]
     spec = margin_spec(y, k, x.dtype)
     inp = InputSet(x, eps, p)
-    alpha = {**initial_alpha(pre, relu_indices(layers), k), **initial_pool(layers, pre, k)}
+    alpha = initial_params(layers, pre, k)
     with torch.enable_grad():
         best = optimize_bounds(layers, spec, pre, inp, alpha, iterations=iterations, lr_alpha=lr)[0]
     best = torch.maximum(best, crown)

@@ -50,17 +50,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from scipy.optimize import linprog
 from torch import nn
 
 from sparserobust.errors import ConfigError, ModelError
 from sparserobust.norms import parse_norm
 from sparserobust.utils import eval_mode, model_device
 from sparserobust.verify.alpha import (
-    initial_alpha,
-    initial_pool,
+    Bounds,
+    initial_params,
     optimize_bounds,
     optimize_intermediate,
     relaxed_lower,
@@ -69,21 +67,20 @@ from sparserobust.verify.alpha import (
 from sparserobust.verify.branching import babsr_candidates, babsr_choice
 from sparserobust.verify.certification import bound_pass, check_labels, margin_spec
 from sparserobust.verify.crown import tighten
+from sparserobust.verify.domains import Domains, root_domains
 from sparserobust.verify.exact import (
     ExactResult,
     check_counterexample,
     check_points,
     is_misclassified,
 )
-from sparserobust.verify.ibp import interval_forward
+from sparserobust.verify.leaf import leaf_lp
 from sparserobust.verify.network import Layer, parse_network
 from sparserobust.verify.threat import InputSet
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BabSettings", "leaf_lp", "verify_bab"]
-
-Bounds = dict[int, tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -142,47 +139,6 @@ class BabSettings:
         return cls(**{**sized, **changes})  # type: ignore[arg-type]
 
 
-@dataclass
-class _Domains:
-    """``D`` subdomains of one point, as stacked tensors (per ReLU layer index ``i``):
-    ``lo``/``hi`` its input bounds ``(D, *shape)``, ``sign`` the split (+1 active, -1
-    inactive, 0 none), ``alpha``/``beta`` ``(D, 1, *shape)``; ``cls`` the margin's other
-    class, ``bound`` the proven lower bound, ``layer``/``index`` the next split (layer
-    -1: a leaf)."""
-
-    cls: torch.Tensor
-    bound: torch.Tensor
-    lo: dict[int, torch.Tensor]
-    hi: dict[int, torch.Tensor]
-    sign: dict[int, torch.Tensor]
-    alpha: dict[int, torch.Tensor]
-    beta: dict[int, torch.Tensor]
-    layer: torch.Tensor
-    index: torch.Tensor
-
-    @property
-    def size(self) -> int:
-        return int(self.cls.shape[0])
-
-    def take(self, idx: torch.Tensor) -> _Domains:
-        def sub(d: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-            return {i: v[idx] for i, v in d.items()}
-
-        return _Domains(self.cls[idx], self.bound[idx], sub(self.lo), sub(self.hi),
-                        sub(self.sign), sub(self.alpha), sub(self.beta), self.layer[idx],
-                        self.index[idx])  # fmt: skip
-
-    @staticmethod
-    def cat(a: _Domains, b: _Domains) -> _Domains:
-        def join(x: dict[int, torch.Tensor], y: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-            return {i: torch.cat([x[i], y[i]]) for i in x}
-
-        return _Domains(torch.cat([a.cls, b.cls]), torch.cat([a.bound, b.bound]),
-                        join(a.lo, b.lo), join(a.hi, b.hi), join(a.sign, b.sign),
-                        join(a.alpha, b.alpha), join(a.beta, b.beta),
-                        torch.cat([a.layer, b.layer]), torch.cat([a.index, b.index]))  # fmt: skip
-
-
 class _Found(Exception):
     """A decision reached inside the search (counterexample or error)."""
 
@@ -197,57 +153,6 @@ def _margin(model: nn.Module, x: torch.Tensor, y: int) -> float:
     with torch.no_grad():
         logits = model(x.unsqueeze(0))[0]
     return float(logits[y] - torch.cat([logits[:y], logits[y + 1 :]]).max())
-
-
-def leaf_lp(
-    layers: Sequence[Layer], x0: torch.Tensor, eps: float, y: int, cls: int,
-    lo: dict[int, torch.Tensor], hi: dict[int, torch.Tensor],
-) -> tuple[float, np.ndarray | None]:  # fmt: skip
-    """The exact minimum of ``f_y - f_cls`` over the inputs of the l_inf ball (in the
-    box) where every ReLU follows the pattern the bounds ``lo``/``hi`` fix (active where
-    ``lo >= 0``, else inactive; no neuron may be unstable), by one LP (HiGHS).
-
-    ``x0``: ``(C, H, W)``; ``lo``/``hi``: per ReLU layer index, ``(*shape)``. On that
-    pattern the network is affine and the constraints ``z >= 0`` / ``z <= 0`` of every
-    neuron cut the ball to exactly the inputs that follow it. Returns ``(minimum,
-    minimiser)``; ``(inf, None)`` when no input follows the pattern. ValueError for
-    layers without an exact pattern form (max-pool) or an unstable neuron.
-    """
-    d = x0.numel()
-    dtype = torch.float64
-    basis = torch.cat([torch.zeros(1, d, dtype=dtype), torch.eye(d, dtype=dtype)])
-    v = basis.to(x0.device).view(d + 1, *x0.shape)
-    a_rows, b_rows = [], []
-    for i, layer in enumerate(layers):
-        if layer.kind == "maxpool":
-            raise ValueError("leaf_lp handles ReLU networks only (no max-pool)")
-        if layer.kind == "relu":
-            lo_i, hi_i = lo[i].flatten().double().cpu(), hi[i].flatten().double().cpu()
-            if bool(((lo_i < 0) & (hi_i > 0)).any()):
-                raise ValueError("leaf_lp needs every ReLU stable")
-            z = v.flatten(1).cpu()
-            z0, m = z[0], (z[1:] - z[0]).T  # z = m x + z0, m (n, d)
-            active = lo_i >= 0
-            sgn = torch.where(active, -1.0, 1.0).to(dtype)  # active: -z <= 0; else z <= 0
-            a_rows.append((sgn.unsqueeze(1) * m).numpy())
-            b_rows.append((-sgn * z0).numpy())
-            v = v * active.to(v.dtype).view(1, *layer.in_shape).to(v.device)
-        else:
-            v = interval_forward(layer, v, v)[0]
-    out = v.cpu()
-    z0, m = out[0], (out[1:] - out[0]).T
-    c = (m[y] - m[cls]).numpy()
-    const = float(z0[y] - z0[cls])
-    xf = x0.flatten().double().cpu()
-    box = list(zip((xf - eps).clamp(0, 1).tolist(), (xf + eps).clamp(0, 1).tolist(), strict=True))
-    a_ub = np.vstack(a_rows) if a_rows else None
-    b_ub = np.concatenate(b_rows) if b_rows else None
-    res = linprog(c, A_ub=a_ub, b_ub=b_ub, bounds=box, method="highs")
-    if res.status == 2:
-        return math.inf, None
-    if res.status != 0:
-        raise RuntimeError(f"leaf LP failed: {res.message}")
-    return float(res.fun) + const, np.asarray(res.x)
 
 
 class _Search:
@@ -274,7 +179,7 @@ class _Search:
         x = self.x0.unsqueeze(0).expand(n, *self.x0.shape)
         return InputSet(x, torch.full((n,), self.eps, dtype=x.dtype, device=x.device), math.inf)
 
-    def _pre(self, dom: _Domains) -> Bounds:
+    def _pre(self, dom: Domains) -> Bounds:
         n = dom.size
         pre: Bounds = {}
         for i, (lo, hi) in self.pre.items():
@@ -284,7 +189,7 @@ class _Search:
                 pre[i] = (lo.expand(n, *lo.shape[1:]), hi.expand(n, *hi.shape[1:]))
         return pre
 
-    def bound(self, dom: _Domains, iterations: int) -> None:
+    def bound(self, dom: Domains, iterations: int) -> None:
         """Bound ``dom`` in place (bounds, parameters, next split) and check the inputs
         that minimise its linear bounds for counterexamples."""
         n = dom.size
@@ -326,7 +231,7 @@ class _Search:
         self._check_primal(dom, coef[:, 0], inp)
 
     def _fsb(
-        self, dom: _Domains, pre: Bounds, coefs: dict[int, torch.Tensor], spec: torch.Tensor,
+        self, dom: Domains, pre: Bounds, coefs: dict[int, torch.Tensor], spec: torch.Tensor,
         inp: InputSet,
     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Filtered smart branching: per domain, the ``fsb_candidates`` unstable neurons
@@ -355,7 +260,7 @@ class _Search:
         best = worst.argmax(1, keepdim=True)
         return layer.gather(1, best)[:, 0], index.gather(1, best)[:, 0]
 
-    def _check_primal(self, dom: _Domains, coef: torch.Tensor, inp: InputSet) -> None:
+    def _check_primal(self, dom: Domains, coef: torch.Tensor, inp: InputSet) -> None:
         """The input minimising each unproven domain's linear bound, through our model."""
         todo = (dom.bound <= 0).nonzero().flatten()
         if not len(todo):
@@ -375,7 +280,7 @@ class _Search:
                 raise _Found("counterexample", "bound minimiser", checked,
                              _margin(self.model, checked, self.y))  # fmt: skip
 
-    def split(self, dom: _Domains) -> _Domains:
+    def split(self, dom: Domains) -> Domains:
         """Two children per domain of ``dom`` (all non-leaves): active, then inactive."""
         n = dom.size
         rows = torch.arange(n, device=dom.cls.device).repeat(2)
@@ -397,7 +302,7 @@ class _Search:
             kids.sign[i], kids.lo[i], kids.hi[i] = sign.view(shape), lo.view(shape), hi.view(shape)
         return kids
 
-    def leaf(self, dom: _Domains, r: int) -> None:
+    def leaf(self, dom: Domains, r: int) -> None:
         """Decide leaf ``r`` of ``dom`` by LP; an undecidable one is remembered."""
         if not self.s.leaf_lp or self.has_pool:
             self.undecided_leaf = True
@@ -421,7 +326,7 @@ class _Search:
                      "forward-pass check; the true margin is within float tolerance of 0",
                      margin=value)  # fmt: skip
 
-    def run(self, dom: _Domains, budget: int | None = None) -> str:
+    def run(self, dom: Domains, budget: int | None = None) -> str:
         """Search until every domain is proven (``verified``) or time runs out
         (``timeout``), or, with a ``budget``, until that many domains were bounded with
         some still open (``budget``); raises :class:`_Found` for a counterexample or an
@@ -455,7 +360,7 @@ class _Search:
             if batch.size:
                 kids = self.split(batch)
                 self.bound(kids, self.s.iterations)
-                dom = _Domains.cat(dom, kids)
+                dom = Domains.cat(dom, kids)
 
 
 def _pgd(
@@ -470,29 +375,6 @@ def _pgd(
     attack = get_attack("pgd", "inf", steps=s.pgd_steps, restarts=s.pgd_restarts)
     res = attack.run(model, x, y, epsilons=[eps], seed=0)
     return [res.x_adv[0, i] if bool(res.success[0, i]) else None for i in range(x.shape[0])]
-
-
-def _root_domains(
-    layers: list[Layer], pre: Bounds, best: torch.Tensor, rows: torch.Tensor,
-    alpha: dict[int, torch.Tensor], y: int,
-) -> _Domains:  # fmt: skip
-    """One domain (the whole ball) per class whose margin bound ``best`` ``(K,)`` is not
-    above 0; ``rows``: the classes of ``alpha``'s rows ``(1, len(rows), ...)``."""
-    open_rows = (best[rows] <= 0).nonzero().flatten()  # positions in rows
-    classes = rows[open_rows]
-    n, dev, dtype = len(classes), best.device, best.dtype
-    rl = relu_indices(layers)
-    assert y not in classes.tolist()
-    return _Domains(
-        classes, best[classes],
-        {i: pre[i][0].expand(n, *pre[i][0].shape[1:]).clone() for i in rl},
-        {i: pre[i][1].expand(n, *pre[i][1].shape[1:]).clone() for i in rl},
-        {i: torch.zeros(n, *layers[i].in_shape, dtype=torch.int8, device=dev) for i in rl},
-        {i: v[0, open_rows].unsqueeze(1) for i, v in alpha.items()},
-        {i: torch.zeros(n, 1, *layers[i].in_shape, dtype=dtype, device=dev) for i in rl},
-        torch.full((n,), -1, dtype=torch.long, device=dev),
-        torch.zeros(n, dtype=torch.long, device=dev),
-    )  # fmt: skip
 
 
 def _verify_point(
@@ -536,17 +418,16 @@ def _verify_point(
         rows = (margins <= 0).nonzero().flatten()
         spec = margin_spec(yt, k, s.dtype)[:, rows]
         pre = crown.pre
-        rl = relu_indices(layers)
         best = margins.clone()
         bounded = 0
         if s.quick_domains > 0 and s.root_intermediate > 0:
             # a short search on CROWN's intermediate bounds first (its first pass is
             # alpha-CROWN on the whole ball): most points that few splits prove never pay
             # for re-optimising those bounds
-            alpha = {**initial_alpha(pre, rl, len(rows)), **initial_pool(layers, pre, len(rows))}
+            alpha = initial_params(layers, pre, len(rows))
             search = _Search(model, layers, xd[0], y, eps, pre, s, deadline, best)
             try:
-                status = search.run(_root_domains(layers, pre, best, rows, alpha, y),
+                status = search.run(root_domains(layers, pre, best, rows, alpha, y),
                                     budget=s.quick_domains)  # fmt: skip
             finally:
                 bounded += search.domains_bounded
@@ -563,7 +444,7 @@ def _verify_point(
                 layers, pre, inp, iterations=s.root_intermediate, lr=s.lr_alpha,
                 deadline=start + time_limit / 3,
             )  # fmt: skip
-        alpha = {**initial_alpha(pre, rl, len(rows)), **initial_pool(layers, pre, len(rows))}
+        alpha = initial_params(layers, pre, len(rows))
         with torch.enable_grad():
             got, alpha, _, _ = optimize_bounds(
                 layers, spec, pre, inp, alpha, iterations=s.root_iterations,
@@ -572,13 +453,11 @@ def _verify_point(
         best[rows] = torch.maximum(best[rows], got[0])
         if bool((best > 0).all()):
             res.status, res.by, res.margin_lower = "verified", "alpha", float(best.min())
-            res.detail = f"re-optimised intermediate bounds, after {bounded} domains" * (
-                bounded > 0
-            )
+            res.detail = f"after a short search of {bounded} domains" if bounded else ""
             return res
         search = _Search(model, layers, xd[0], y, eps, pre, s, deadline, best)
         try:
-            status = search.run(_root_domains(layers, pre, best, rows, alpha, y))
+            status = search.run(root_domains(layers, pre, best, rows, alpha, y))
         finally:
             res.detail = f"{bounded + search.domains_bounded} domains bounded"
         res.status = status
