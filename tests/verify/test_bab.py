@@ -399,8 +399,10 @@ def test_the_quick_search_runs_before_the_reoptimised_bounds_and_stops_at_its_bu
 
     monkeypatch.setattr(bab, "optimize_intermediate", counted)
     monkeypatch.setattr(bab._Search, "run", run)
+    # quick_iterations as the full search's: an unlimited quick search is that search
     settings = BabSettings(**{**SEARCH_ONLY.__dict__, "root_intermediate": 3,
-                              "quick_domains": quick})  # fmt: skip
+                              "quick_domains": quick,
+                              "quick_iterations": SEARCH_ONLY.iterations})  # fmt: skip
     plain = verify_bab(net, x, y, epsilon=eps, time_limit=20, settings=SEARCH_ONLY)
     budgets.clear()
     got = verify_bab(net, x, y, epsilon=eps, time_limit=20, settings=settings)
@@ -502,3 +504,28 @@ def test_margin_lower_of_a_searched_point_counts_the_classes_crown_proved() -> N
         search = bab._Search(net, layers_, x0, 0, eps, {}, SEARCH_ONLY, 1e18,
                              torch.tensor(root, dtype=torch.float64))  # fmt: skip
         assert search.lower == lower
+
+
+def test_the_quick_search_bounds_with_its_own_adam_steps(monkeypatch) -> None:
+    """Every bound pass of the quick search takes ``quick_iterations`` Adam steps, the
+    full search's take ``iterations``; both prove the same points."""
+    net, x, y, eps = multi_split_points()
+    steps: list[int] = []
+    real = bab.optimize_bounds
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        steps.append(kwargs["iterations"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bab, "optimize_bounds", counted)
+    base = {**SEARCH_ONLY.__dict__, "root_intermediate": 3, "iterations": 7}
+    quick = BabSettings(**{**base, "quick_domains": 100_000, "quick_iterations": 2})
+    got = verify_bab(net, x, y, epsilon=eps, time_limit=20, settings=quick)
+    assert steps and set(steps) == {2}
+    steps.clear()
+    full = BabSettings(**{**base, "quick_domains": 0, "quick_iterations": 2})
+    got_full = verify_bab(net, x, y, epsilon=eps, time_limit=20, settings=full)
+    assert set(steps) == {0, 7}  # the root's alpha-CROWN (root_iterations 0), the search
+    assert [r.status for r in got] == [r.status for r in got_full] == ["verified"] * len(x)
+    with pytest.raises(ConfigError, match="iterations >= 0"):
+        verify_bab(net, x, y, epsilon=eps, settings=BabSettings(quick_iterations=-1))

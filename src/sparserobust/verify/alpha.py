@@ -160,6 +160,16 @@ def _project(v: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
     return v + (v.clamp(lo, hi) - v).detach()
 
 
+Relaxation = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def relu_constants(lo: torch.Tensor, hi: torch.Tensor) -> Relaxation:
+    """CROWN's ReLU relaxation of ``lo``/``hi`` ``(B, *shape)`` (lower slope, upper slope,
+    upper intercept) and the unstable mask ``(B, 1, *shape)``."""
+    low, up, icpt = relu_relaxation(lo, hi)
+    return low, up, icpt, ((lo < 0) & (hi > 0)).unsqueeze(1)
+
+
 def relu_backward(
     a: torch.Tensor,
     bias: torch.Tensor,
@@ -167,6 +177,7 @@ def relu_backward(
     hi: torch.Tensor,
     alpha: torch.Tensor | None,
     beta: torch.Tensor | None,
+    relax: Relaxation | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewrite the lower bound ``a . relu(z) + bias`` as one of the ReLU's input ``z``.
 
@@ -176,11 +187,12 @@ def relu_backward(
     split constraints ``s z >= 0`` (``s = +1`` active, ``-1`` inactive, 0 unsplit; the
     caller keeps ``beta >= 0``), or
     None: since ``s z >= 0`` on the subdomain, ``f >= f - beta s z`` there for
-    ``beta >= 0``, which subtracts ``beta s`` from ``z``'s coefficient.
+    ``beta >= 0``, which subtracts ``beta s`` from ``z``'s coefficient. ``relax``:
+    :func:`relu_constants` of ``lo``/``hi`` if already computed (they depend on the
+    bounds only, so an optimisation computes them once).
     """
-    low, up, icpt = relu_relaxation(lo, hi)
+    low, up, icpt, unstable = relax if relax is not None else relu_constants(lo, hi)
     if alpha is not None:
-        unstable = ((lo < 0) & (hi > 0)).unsqueeze(1)
         low_m = torch.where(unstable, _project(alpha, 0.0, 1.0), low.unsqueeze(1))
     else:
         low_m = low.unsqueeze(1)
@@ -202,6 +214,7 @@ def relaxed_lower(
     beta: dict[int, torch.Tensor] | None = None,
     record: dict[int, torch.Tensor] | None = None,
     end: int | None = None,
+    relax: dict[int, Relaxation] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower bound over ``inp`` of ``a . out(layers[end]) + bias`` (default: the logits).
 
@@ -210,7 +223,8 @@ def relaxed_lower(
     split term); ``alpha`` also holds the weights of each max-pool layer it optimises, as
     in :func:`pool_backward` (missing: CROWN's max-pool relaxation). ``record``: if given,
     filled with the (detached) coefficient reaching each ReLU layer's output,
-    ``(B, m, *shape)``, for branching heuristics. Returns the bound ``(B, m)`` and the
+    ``(B, m, *shape)``, for branching heuristics. ``relax``: :func:`relu_constants` per
+    ReLU layer, if already computed. Returns the bound ``(B, m)`` and the
     detached coefficient of the input ``(B, m, *in_shape)``
     (its sign gives the input that minimises the linear bound).
     """
@@ -223,7 +237,8 @@ def relaxed_lower(
         if layer.kind == "relu":
             if record is not None:
                 record[i] = a.detach()
-            a, bias = relu_backward(a, bias, *pre[i], alpha.get(i), beta.get(i))
+            a, bias = relu_backward(a, bias, *pre[i], alpha.get(i), beta.get(i),
+                                    None if relax is None else relax.get(i))  # fmt: skip
         elif layer.kind == "maxpool" and i in alpha:
             a, bias = pool_backward(layer, a, bias, *pre[i], alpha[i])
         else:
@@ -247,6 +262,7 @@ def optimize_bounds(
     stop_above: float | None = None,
     end: int | None = None,
     deadline: float | None = None,
+    record: dict[int, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor], torch.Tensor]:
     """Maximise the lower bound of ``spec . out(layers[end])`` (default: the logits) over
     ``alpha`` (and ``beta``).
@@ -260,7 +276,8 @@ def optimize_bounds(
     once every row's best bound exceeds it; ``deadline`` (a ``time.perf_counter()`` value):
     stop after the first iterate past it. Returns the best bound per row ``(B, m)``
     (every iterate is sound), the parameters that gave it, and the input coefficient of
-    the best iterate ``(B, m, *in_shape)``.
+    the best iterate ``(B, m, *in_shape)``. ``record``: if given, filled with the best
+    iterate's coefficient reaching each ReLU layer's output (as :func:`relaxed_lower`'s).
     """
     bsz, m = spec.shape[:2]
     zero = torch.zeros(bsz, m, dtype=spec.dtype, device=spec.device)
@@ -276,10 +293,14 @@ def optimize_bounds(
     best_al = {i: v.detach().clone() for i, v in al.items()}
     best_be = {i: v.detach().clone() for i, v in be.items()}
     best_coef: torch.Tensor | None = None
+    last = len(layers) - 1 if end is None else end
+    relax = {i: relu_constants(*pre[i]) for i in relu_indices(layers[: last + 1])}
     for step in range(iterations + 1):
         signed = {i: v * sg[i].unsqueeze(1) for i, v in be.items()}
+        seen: dict[int, torch.Tensor] | None = None if record is None else {}
         with torch.set_grad_enabled(opt is not None and step < iterations):
-            bound, coef = relaxed_lower(layers, spec, zero, pre, inp, al, signed, end=end)
+            bound, coef = relaxed_lower(layers, spec, zero, pre, inp, al, signed, seen, end=end,
+                                        relax=relax)  # fmt: skip
         better = bound.detach() > best
         best = torch.where(better, bound.detach(), best)
         for src, dst in ((al, best_al), (be, best_be)):
@@ -288,6 +309,10 @@ def optimize_bounds(
                 dst[i] = torch.where(mask, v.detach(), dst[i])
         mask = better.view(bsz, m, *([1] * (coef.dim() - 2)))
         best_coef = coef if best_coef is None else torch.where(mask, coef, best_coef)
+        if record is not None and seen is not None:
+            for i, v in seen.items():
+                keep = better.view(bsz, m, *([1] * (v.dim() - 2)))
+                record[i] = v if step == 0 else torch.where(keep, v, record[i])
         if opt is None or step == iterations:
             break
         if stop_above is not None and bool((best > stop_above).all()):

@@ -94,8 +94,10 @@ class BabSettings:
       ReLU layers after the first nonlinear layer, once per point before branching, in at
       most a third of the point's time (0: CROWN's). Before it, a search on CROWN's
       intermediate bounds until it has bounded ``quick_domains`` domains (0: none; its
-      first pass is alpha-CROWN with ``iterations`` steps): that proves most points that
-      need few splits at a fraction of the cost; the rest pay a little for it;
+      first pass is alpha-CROWN), with ``quick_iterations`` Adam steps per bound pass:
+      that proves most points that need few splits at a fraction of the cost (on the 90%
+      sparse LeNet-300-100, 3 steps halve the median time of 10 with about the same
+      domains); the rest pay a little for it;
     - ``branching``: ``babsr`` (the BaBSR score, :mod:`~sparserobust.verify.branching`) or
       ``fsb`` (filtered smart branching, De Palma et al. 2021: the ``fsb_candidates``
       best neurons by BaBSR score, of which the one whose weaker child has the higher
@@ -119,6 +121,7 @@ class BabSettings:
     fsb_candidates: int = 3
     root_intermediate: int = 20
     quick_domains: int = 64
+    quick_iterations: int = 3
     pgd_steps: int = 50
     pgd_restarts: int = 2
     max_domains: int = 50_000
@@ -161,9 +164,11 @@ class _Search:
     def __init__(
         self, model: nn.Module, layers: list[Layer], x0: torch.Tensor, y: int, eps: float,
         pre: Bounds, settings: BabSettings, deadline: float, root: torch.Tensor,
+        iterations: int | None = None,
     ) -> None:  # fmt: skip
         self.model, self.layers, self.x0, self.y, self.eps = model, layers, x0, y, eps
         self.pre, self.s, self.deadline = pre, settings, deadline
+        self.iterations = settings.iterations if iterations is None else iterations
         self.relus = relu_indices(layers)
         self.has_pool = any(layer.kind == "maxpool" for layer in layers)
         self.k = layers[-1].out_shape[0]
@@ -207,18 +212,15 @@ class _Search:
         rows = torch.arange(n, device=yy.device)
         spec = margin_spec(yy, self.k, self.x0.dtype)[rows, dom.cls].unsqueeze(1)
         signs = {i: dom.sign[i].to(self.x0.dtype) for i in self.relus}
+        record: dict[int, torch.Tensor] = {}
         with torch.enable_grad():
-            best, al, be, _ = optimize_bounds(
+            best, al, be, coef = optimize_bounds(
                 self.layers, spec, pre, inp, dom.alpha, dom.beta, signs, iterations=iterations,
                 lr_alpha=self.s.lr_alpha, lr_beta=self.s.lr_beta, stop_above=0.0,
-                deadline=self.deadline,
+                deadline=self.deadline, record=record,
             )  # fmt: skip
         dom.alpha, dom.beta = al, be
-        record: dict[int, torch.Tensor] = {}
-        betas = {i: be[i] * signs[i].unsqueeze(1) for i in be}
-        bnd, coef = relaxed_lower(self.layers, spec, torch.zeros_like(best), pre, inp, al, betas,
-                                  record)  # fmt: skip
-        bnd = torch.maximum(bnd, best)[:, 0]
+        bnd = best[:, 0]
         dom.bound = torch.where(empty, torch.full_like(bnd, math.inf), bnd)
         coefs = {i: record[i][:, 0] for i in self.relus}
         if self.s.branching == "fsb":
@@ -333,7 +335,7 @@ class _Search:
         error."""
         if time.perf_counter() > self.deadline:
             return "timeout"
-        self.bound(dom, self.s.iterations)
+        self.bound(dom, self.iterations)
         while True:
             proven = dom.bound > 0
             if bool(proven.any()):
@@ -359,7 +361,7 @@ class _Search:
             batch = batch.take((~is_leaf).nonzero().flatten())
             if batch.size:
                 kids = self.split(batch)
-                self.bound(kids, self.s.iterations)
+                self.bound(kids, self.iterations)
                 dom = Domains.cat(dom, kids)
 
 
@@ -425,7 +427,8 @@ def _verify_point(
             # alpha-CROWN on the whole ball): most points that few splits prove never pay
             # for re-optimising those bounds
             alpha = initial_params(layers, pre, len(rows))
-            search = _Search(model, layers, xd[0], y, eps, pre, s, deadline, best)
+            search = _Search(model, layers, xd[0], y, eps, pre, s, deadline, best,
+                             s.quick_iterations)  # fmt: skip
             try:
                 status = search.run(root_domains(layers, pre, best, rows, alpha, y),
                                     budget=s.quick_domains)  # fmt: skip
@@ -511,7 +514,8 @@ def verify_bab(
         raise ConfigError(f"branch and bound handles the l_inf norm only, got {norm!r}")
     if not (time_limit > 0):
         raise ConfigError(f"time_limit must be > 0 seconds, got {time_limit}")
-    if s.batch_domains < 1 or s.iterations < 0 or s.root_iterations < 0 or s.max_domains < 1:
+    if (s.batch_domains < 1 or min(s.iterations, s.root_iterations, s.quick_iterations) < 0
+            or s.max_domains < 1):  # fmt: skip
         raise ConfigError("BabSettings needs batch_domains, max_domains >= 1, iterations >= 0")
     if s.branching not in ("babsr", "fsb") or s.fsb_candidates < 1:
         raise ConfigError(
