@@ -5,6 +5,7 @@ JSON schema, and one-line errors."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -154,9 +155,11 @@ def test_json_schema_and_text_agree(
     res = verify_json(capsys, str(ckpts["lenet300"]), "--eps", "0.01,0.05", "--n", "12",
                       "--method", "crown")  # fmt: skip
     assert set(res) == {
-        "checkpoint", "model", "dataset", "method", "complete", "norm", "n", "start",
-        "time_limit_s", "seed", "clean_accuracy", "seconds", "epsilons",
+        "checkpoint", "checkpoint_sha256", "model", "dataset", "method", "complete", "norm",
+        "n", "start", "time_limit_s", "seed", "clean_accuracy", "seconds", "epsilons",
     }  # fmt: skip
+    digest = hashlib.sha256(Path(ckpts["lenet300"]).read_bytes()).hexdigest()
+    assert res["checkpoint_sha256"] == digest
     assert (res["model"], res["dataset"], res["method"], res["complete"]) == (
         "lenet300", "digits", "crown", False,
     )  # fmt: skip
