@@ -14,9 +14,9 @@ from sparserobust.data import load_dataset
 from sparserobust.errors import CheckpointError, ConfigError, ModelError
 from sparserobust.models import build_model, model_spec
 from sparserobust.pruning import SPARSITY_NOTE, sparsity_report
+from sparserobust.pruning.sweep import state_fingerprint
 from sparserobust.rundir import check_output
 from sparserobust.settings import check_value
-from sparserobust.store import sha256_file
 from sparserobust.training import TrainSettings, evaluate_accuracy, train_model
 from sparserobust.utils import model_device, resolve_device, seed_everything
 
@@ -153,9 +153,9 @@ def verify_checkpoint_points(
     norm). ``time_limit``: seconds per point of a complete method; ``seed``: its PGD
     pre-check. ``progress``: a tqdm bar over points x radii on stderr.
 
-    Returns a JSON-able record: checkpoint, checkpoint_sha256, model, dataset, method, complete, norm, n,
-    start, time_limit_s, seed, clean_accuracy, seconds, and per radius under ``epsilons``:
-    ``epsilon``, ``counts`` (every status of
+    Returns a JSON-able record: checkpoint, weights_fingerprint (digest of the tensors),
+    model, dataset, method, complete, norm, n, start, time_limit_s, seed, clean_accuracy,
+    seconds, and per radius under ``epsilons``: ``epsilon``, ``counts`` (every status of
     :data:`~sparserobust.verify.methods.POINT_STATUSES`, zeros included),
     ``verified_accuracy`` (verified / n: a proven lower bound of robust accuracy),
     ``robust_accuracy_upper`` ((n - counterexamples) / n: an upper bound), ``seconds``
@@ -215,9 +215,9 @@ def verify_checkpoint_points(
             )
     return {
         "checkpoint": str(path),
-        # which weights were decided: a checkpoint trained from the same config on
-        # another CPU can differ (docs/design.md, "Reproducibility")
-        "checkpoint_sha256": sha256_file(path),
+        # which weights were decided (the file's metadata aside): a checkpoint trained
+        # from the same config on another CPU can differ (docs/design.md, "Reproducibility")
+        "weights_fingerprint": state_fingerprint(model),
         "model": meta["model"],
         "dataset": meta["dataset"],
         "method": verifier.name,

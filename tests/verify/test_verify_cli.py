@@ -5,7 +5,6 @@ JSON schema, and one-line errors."""
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from pathlib import Path
 
@@ -13,10 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from sparserobust.checkpoint import save_checkpoint
+from sparserobust.checkpoint import load_checkpoint, save_checkpoint
 from sparserobust.cli import main
 from sparserobust.data import Dataset
 from sparserobust.models.compact import sequential_spec
+from sparserobust.pruning.sweep import state_fingerprint
 from sparserobust.verify import verify_exact
 from sparserobust.verify.methods import POINT_STATUSES, VERIFIERS, strongest
 from tests.hardening.test_hardening import one_line_error
@@ -150,16 +150,27 @@ def test_trained_relu_net_agrees_with_the_milp(
 
 
 def test_json_schema_and_text_agree(
-    ckpts: dict[str, Path], digits: Dataset, capsys: pytest.CaptureFixture[str]
+    ckpts: dict[str, Path], digits: Dataset, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     res = verify_json(capsys, str(ckpts["lenet300"]), "--eps", "0.01,0.05", "--n", "12",
                       "--method", "crown")  # fmt: skip
     assert set(res) == {
-        "checkpoint", "checkpoint_sha256", "model", "dataset", "method", "complete", "norm",
+        "checkpoint", "weights_fingerprint", "model", "dataset", "method", "complete", "norm",
         "n", "start", "time_limit_s", "seed", "clean_accuracy", "seconds", "epsilons",
     }  # fmt: skip
-    digest = hashlib.sha256(Path(ckpts["lenet300"]).read_bytes()).hexdigest()
-    assert res["checkpoint_sha256"] == digest
+    # the weights' fingerprint: the same for a copy with other metadata, not for
+    # other weights
+    model, meta = load_checkpoint(ckpts["lenet300"])
+    assert res["weights_fingerprint"] == state_fingerprint(model)
+    copy_path, other_path = tmp_path / "copy.st", tmp_path / "other.st"
+    save_checkpoint(copy_path, model, {**meta, "note": "other metadata"})
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1e-3
+    save_checkpoint(other_path, model, meta)
+    same, other = (verify_json(capsys, str(f), "--eps", "0.01", "--n", "2", "--method", "ibp")
+                   for f in (copy_path, other_path))  # fmt: skip
+    assert same["weights_fingerprint"] == res["weights_fingerprint"]
+    assert other["weights_fingerprint"] != res["weights_fingerprint"]
     assert (res["model"], res["dataset"], res["method"], res["complete"]) == (
         "lenet300", "digits", "crown", False,
     )  # fmt: skip
