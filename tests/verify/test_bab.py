@@ -529,3 +529,81 @@ def test_the_quick_search_bounds_with_its_own_adam_steps(monkeypatch) -> None:
     assert [r.status for r in got] == [r.status for r in got_full] == ["verified"] * len(x)
     with pytest.raises(ConfigError, match="iterations >= 0"):
         verify_bab(net, x, y, epsilon=eps, settings=BabSettings(quick_iterations=-1))
+
+
+def test_a_search_out_of_budget_goes_on_from_its_open_domains_on_tighter_bounds(
+    monkeypatch,
+) -> None:
+    """When the quick search runs out of budget, its open domains (splits kept) are
+    intersected with the re-optimised intermediate bounds and the same search goes on
+    (no restart from the root): the domains count both phases, and the verdicts are the
+    plain search's."""
+    net, x, y, eps = multi_split_points()
+    rebased: list[int] = []
+    real = bab._Search.rebase
+
+    def counted(self, pre):  # type: ignore[no-untyped-def]
+        open_before = self.open.size
+        dom = real(self, pre)
+        assert dom.size == open_before and self.open is None
+        assert self.pre is pre and self.iterations == self.s.iterations
+        for i in dom.lo:  # inside both the new bounds and the domain's own
+            assert bool((dom.lo[i] >= pre[i][0]).all() and (dom.hi[i] <= pre[i][1]).all())
+        rebased.append(self.domains_bounded)
+        return dom
+
+    monkeypatch.setattr(bab._Search, "rebase", counted)
+    settings = BabSettings(**{**SEARCH_ONLY.__dict__, "root_intermediate": 3,
+                              "quick_domains": 1})  # fmt: skip
+    got = verify_bab(net, x, y, epsilon=eps, time_limit=20, settings=settings)
+    plain = verify_bab(net, x, y, epsilon=eps, time_limit=20, settings=SEARCH_ONLY)
+    assert len(rebased) == len(x)  # every point needed more than its budget
+    for r, base, before in zip(got, plain, rebased, strict=True):
+        assert (r.status, r.by) == (base.status, "bab") == ("verified", "bab")
+        assert int(r.detail.split()[0]) > before >= 1
+
+
+def test_rebase_intersects_each_open_domain_with_the_new_bounds() -> None:
+    """A split neuron keeps its clamp (``l = 0`` or ``u = 0``) and every neuron gets the
+    tighter of its two bounds; a domain whose bounds the new ones leave empty is closed
+    at its next pass with an infinite bound, never searched."""
+    net, x, y, eps = multi_split_points()
+    layers = bab.parse_network(net, x.shape[1:], dtype=torch.float64)
+    xd = x[:1].to(torch.float64)
+    crown = bab.bound_pass(layers, xd, y[:1], torch.tensor([eps], dtype=torch.float64),
+                           math.inf, "crown")  # fmt: skip
+    margins = crown.margins[0]
+    rows = (margins <= 0).nonzero().flatten()
+    alpha = bab.initial_params(layers, crown.pre, len(rows))
+    s = BabSettings(**{**SEARCH_ONLY.__dict__, "quick_iterations": 0})
+    search = bab._Search(net, layers, xd[0], int(y[0]), eps, crown.pre, s,
+                         math.inf, margins, 0)  # fmt: skip
+    assert search.run(bab.root_domains(layers, crown.pre, margins, rows, alpha, int(y[0])),
+                      budget=1) == "budget"  # fmt: skip
+    opened = search.open
+    assert opened is not None and bool((opened.layer >= 0).all())
+    kids = search.split(opened)
+    search.open = kids
+    i = int(kids.layer[0])
+    old = {j: (kids.lo[j].clone(), kids.hi[j].clone()) for j in kids.lo}
+    # new bounds: the old ones shrunk by a quarter of their width, except one neuron
+    # made stably active (so the inactive child of its split becomes empty) and one
+    # whose new bounds are looser (the old ones must stay)
+    new = {j: (lo + (hi - lo) / 4, hi - (hi - lo) / 4) for j, (lo, hi) in crown.pre.items()}
+    j = int(kids.index[0])
+    new_lo, new_hi = new[i][0].flatten(1).clone(), new[i][1].flatten(1).clone()
+    new_lo[0, j], new_hi[0, j] = 0.5, 1.0
+    q = (j + 1) % new_lo.shape[1]
+    new_lo[0, q], new_hi[0, q] = new_lo[0, q] - 10, new_hi[0, q] + 10
+    new[i] = (new_lo.view_as(new[i][0]), new_hi.view_as(new[i][1]))
+    dom = search.rebase(new)
+    for k in dom.lo:
+        assert torch.equal(dom.lo[k], torch.maximum(old[k][0], new[k][0]))
+        assert torch.equal(dom.hi[k], torch.minimum(old[k][1], new[k][1]))
+    assert torch.equal(dom.lo[i].flatten(1)[:, q], old[i][0].flatten(1)[:, q])
+    assert torch.equal(dom.hi[i].flatten(1)[:, q], old[i][1].flatten(1)[:, q])
+    n = opened.size
+    inactive = dom.hi[i].flatten(1)[n, j]  # the first domain's inactive child
+    assert float(inactive) <= 0 < float(dom.lo[i].flatten(1)[n, j])  # empty: lo > hi
+    search.bound(dom, 0)
+    assert math.isinf(float(dom.bound[n])) and dom.bound[n] > 0

@@ -8,7 +8,8 @@ box, in [0,1] pixel space. Per point the verifier runs, cheapest first:
    attack on all points), a short search (step 2, ``quick_domains``) on CROWN's
    intermediate bounds whose first pass is alpha-CROWN
    (:mod:`~sparserobust.verify.alpha`) on every margin ``f_y - f_j`` CROWN leaves open;
-   then alpha-CROWN on re-optimised intermediate bounds (``root_intermediate``);
+   then alpha-CROWN on re-optimised intermediate bounds (``root_intermediate``), on
+   which the short search's open domains go on;
 2. for every class ``j`` alpha-CROWN leaves unproven, a *domain* (the whole ball),
    then branch and bound: the ``batch_domains`` domains with the lowest bounds each
    split their best unstable ReLU by the BaBSR score (:mod:`~sparserobust.verify.branching`)
@@ -97,7 +98,10 @@ class BabSettings:
       first pass is alpha-CROWN), with ``quick_iterations`` Adam steps per bound pass:
       that proves most points that need few splits at a fraction of the cost (on the 90%
       sparse LeNet-300-100, 3 steps halve the median time of 10 with about the same
-      domains); the rest pay a little for it;
+      domains). A search that runs out of budget goes on from its open domains (splits
+      kept, bounds intersected with the re-optimised ones), with ``iterations`` steps, so
+      the budget costs no work; without a quick search, the root's alpha-CROWN
+      (``root_iterations``) on the re-optimised bounds starts the search;
     - ``branching``: ``babsr`` (the BaBSR score, :mod:`~sparserobust.verify.branching`) or
       ``fsb`` (filtered smart branching, De Palma et al. 2021: the ``fsb_candidates``
       best neurons by BaBSR score, of which the one whose weaker child has the higher
@@ -120,7 +124,7 @@ class BabSettings:
     branching: str = "babsr"
     fsb_candidates: int = 3
     root_intermediate: int = 20
-    quick_domains: int = 64
+    quick_domains: int = 1024
     quick_iterations: int = 3
     pgd_steps: int = 50
     pgd_restarts: int = 2
@@ -179,6 +183,20 @@ class _Search:
         self.undecided_leaf = False
         self.too_many = False  # stopped at max_domains open domains
         self.domains_bounded = 0
+        self.open: Domains | None = None  # the open domains a ``budget`` stop left
+
+    def rebase(self, pre: Bounds) -> Domains:
+        """The open domains a ``budget`` stop left, on the tighter intermediate bounds
+        ``pre`` (each domain's bounds intersected with them: both hold on the domain; a
+        domain they leave empty is closed at its next bound pass); later passes use ``pre``
+        and the full search's Adam steps."""
+        assert self.open is not None
+        dom, self.open = self.open, None
+        for i in dom.lo:
+            dom.lo[i] = torch.maximum(dom.lo[i], pre[i][0])
+            dom.hi[i] = torch.minimum(dom.hi[i], pre[i][1])
+        self.pre, self.iterations = pre, self.s.iterations
+        return dom
 
     def _inp(self, n: int) -> InputSet:
         x = self.x0.unsqueeze(0).expand(n, *self.x0.shape)
@@ -346,6 +364,7 @@ class _Search:
             if time.perf_counter() > self.deadline:
                 return "timeout"
             if budget is not None and self.domains_bounded >= budget:
+                self.open = dom
                 return "budget"
             if dom.size > self.s.max_domains:
                 self.too_many = True
@@ -377,6 +396,19 @@ def _pgd(
     attack = get_attack("pgd", "inf", steps=s.pgd_steps, restarts=s.pgd_restarts)
     res = attack.run(model, x, y, epsilons=[eps], seed=0)
     return [res.x_adv[0, i] if bool(res.success[0, i]) else None for i in range(x.shape[0])]
+
+
+def _finish(res: ExactResult, search: _Search, status: str, s: BabSettings) -> ExactResult:
+    """``res`` with the full search's ``status`` (its lower bound if verified; why not,
+    if it stopped early)."""
+    res.status = status
+    if status == "verified":
+        res.margin_lower = search.lower
+    elif search.undecided_leaf:
+        res.detail += "; a leaf (every ReLU split) the max-pool relaxation leaves undecided"
+    elif search.too_many:
+        res.detail += f"; more than {s.max_domains} open domains"
+    return res
 
 
 def _verify_point(
@@ -422,22 +454,23 @@ def _verify_point(
         pre = crown.pre
         best = margins.clone()
         bounded = 0
+        quick: _Search | None = None
         if s.quick_domains > 0 and s.root_intermediate > 0:
             # a short search on CROWN's intermediate bounds first (its first pass is
             # alpha-CROWN on the whole ball): most points that few splits prove never pay
             # for re-optimising those bounds
             alpha = initial_params(layers, pre, len(rows))
-            search = _Search(model, layers, xd[0], y, eps, pre, s, deadline, best,
-                             s.quick_iterations)  # fmt: skip
+            quick = _Search(model, layers, xd[0], y, eps, pre, s, deadline, best,
+                            s.quick_iterations)  # fmt: skip
             try:
-                status = search.run(root_domains(layers, pre, best, rows, alpha, y),
-                                    budget=s.quick_domains)  # fmt: skip
+                status = quick.run(root_domains(layers, pre, best, rows, alpha, y),
+                                   budget=s.quick_domains)  # fmt: skip
             finally:
-                bounded += search.domains_bounded
+                bounded += quick.domains_bounded
                 res.detail = f"{bounded} domains bounded"
             if status == "verified":
-                res.status, res.margin_lower = "verified", search.lower
-                if search.domains_bounded == len(rows):  # no split: the root's bound
+                res.status, res.margin_lower = "verified", quick.lower
+                if quick.domains_bounded == len(rows):  # no split: the root's bound
                     res.by, res.detail = "alpha", "alpha-CROWN on CROWN's intermediate bounds"
                 else:
                     res.by = "bab"
@@ -447,6 +480,15 @@ def _verify_point(
                 layers, pre, inp, iterations=s.root_intermediate, lr=s.lr_alpha,
                 deadline=start + time_limit / 3,
             )  # fmt: skip
+        if quick is not None and quick.open is not None:
+            # the quick search ran out of budget: its open domains go on, on the tighter
+            # intermediate bounds (its splits and proofs are kept, no work is lost)
+            search = quick
+            try:
+                status = search.run(search.rebase(pre))
+            finally:
+                res.detail = f"{search.domains_bounded} domains bounded"
+            return _finish(res, search, status, s)
         alpha = initial_params(layers, pre, len(rows))
         with torch.enable_grad():
             got, alpha, _, _ = optimize_bounds(
@@ -463,13 +505,7 @@ def _verify_point(
             status = search.run(root_domains(layers, pre, best, rows, alpha, y))
         finally:
             res.detail = f"{bounded + search.domains_bounded} domains bounded"
-        res.status = status
-        if status == "verified":
-            res.margin_lower = search.lower
-        elif search.undecided_leaf:
-            res.detail += "; a leaf (every ReLU split) the max-pool relaxation leaves undecided"
-        elif search.too_many:
-            res.detail += f"; more than {s.max_domains} open domains"
+        _finish(res, search, status, s)
     except _Found as found:
         res.status, res.detail = found.status, f"{found.detail}; {res.detail}".rstrip("; ")
         res.margin_upper = found.margin
