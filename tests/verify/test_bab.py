@@ -393,15 +393,15 @@ def test_the_quick_search_runs_before_the_reoptimised_bounds_and_stops_at_its_bu
     budgets: list[int | None] = []
     real_run = bab._Search.run
 
-    def run(self, dom, budget=None):  # type: ignore[no-untyped-def]
+    def run(self, dom, budget=None, until=None):  # type: ignore[no-untyped-def]
         budgets.append(budget)
-        return real_run(self, dom, budget)
+        return real_run(self, dom, budget, until)
 
     monkeypatch.setattr(bab, "optimize_intermediate", counted)
     monkeypatch.setattr(bab._Search, "run", run)
     # quick_iterations as the full search's: an unlimited quick search is that search
     settings = BabSettings(**{**SEARCH_ONLY.__dict__, "root_intermediate": 3,
-                              "quick_domains": quick,
+                              "quick_domains": quick, "quick_share": 1.0,
                               "quick_iterations": SEARCH_ONLY.iterations})  # fmt: skip
     plain = verify_bab(net, x, y, epsilon=eps, time_limit=20, settings=SEARCH_ONLY)
     budgets.clear()
@@ -607,3 +607,29 @@ def test_rebase_intersects_each_open_domain_with_the_new_bounds() -> None:
     assert float(inactive) <= 0 < float(dom.lo[i].flatten(1)[n, j])  # empty: lo > hi
     search.bound(dom, 0)
     assert math.isinf(float(dom.bound[n])) and dom.bound[n] > 0
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_the_quick_search_stops_at_its_share_of_the_time(monkeypatch, share: float) -> None:
+    """With no time (``quick_share`` 0) the quick search stops after its first pass
+    (the root domains) and the search goes on from there; with all of it and no domain
+    budget, it is the whole search (no hand-over)."""
+    net, x, y, eps = multi_split_points()
+    rebased: list[int] = []
+    real = bab._Search.rebase
+
+    def counted(self, pre):  # type: ignore[no-untyped-def]
+        rebased.append(self.domains_bounded)
+        return real(self, pre)
+
+    monkeypatch.setattr(bab._Search, "rebase", counted)
+    settings = BabSettings(**{**SEARCH_ONLY.__dict__, "root_intermediate": 3,
+                              "quick_domains": 100_000, "quick_share": share})  # fmt: skip
+    got = verify_bab(net, x, y, epsilon=eps, time_limit=20, settings=settings)
+    assert [r.status for r in got] == ["verified"] * len(x)
+    if share == 0.0:
+        assert len(rebased) == len(x) and all(1 <= b <= 9 for b in rebased)
+    else:
+        assert rebased == []
+    with pytest.raises(ConfigError, match="quick_share"):
+        verify_bab(net, x, y, epsilon=eps, settings=BabSettings(quick_share=1.5))

@@ -95,13 +95,14 @@ class BabSettings:
       ReLU layers after the first nonlinear layer, once per point before branching, in at
       most a third of the point's time (0: CROWN's). Before it, a search on CROWN's
       intermediate bounds until it has bounded ``quick_domains`` domains (0: none; its
-      first pass is alpha-CROWN), with ``quick_iterations`` Adam steps per bound pass:
-      that proves most points that need few splits at a fraction of the cost (on the 90%
-      sparse LeNet-300-100, 3 steps halve the median time of 10 with about the same
-      domains). A search that runs out of budget goes on from its open domains (splits
-      kept, bounds intersected with the re-optimised ones), with ``iterations`` steps, so
-      the budget costs no work; without a quick search, the root's alpha-CROWN
-      (``root_iterations``) on the re-optimised bounds starts the search;
+      first pass is alpha-CROWN) or spent ``quick_share`` of the point's time (a LeNet-5
+      domain costs about 30 times a LeNet-300-100 one), with ``quick_iterations`` Adam
+      steps per bound pass: that proves most points that need few splits at a fraction
+      of the cost (on the 90% sparse LeNet-300-100, 3 steps halve the median time of 10
+      with about the same domains). A search that runs out of budget goes on from its
+      open domains (splits kept, bounds intersected with the re-optimised ones), with
+      ``iterations`` steps, so the budget costs no work; without a quick search, the
+      root's alpha-CROWN (``root_iterations``) on the re-optimised bounds starts it;
     - ``branching``: ``babsr`` (the BaBSR score, :mod:`~sparserobust.verify.branching`) or
       ``fsb`` (filtered smart branching, De Palma et al. 2021: the ``fsb_candidates``
       best neurons by BaBSR score, of which the one whose weaker child has the higher
@@ -126,6 +127,7 @@ class BabSettings:
     root_intermediate: int = 20
     quick_domains: int = 1024
     quick_iterations: int = 3
+    quick_share: float = 0.05
     pgd_steps: int = 50
     pgd_restarts: int = 2
     max_domains: int = 50_000
@@ -346,11 +348,12 @@ class _Search:
                      "forward-pass check; the true margin is within float tolerance of 0",
                      margin=value)  # fmt: skip
 
-    def run(self, dom: Domains, budget: int | None = None) -> str:
+    def run(self, dom: Domains, budget: int | None = None, until: float | None = None) -> str:
         """Search until every domain is proven (``verified``) or time runs out
-        (``timeout``), or, with a ``budget``, until that many domains were bounded with
-        some still open (``budget``); raises :class:`_Found` for a counterexample or an
-        error."""
+        (``timeout``), or, with a ``budget`` (domains) or ``until`` (a
+        ``time.perf_counter()`` value), until that many domains were bounded or that time
+        has passed with some still open (``budget``); raises :class:`_Found` for a
+        counterexample or an error."""
         if time.perf_counter() > self.deadline:
             return "timeout"
         self.bound(dom, self.iterations)
@@ -363,7 +366,9 @@ class _Search:
                 return "timeout" if self.undecided_leaf else "verified"
             if time.perf_counter() > self.deadline:
                 return "timeout"
-            if budget is not None and self.domains_bounded >= budget:
+            if (budget is not None and self.domains_bounded >= budget) or (
+                until is not None and time.perf_counter() > until
+            ):
                 self.open = dom
                 return "budget"
             if dom.size > self.s.max_domains:
@@ -464,7 +469,8 @@ def _verify_point(
                             s.quick_iterations)  # fmt: skip
             try:
                 status = quick.run(root_domains(layers, pre, best, rows, alpha, y),
-                                   budget=s.quick_domains)  # fmt: skip
+                                   budget=s.quick_domains,
+                                   until=start + s.quick_share * time_limit)  # fmt: skip
             finally:
                 bounded += quick.domains_bounded
                 res.detail = f"{bounded} domains bounded"
@@ -551,8 +557,9 @@ def verify_bab(
     if not (time_limit > 0):
         raise ConfigError(f"time_limit must be > 0 seconds, got {time_limit}")
     if (s.batch_domains < 1 or min(s.iterations, s.root_iterations, s.quick_iterations) < 0
-            or s.max_domains < 1):  # fmt: skip
-        raise ConfigError("BabSettings needs batch_domains, max_domains >= 1, iterations >= 0")
+            or s.max_domains < 1 or not 0 <= s.quick_share <= 1):  # fmt: skip
+        raise ConfigError("BabSettings needs batch_domains, max_domains >= 1, iterations >= 0 "
+                          "and quick_share in [0, 1]")  # fmt: skip
     if s.branching not in ("babsr", "fsb") or s.fsb_candidates < 1:
         raise ConfigError(
             f"BabSettings.branching must be babsr or fsb (fsb_candidates >= 1), got "
