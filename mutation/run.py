@@ -259,7 +259,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="run only these mutant names (globs allowed)")
     ap.add_argument(
         "--module-sample",
-        nargs="*",
+        nargs="+",
+        action="extend",  # repeated flags add up (a plain nargs list kept only the last)
         metavar="MODULE=N",
         help="run a seeded sample of N mutants of each module (e.g. verify.bab=40)",
     )

@@ -231,7 +231,9 @@ def test_settings_for_a_gpu_bound_bigger_batches_and_keep_the_changes() -> None:
 
 
 def test_unconfirmed_leaf_points_are_errors(monkeypatch) -> None:
-    """A leaf LP whose minimiser our forward pass does not confirm is an error."""
+    """A leaf LP whose minimiser our forward pass does not confirm is an error; its
+    upper margin is the LP's minimum on that leaf (as the MILP's error keeps its
+    objective): negative, and no lower than the enumerated minimal margin."""
     net, x, y = problems()[0]
     eps = 0.2
     refuted = [i for i in range(len(y)) if truth(0, i, eps) < -1e-4]
@@ -239,6 +241,11 @@ def test_unconfirmed_leaf_points_are_errors(monkeypatch) -> None:
     results = verify_bab(net, x[refuted], y[refuted], epsilon=eps, time_limit=10,
                          settings=SEARCH_ONLY)  # fmt: skip
     assert results and all(r.status == "error" for r in results)
+    for i, r in zip(refuted, results, strict=True):
+        if "leaf LP point" in r.detail:
+            assert r.margin_upper is not None
+            assert truth(0, i, eps) - 1e-6 <= r.margin_upper < 0
+    assert any("leaf LP point" in r.detail for r in results)
 
 
 def test_leaf_lp_is_the_exact_minimum_of_a_fixed_pattern() -> None:
