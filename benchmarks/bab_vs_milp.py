@@ -36,7 +36,8 @@ def compare(milp_file: str, bab_file: str) -> dict:
     bd, bab = points(bab_file)
     if (md["method"], bd["method"]) != ("milp", "bab"):
         raise SystemExit(f"error: want a milp and a bab file, got {md['method']}, {bd['method']}")
-    if md.get("checkpoint_sha256") != bd.get("checkpoint_sha256") or set(milp) != set(bab):
+    weights = md.get("weights_fingerprint"), bd.get("weights_fingerprint")
+    if None in weights or weights[0] != weights[1] or set(milp) != set(bab):
         raise SystemExit(f"error: {milp_file} and {bab_file} decide other weights or points")
     both = [i for i in milp if milp[i]["status"] in DECIDED and bab[i]["status"] in DECIDED]
     searched = [i for i in both if milp[i]["by"] == "milp"]
@@ -65,7 +66,7 @@ def summary(milp_s: list[float], bab_s: list[float]) -> dict:
             "min": round(ratios[0], 2),
             "median": round(statistics.median(ratios), 2),
             "max": round(ratios[-1], 2),
-        },  # fmt: skip
+        },
     }
 
 

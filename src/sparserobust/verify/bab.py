@@ -489,12 +489,11 @@ def _verify_point(
         if quick is not None and quick.open is not None:
             # the quick search ran out of budget: its open domains go on, on the tighter
             # intermediate bounds (its splits and proofs are kept, no work is lost)
-            search = quick
             try:
-                status = search.run(search.rebase(pre))
+                status = quick.run(quick.rebase(pre))
             finally:
-                res.detail = f"{search.domains_bounded} domains bounded"
-            return _finish(res, search, status, s)
+                res.detail = f"{quick.domains_bounded} domains bounded"
+            return _finish(res, quick, status, s)
         alpha = initial_params(layers, pre, len(rows))
         with torch.enable_grad():
             got, alpha, _, _ = optimize_bounds(
