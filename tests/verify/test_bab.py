@@ -186,12 +186,104 @@ def branched_points() -> tuple[nn.Module, torch.Tensor, torch.Tensor, float]:
     raise AssertionError("no point needs branching")
 
 
+def crown_min(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per point, CROWN's smallest margin bound (float64)."""
+    layers = bab.parse_network(net, x.shape[1:], dtype=torch.float64)
+    et = torch.full((len(x),), eps, dtype=torch.float64)
+    return bab.bound_pass(layers, x.double(), y, et, math.inf, "crown").margins.min(1).values
+
+
 def test_a_timeout_is_never_verified() -> None:
+    """Out of time before any search: a timeout whose ``margin_lower`` is the root's
+    bound, CROWN's smallest margin (how far the point is from a proof)."""
     net, x, y, eps = branched_points()
     results = verify_bab(net, x, y, epsilon=eps, time_limit=1e-4, settings=SEARCH_ONLY)
-    for r in results:
-        assert r.status == "timeout"
-        assert r.margin_lower is None and r.seconds < 5
+    for r, low in zip(results, crown_min(net, x, y, eps), strict=True):
+        assert r.status == "timeout" and r.seconds < 5
+        assert float(low) < 0 and r.margin_lower == pytest.approx(float(low), abs=1e-9)
+
+
+@pytest.mark.parametrize("passes", [1, 2, 3])
+def test_a_timeout_bounds_the_margin_from_below(monkeypatch, passes: int) -> None:
+    """Stopped after ``passes`` bound passes, a timeout's ``margin_lower`` (the lowest
+    bound of the open domains and proven classes) lies between CROWN's root bound (a
+    child keeps its parent's bound) and the enumerated minimal margin, and is <= 0."""
+    import types
+
+    count: list[int] = []
+    real_bound = bab._Search.bound
+
+    def bound(self, dom, iterations):  # type: ignore[no-untyped-def]
+        count.append(1)
+        return real_bound(self, dom, iterations)
+
+    monkeypatch.setattr(bab, "time", types.SimpleNamespace(
+        perf_counter=lambda: 1e9 if len(count) >= passes else 0.0))  # fmt: skip
+    monkeypatch.setattr(bab._Search, "bound", bound)
+    timeouts = 0
+    for p, eps in CASES:
+        net, x, y = problems()[p]
+        lows = crown_min(net, x, y, eps)
+        for i in range(len(x)):
+            count.clear()
+            (r,) = verify_bab(net, x[i : i + 1], y[i : i + 1], epsilon=eps, time_limit=10,
+                              settings=SEARCH_ONLY)  # fmt: skip
+            if r.status != "timeout":
+                continue
+            timeouts += 1
+            assert r.margin_lower is not None
+            assert float(lows[i]) - 1e-9 <= r.margin_lower <= min(truth(p, i, eps) + 1e-6, 0.0)
+    assert timeouts >= 5
+
+
+def test_a_timeout_between_leaf_lps_keeps_the_leaves_bounds(monkeypatch) -> None:
+    """The clock runs out right after the first leaf LP of a round: the timeout's
+    ``margin_lower`` still counts that round's domains (at most the leaf's own bound)."""
+    import types
+
+    leaves: list[float] = []
+    real_leaf = bab._Search.leaf
+
+    def leaf(self, dom, r):  # type: ignore[no-untyped-def]
+        leaves.append(float(dom.bound[r]))
+        return real_leaf(self, dom, r)
+
+    monkeypatch.setattr(bab, "time", types.SimpleNamespace(
+        perf_counter=lambda: 1e9 if leaves else 0.0))  # fmt: skip
+    monkeypatch.setattr(bab._Search, "leaf", leaf)
+    stopped = 0
+    for p, eps in CASES:
+        net, x, y = problems()[p]
+        for i in range(len(x)):
+            leaves.clear()
+            (r,) = verify_bab(net, x[i : i + 1], y[i : i + 1], epsilon=eps, time_limit=10,
+                              settings=SEARCH_ONLY)  # fmt: skip
+            if r.status == "timeout" and leaves:
+                stopped += 1
+                assert r.margin_lower is not None and r.margin_lower <= leaves[0] + 1e-12
+    assert stopped >= 1
+
+
+def test_a_child_keeps_its_parents_bound() -> None:
+    """Root domains given a valid bound above what their relaxation proves (the margin a
+    full search proved, 13 domains): the first pass keeps it, so every class is proven
+    at once."""
+    net, x, y, eps = multi_split_points()
+    layers = bab.parse_network(net, x.shape[1:], dtype=torch.float64)
+    xd, yi = x[2:3].double(), int(y[2])
+    et = torch.tensor([eps], dtype=torch.float64)
+    crown = bab.bound_pass(layers, xd, y[2:3], et, math.inf, "crown")
+    rows = (crown.margins[0] <= 0).nonzero().flatten()
+    alpha = bab.initial_params(layers, crown.pre, len(rows))
+    searches = [bab._Search(net, layers, xd[0], yi, eps, crown.pre, SEARCH_ONLY, 1e18,
+                            crown.margins[0]) for _ in range(2)]  # fmt: skip
+    dom = bab.root_domains(layers, crown.pre, crown.margins[0], rows, alpha, yi)
+    plain, kept_bound = searches
+    assert plain.run(dom.take(torch.arange(dom.size))) == "verified"
+    assert plain.domains_bounded == 13 and plain.lower > 0
+    dom.bound = torch.full_like(dom.bound, plain.lower)
+    assert kept_bound.run(dom) == "verified"
+    assert kept_bound.domains_bounded == dom.size and kept_bound.lower == plain.lower
 
 
 def test_a_failure_is_an_error_never_verified(monkeypatch) -> None:
@@ -342,6 +434,8 @@ def test_max_pool_nets_are_sound_and_never_verified_beyond_the_relaxation() -> N
             assert t < 1e-6
         if r.status == "timeout":
             assert "undecided" in r.detail
+            # the undecided leaves' bounds: how far from a proof, and below the truth
+            assert r.margin_lower is not None and r.margin_lower <= min(t + 1e-6, 0.0)
     # robust points the max-pool relaxation cannot prove: a timeout, not a claimed proof
     assert "timeout" in statuses
 
@@ -364,7 +458,7 @@ def test_a_search_past_its_deadline_is_a_timeout(monkeypatch) -> None:
     monkeypatch.setattr(bab._Search, "bound", bound)
     settings = BabSettings(**{**SEARCH_ONLY.__dict__, "iterations": 0})
     (r,) = verify_bab(net, x[:1], y[:1], epsilon=eps, time_limit=10, settings=settings)
-    assert r.status == "timeout" and r.margin_lower is None
+    assert r.status == "timeout" and r.margin_lower is not None and r.margin_lower <= 0
     assert len(passes) == 1  # the search stopped after its first bound pass
     assert "1 domains bounded" in r.detail or "2 domains bounded" in r.detail
 

@@ -363,9 +363,64 @@ def test_timeout_is_reported(digits, digits_lenet300: nn.Module) -> None:
     # 0.297 s, so a limit the solver can meet makes the test flaky)
     (r,) = verify_exact(digits_lenet300, x[i : i + 1], y[i : i + 1], epsilon=0.08, time_limit=0.01)
     assert r.status in ("timeout", "counterexample")
-    if r.status == "timeout":
+    if r.status == "timeout":  # out of time before the solver: CROWN's bound
         assert r.seconds < 5.0
-        assert r.margin_lower is None
+        assert r.margin_lower == pytest.approx(float(crown.margins[i].min()), abs=1e-6)
+
+
+def test_a_solver_timeout_bounds_the_margin_from_below(monkeypatch) -> None:
+    """The solver stops at its time limit on the first class it is given: the timeout's
+    ``margin_lower`` takes that class's solver bound, CROWN's for the classes after it,
+    and the proven ones: at least CROWN's smallest margin, at most the enumerated minimal
+    margin and 0."""
+    real = exact.run_checked
+
+    def time_limit(m, deadline):  # type: ignore[no-untyped-def]
+        real(m, deadline)
+        return m.hp.HighsModelStatus.kTimeLimit
+
+    monkeypatch.setattr(exact, "run_checked", time_limit)
+    above_crown = timeouts = 0
+    for net, x, y in tiny_cases():
+        for eps in (0.1, 0.2):
+            margins = certify(net, x, y, epsilon=eps, method="crown").margins
+            low = margins.min(1).values
+            for i, r in enumerate(verify_exact(net, x, y, epsilon=eps, time_limit=10)):
+                if r.status != "timeout":
+                    continue
+                timeouts += 1
+                truth = enum_min_margin(net, x[i].flatten().double().numpy(), int(y[i]), eps)
+                assert r.margin_lower is not None
+                assert float(low[i]) - 1e-6 <= r.margin_lower <= min(truth + 1e-6, 0.0)
+                # the classes after the first keep CROWN's bound
+                assert r.margin_lower <= float(margins[i].sort().values[1]) + 1e-6
+                above_crown += r.margin_lower > float(low[i]) + 1e-3
+    assert timeouts >= 5 and above_crown >= 1
+
+
+def test_a_solver_timeout_keeps_crowns_bound_for_the_classes_it_did_not_reach(
+    monkeypatch,
+) -> None:
+    """A solver bound far above the truth on the first class (forced) cannot lift
+    ``margin_lower`` above CROWN's bound of a second open class."""
+
+    class HighDual(exact._Solve):
+        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            super().__init__(*args, **kwargs)
+            self.dual = 100.0
+
+    monkeypatch.setattr(exact, "_Solve", HighDual)
+    monkeypatch.setattr(exact, "run_checked",
+                        lambda m, deadline: m.hp.HighsModelStatus.kTimeLimit)  # fmt: skip
+    checked = 0
+    for net, x, y in tiny_cases():
+        margins = certify(net, x, y, epsilon=0.2, method="crown").margins
+        for i, r in enumerate(verify_exact(net, x, y, epsilon=0.2, time_limit=10)):
+            second = float(margins[i].sort().values[1])
+            if r.status == "timeout" and second <= 0:
+                checked += 1
+                assert r.margin_lower == pytest.approx(second, abs=1e-6)
+    assert checked >= 1
 
 
 def test_verify_points_agrees_with_enumeration() -> None:

@@ -27,7 +27,8 @@ box, in [0,1] pixel space. Per point the verifier runs, cheapest first:
 
 Statuses as :mod:`~sparserobust.verify.exact`'s (:class:`ExactResult`): ``verified``
 (every class's domains proven; ``margin_lower`` a proven lower bound of the minimal
-margin), ``counterexample`` (an input our own float32 forward pass misclassifies, checked
+margin; on a ``timeout`` too, then <= 0: how far the search was from a proof),
+``counterexample`` (an input our own float32 forward pass misclassifies, checked
 to lie in the box and the ball), ``timeout`` (time limit, too many domains, out of device memory,
 or a leaf the relaxation cannot decide: never verified), ``error`` (an exception, or an LP point
 that fails the forward-pass check: the margin is within float tolerance of 0).
@@ -183,6 +184,8 @@ class _Search:
         proven = root[root > 0]
         self.lower = float(proven.min()) if proven.numel() else math.inf
         self.undecided_leaf = False
+        # the lowest bound of what a stop left unproven (open domains, undecided leaves)
+        self.unproven = math.inf
         self.too_many = False  # stopped at max_domains open domains
         self.domains_bounded = 0
         self.open: Domains | None = None  # the open domains a ``budget`` stop left
@@ -240,7 +243,8 @@ class _Search:
                 deadline=self.deadline, record=record,
             )  # fmt: skip
         dom.alpha, dom.beta = al, be
-        bnd = best[:, 0]
+        # a child is inside its parent: the parent's bound (carried in ``dom.bound``) holds
+        bnd = torch.maximum(best[:, 0], dom.bound)
         dom.bound = torch.where(empty, torch.full_like(bnd, math.inf), bnd)
         coefs = {i: record[i][:, 0] for i in self.relus}
         if self.s.branching == "fsb":
@@ -328,6 +332,7 @@ class _Search:
         """Decide leaf ``r`` of ``dom`` by LP; an undecidable one is remembered."""
         if not self.s.leaf_lp or self.has_pool:
             self.undecided_leaf = True
+            self.unproven = min(self.unproven, float(dom.bound[r]))
             return
         lo = {i: dom.lo[i][r] for i in self.relus}
         hi = {i: dom.hi[i][r] for i in self.relus}
@@ -355,7 +360,7 @@ class _Search:
         has passed with some still open (``budget``); raises :class:`_Found` for a
         counterexample or an error."""
         if time.perf_counter() > self.deadline:
-            return "timeout"
+            return self._stop(dom)
         self.bound(dom, self.iterations)
         while True:
             proven = dom.bound > 0
@@ -365,7 +370,7 @@ class _Search:
             if dom.size == 0:
                 return "timeout" if self.undecided_leaf else "verified"
             if time.perf_counter() > self.deadline:
-                return "timeout"
+                return self._stop(dom)
             if (budget is not None and self.domains_bounded >= budget) or (
                 until is not None and time.perf_counter() > until
             ):
@@ -373,7 +378,7 @@ class _Search:
                 return "budget"
             if dom.size > self.s.max_domains:
                 self.too_many = True
-                return "timeout"
+                return self._stop(dom)
             order = torch.argsort(dom.bound)
             pick, rest = order[: self.s.batch_domains], order[self.s.batch_domains :]
             batch, dom = dom.take(pick), dom.take(rest)
@@ -381,12 +386,19 @@ class _Search:
             for r in is_leaf.nonzero().flatten().tolist():
                 self.leaf(batch, r)
                 if time.perf_counter() > self.deadline:
-                    return "timeout"
+                    return self._stop(dom, batch)
             batch = batch.take((~is_leaf).nonzero().flatten())
             if batch.size:
                 kids = self.split(batch)
                 self.bound(kids, self.iterations)
                 dom = Domains.cat(dom, kids)
+
+    def _stop(self, *left: Domains) -> str:
+        """A timeout that leaves the domains ``left`` open (their bounds are kept)."""
+        for d in left:
+            if d.size:
+                self.unproven = min(self.unproven, float(d.bound.min()))
+        return "timeout"
 
 
 def _pgd(
@@ -404,12 +416,14 @@ def _pgd(
 
 
 def _finish(res: ExactResult, search: _Search, status: str, s: BabSettings) -> ExactResult:
-    """``res`` with the full search's ``status`` (its lower bound if verified; why not,
-    if it stopped early)."""
+    """``res`` with the full search's ``status``, its lower bound (<= 0 on a timeout: how
+    far from a proof) and, if it stopped early, why."""
     res.status = status
+    low = min(search.lower, search.unproven)  # the lowest bound of any part of the ball
+    res.margin_lower = low if math.isfinite(low) else None
     if status == "verified":
-        res.margin_lower = search.lower
-    elif search.undecided_leaf:
+        return res
+    if search.undecided_leaf:
         res.detail += "; a leaf (every ReLU split) the max-pool relaxation leaves undecided"
     elif search.too_many:
         res.detail += f"; more than {s.max_domains} open domains"

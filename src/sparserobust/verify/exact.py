@@ -70,8 +70,9 @@ class ExactResult:
     - ``epsilon``: l_inf radius in [0,1] pixel space; ``seconds``: wall time spent
       on this point (bounds, LP tightening, every class's MILP).
     - ``margin_lower``: a proven lower bound of ``min_j f_y - f_j`` over the threat
-      set (logits; > 0 when verified), or None; ``margin_upper``: the smallest
-      margin the solver found (< 0 for a counterexample), or None.
+      set (logits; > 0 when verified; <= 0 on a timeout: how far from a proof), or
+      None; ``margin_upper``: the smallest margin the solver found (< 0 for a
+      counterexample), or None.
     - ``counterexample``: the checked adversarial input ``(C, H, W)`` or None.
     - ``unstable``: unstable ReLUs under ``ibp``, ``crown`` and ``lp`` bounds (the
       last equals crown when LP tightening is off or not reached).
@@ -268,10 +269,11 @@ def _decide(
     proven: list[float] = [float(crown_margins[j]) for j in range(len(crown_margins))
                            if j != y and crown_margins[j] > 0]  # fmt: skip
     upper = math.inf
-    for j in order:
+    for pos, j in enumerate(order):
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             res.status, res.detail = "timeout", f"time limit before class {j}"
+            res.margin_lower = min(proven + [float(crown_margins[k]) for k in order[pos:]])
             break
         row = built.logits[y] - built.logits[j]
         const = float(built.logits0[y] - built.logits0[j])
@@ -318,6 +320,10 @@ def _decide(
         if status == hs.kTimeLimit or time.perf_counter() > deadline:
             res.status, res.detail = "timeout", f"class {j} unresolved"
             res.margin_upper = None if math.isinf(upper) else upper
+            # how far from a proof: the solver's bound on this class, CROWN's on the rest
+            rest = [float(crown_margins[k]) for k in order[pos + 1 :]]
+            low = min(proven + [max(solve.dual, float(crown_margins[j]))] + rest)
+            res.margin_lower = min(low, 0.0)  # > 0 only for a proof
             return
         res.status = "error"
         res.detail = f"class {j}: solver status {m.h.modelStatusToString(status)}"
