@@ -249,4 +249,11 @@ def format_verification(result: dict[str, Any]) -> list[str]:
             f"accuracy at most {e['robust_accuracy_upper']:.4f} ({', '.join(shown)}; "
             f"{e['seconds']:.1f}s)"
         )
+        gaps = sorted(p["margin_lower"] for p in e["points"]
+                      if p["status"] == "timeout" and p["margin_lower"] is not None)  # fmt: skip
+        if gaps:  # how far the undecided points are from a proof
+            lines.append(
+                f"  timeouts: proven margin >= {gaps[len(gaps) // 2]:.3g} logits (median; "
+                f"closest to a proof {gaps[-1]:.3g}, farthest {gaps[0]:.3g})"
+            )
     return lines

@@ -367,3 +367,24 @@ def test_readme_verify_lines_run(
             assert json.loads(out)["method"] == "crown"
         else:
             assert out.startswith("bab (complete) l_inf on 5 test images")
+
+
+def test_the_summary_says_how_far_the_timeouts_are_from_a_proof() -> None:
+    from sparserobust.api import format_verification
+
+    def point(status: str, lower: float | None) -> dict:
+        return {"status": status, "margin_lower": lower}
+
+    points = [point("timeout", v) for v in (-3.0, -0.5, None, -1.0)]
+    points += [point("verified", 0.2), point("not_certified", -9.0)]
+    record = {"complete": True, "method": "bab", "norm": "inf", "n": 6, "model": "m",
+              "dataset": "d", "clean_accuracy": 1.0, "seconds": 1.0,
+              "epsilons": [{"epsilon": 0.05, "counts": {"verified": 1, "timeout": 4},
+                            "verified_accuracy": 1 / 6, "robust_accuracy_upper": 1.0,
+                            "seconds": 1.0, "points": points}]}  # fmt: skip
+    lines = format_verification(record)
+    assert lines[-1] == (
+        "  timeouts: proven margin >= -1 logits (median; closest to a proof -0.5, farthest -3)"
+    )
+    record["epsilons"][0]["points"] = points[4:]  # no timeout: no such line
+    assert len(format_verification(record)) == 2
