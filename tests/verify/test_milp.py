@@ -513,3 +513,44 @@ def test_every_solve_of_one_model_gets_its_own_time_limit() -> None:
         assert m.h.getModelStatus() == m.hp.HighsModelStatus.kTimeLimit
         assert m.h.getOptionValue("time_limit")[1] == 0.1
     assert m.h.getRunTime() > 0.25  # three runs of at least 0.1 s each, added up
+
+
+def test_highs_reports_only_sound_dual_bounds_to_the_interrupt_callback() -> None:
+    """``verify_exact`` stops a class as proven when the dual bound HiGHS hands its
+    interrupt callback passes 0, so that bound must never exceed the optimum: checked on
+    every CROWN-open class of the tiny nets' points, each MILP solved to optimality."""
+    from sparserobust.verify.certification import bound_pass
+    from sparserobust.verify.network import parse_network
+    from sparserobust.verify.stages import network_stages
+
+    seen_any = solves = 0
+    for net, x, y in tiny_cases():
+        for eps, i in itertools.product((0.1, 0.2), range(len(x))):
+            x0, yi = x[i].double(), int(y[i])
+            layers = parse_network(net, x0.shape, dtype=torch.float64)
+            xd, et = x0.unsqueeze(0), torch.tensor([eps], dtype=torch.float64)
+            crown = bound_pass(layers, xd, y[i : i + 1], et, math.inf, "crown")
+            pre = {k: (a[0].numpy(), b[0].numpy()) for k, (a, b) in crown.pre.items()}
+            lo, hi = ((xd[0] + s * eps).clamp(0, 1).flatten().numpy() for s in (-1, 1))
+            built = milp.build_milp(network_stages(layers), pre, lo, hi, tighten=False,
+                                    deadline=math.inf, exact_first=True)  # fmt: skip
+            m = built.model
+            m.make_integer()
+            for j in range(int(crown.margins.shape[1])):
+                if j == yi or float(crown.margins[0, j]) > 0 or not built.binaries:
+                    continue
+                m.set_objective(built.logits[yi] - built.logits[j], True)
+                m.h.setOptionValue("mip_rel_gap", 0.0)
+                m.h.setOptionValue("mip_abs_gap", 1e-9)
+                duals: list[float] = []
+                m.h.cbMipInterrupt.subscribe(
+                    lambda e, d=duals: d.append(float(e.data_out.mip_dual_bound)))  # fmt: skip
+                m.h.run()
+                m.h.cbMipInterrupt.clear()
+                assert m.h.getModelStatus() == m.hp.HighsModelStatus.kOptimal
+                optimum = float(m.h.getInfo().objective_function_value)
+                finite = [d for d in duals if math.isfinite(d)]
+                seen_any += bool(finite)
+                solves += 1
+                assert all(d <= optimum + 1e-7 * (1 + abs(optimum)) for d in finite), (i, j)
+    assert solves >= 5 and seen_any >= 3, (solves, seen_any)
