@@ -186,6 +186,14 @@ def branched_points() -> tuple[nn.Module, torch.Tensor, torch.Tensor, float]:
     raise AssertionError("no point needs branching")
 
 
+def stop_clock(monkeypatch, stopped) -> None:  # type: ignore[no-untyped-def]
+    """``bab``'s clock reads 0 until ``stopped()`` is true, then far past any deadline."""
+    import types
+
+    monkeypatch.setattr(bab, "time", types.SimpleNamespace(
+        perf_counter=lambda: 1e9 if stopped() else 0.0))  # fmt: skip
+
+
 def crown_min(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     """Per point, CROWN's smallest margin bound (float64)."""
     layers = bab.parse_network(net, x.shape[1:], dtype=torch.float64)
@@ -208,8 +216,6 @@ def test_a_timeout_bounds_the_margin_from_below(monkeypatch, passes: int) -> Non
     """Stopped after ``passes`` bound passes, a timeout's ``margin_lower`` (the lowest
     bound of the open domains and proven classes) lies between CROWN's root bound (a
     child keeps its parent's bound) and the enumerated minimal margin, and is <= 0."""
-    import types
-
     count: list[int] = []
     real_bound = bab._Search.bound
 
@@ -217,8 +223,7 @@ def test_a_timeout_bounds_the_margin_from_below(monkeypatch, passes: int) -> Non
         count.append(1)
         return real_bound(self, dom, iterations)
 
-    monkeypatch.setattr(bab, "time", types.SimpleNamespace(
-        perf_counter=lambda: 1e9 if len(count) >= passes else 0.0))  # fmt: skip
+    stop_clock(monkeypatch, lambda: len(count) >= passes)
     monkeypatch.setattr(bab._Search, "bound", bound)
     timeouts = 0
     for p, eps in CASES:
@@ -239,8 +244,6 @@ def test_a_timeout_bounds_the_margin_from_below(monkeypatch, passes: int) -> Non
 def test_a_timeout_between_leaf_lps_keeps_the_leaves_bounds(monkeypatch) -> None:
     """The clock runs out right after the first leaf LP of a round: the timeout's
     ``margin_lower`` still counts that round's domains (at most the leaf's own bound)."""
-    import types
-
     leaves: list[float] = []
     real_leaf = bab._Search.leaf
 
@@ -248,8 +251,7 @@ def test_a_timeout_between_leaf_lps_keeps_the_leaves_bounds(monkeypatch) -> None
         leaves.append(float(dom.bound[r]))
         return real_leaf(self, dom, r)
 
-    monkeypatch.setattr(bab, "time", types.SimpleNamespace(
-        perf_counter=lambda: 1e9 if leaves else 0.0))  # fmt: skip
+    stop_clock(monkeypatch, lambda: bool(leaves))
     monkeypatch.setattr(bab._Search, "leaf", leaf)
     stopped = 0
     for p, eps in CASES:
@@ -268,17 +270,8 @@ def test_a_child_keeps_its_parents_bound() -> None:
     """Root domains given a valid bound above what their relaxation proves (the margin a
     full search proved, 13 domains): the first pass keeps it, so every class is proven
     at once."""
-    net, x, y, eps = multi_split_points()
-    layers = bab.parse_network(net, x.shape[1:], dtype=torch.float64)
-    xd, yi = x[2:3].double(), int(y[2])
-    et = torch.tensor([eps], dtype=torch.float64)
-    crown = bab.bound_pass(layers, xd, y[2:3], et, math.inf, "crown")
-    rows = (crown.margins[0] <= 0).nonzero().flatten()
-    alpha = bab.initial_params(layers, crown.pre, len(rows))
-    searches = [bab._Search(net, layers, xd[0], yi, eps, crown.pre, SEARCH_ONLY, 1e18,
-                            crown.margins[0]) for _ in range(2)]  # fmt: skip
-    dom = bab.root_domains(layers, crown.pre, crown.margins[0], rows, alpha, yi)
-    plain, kept_bound = searches
+    plain, dom = root_search()
+    kept_bound, _ = root_search()
     assert plain.run(dom.take(torch.arange(dom.size))) == "verified"
     assert plain.domains_bounded == 13 and plain.lower > 0
     dom.bound = torch.full_like(dom.bound, plain.lower)
@@ -443,8 +436,6 @@ def test_max_pool_nets_are_sound_and_never_verified_beyond_the_relaxation() -> N
 def test_a_search_past_its_deadline_is_a_timeout(monkeypatch) -> None:
     """The clock passes the deadline after the first bound pass: the open search is a
     timeout, never verified."""
-    import types
-
     net, x, y, eps = branched_points()
     passes: list[int] = []
     real_bound = bab._Search.bound
@@ -453,8 +444,7 @@ def test_a_search_past_its_deadline_is_a_timeout(monkeypatch) -> None:
         passes.append(dom.size)
         return real_bound(self, dom, iterations)
 
-    clock = types.SimpleNamespace(perf_counter=lambda: 1e9 if passes else 0.0)
-    monkeypatch.setattr(bab, "time", clock)
+    stop_clock(monkeypatch, lambda: bool(passes))
     monkeypatch.setattr(bab._Search, "bound", bound)
     settings = BabSettings(**{**SEARCH_ONLY.__dict__, "iterations": 0})
     (r,) = verify_bab(net, x[:1], y[:1], epsilon=eps, time_limit=10, settings=settings)
@@ -523,18 +513,24 @@ def test_the_quick_search_runs_before_the_reoptimised_bounds_and_stops_at_its_bu
     assert len(calls) == (0 if quick == 100_000 else len(x))
 
 
-def test_a_search_with_a_budget_stops_with_domains_open() -> None:
+def root_search() -> tuple[bab._Search, bab.Domains]:
+    """A fresh search and its root domains (CROWN's bounds) for the point of
+    :func:`multi_split_points` that needs 13 domains without a budget."""
     net, x, y, eps = multi_split_points()
+    layers = bab.parse_network(net, x.shape[1:], dtype=torch.float64)
+    xd, yi = x[2:3].double(), int(y[2])
+    et = torch.tensor([eps], dtype=torch.float64)
+    crown = bab.bound_pass(layers, xd, y[2:3], et, math.inf, "crown")
+    rows = (crown.margins[0] <= 0).nonzero().flatten()
+    alpha = bab.initial_params(layers, crown.pre, len(rows))
+    search = bab._Search(net, layers, xd[0], yi, eps, crown.pre, SEARCH_ONLY, 1e18,
+                         crown.margins[0])  # fmt: skip
+    return search, bab.root_domains(layers, crown.pre, crown.margins[0], rows, alpha, yi)
+
+
+def test_a_search_with_a_budget_stops_with_domains_open() -> None:
     for budget in (1, 4, None):
-        layers = bab.parse_network(net, x.shape[1:], dtype=torch.float64)
-        xd = x[2:3].double()  # 13 domains without a budget
-        et = torch.tensor([eps], dtype=torch.float64)
-        crown = bab.bound_pass(layers, xd, y[2:3], et, math.inf, "crown")
-        rows = (crown.margins[0] <= 0).nonzero().flatten()
-        alpha = bab.initial_params(layers, crown.pre, len(rows))
-        search = bab._Search(net, layers, xd[0], int(y[2]), eps, crown.pre, SEARCH_ONLY,
-                             1e18, crown.margins[0])  # fmt: skip
-        dom = bab.root_domains(layers, crown.pre, crown.margins[0], rows, alpha, int(y[2]))
+        search, dom = root_search()
         status = search.run(dom, budget=budget)
         if budget is None:
             assert status == "verified" and search.domains_bounded == 13
